@@ -1,0 +1,4 @@
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+//! openserver: a TCP client/server application framework.
+pub mod wire;

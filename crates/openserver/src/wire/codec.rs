@@ -1,0 +1,299 @@
+//! The session-layer frame and its codec.
+//!
+//! Every packet on the wire is wrapped in a six-byte header:
+//!
+//! ```text
+//! +--------+--------+--------+--------+--------+--------+--------+--------+-----------
+//! |  0x53  |  0x55  |      payload length N (i32 LE)    | protocol id (u16 |  body ...
+//! | magic 0x5553 LE |     counts the payload only       |      LE)         | N-2 bytes
+//! +--------+--------+--------+--------+--------+--------+--------+--------+-----------
+//!                                                       |<----------- payload ----------->|
+//! ```
+//!
+//! One read may hold part of a frame or many frames; [`FrameCodec`] reassembles them. The length
+//! is checked against a configurable limit before any buffer is reserved for the payload.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// The magic number that starts every frame (`53 55` on the wire).
+pub const MAGIC: u16 = 0x5553;
+/// Bytes of the frame header: magic (2) and payload length (4).
+pub const HEADER_LEN: usize = 6;
+/// Smallest legal payload: the protocol id alone.
+pub const MIN_PAYLOAD: usize = 2;
+/// Default payload limit before authentication (64 KiB).
+pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
+
+/// One application packet: a protocol id and that protocol's body.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Selects the protocol that handles `body`.
+    pub protocol_id: u16,
+    /// The protocol's bytes, after the id.
+    pub body: Bytes,
+}
+
+impl Frame {
+    /// Builds a frame from a protocol id and a body.
+    pub fn new(protocol_id: u16, body: impl Into<Bytes>) -> Self {
+        Frame {
+            protocol_id,
+            body: body.into(),
+        }
+    }
+
+    /// Size of this frame on the wire, header included.
+    pub fn wire_len(&self) -> usize {
+        HEADER_LEN + MIN_PAYLOAD + self.body.len()
+    }
+
+    /// Appends the whole frame (header, id, body) to `dst`.
+    ///
+    /// Fails only for a body longer than the i32 length field can describe.
+    pub fn encode_into(&self, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let payload = MIN_PAYLOAD + self.body.len();
+        let len = i32::try_from(payload).map_err(|_| FrameError::TooLarge {
+            len: payload as u64,
+            max: i32::MAX as usize,
+        })?;
+        dst.reserve(HEADER_LEN + payload);
+        dst.put_u16_le(MAGIC);
+        dst.put_i32_le(len);
+        dst.put_u16_le(self.protocol_id);
+        dst.put_slice(&self.body);
+        Ok(())
+    }
+
+    /// The whole frame as bytes, header included.
+    pub fn to_bytes(&self) -> Result<Bytes, FrameError> {
+        let mut dst = BytesMut::with_capacity(self.wire_len());
+        self.encode_into(&mut dst)?;
+        Ok(dst.freeze())
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("protocol_id", &format_args!("{:#06x}", self.protocol_id))
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// A broken byte stream. Every variant but `Io` is the peer's fault, and each closes the session.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The first two bytes of a header were not the magic number.
+    #[error("bad frame magic {0:#06x} (expected 0x5553)")]
+    BadMagic(u16),
+    /// The length field was negative.
+    #[error("negative frame length {0}")]
+    NegativeLength(i32),
+    /// The payload cannot even hold a protocol id.
+    #[error("frame payload of {0} bytes is shorter than the 2-byte protocol id")]
+    PayloadTooShort(i32),
+    /// The length field exceeds the configured limit.
+    #[error("frame payload of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// What the header announced.
+        len: u64,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The stream ended in the middle of a frame.
+    #[error("connection closed inside a frame ({0} bytes buffered)")]
+    Truncated(usize),
+    /// The transport failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Decodes and encodes [`Frame`]s; see the [module docs](self) for the layout.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    /// Largest payload accepted; checked before reserving space for it. The session raises it
+    /// once the peer has authenticated.
+    max_payload: usize,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec::new(DEFAULT_MAX_PAYLOAD)
+    }
+}
+
+impl FrameCodec {
+    /// A codec that rejects payloads larger than `max_payload` bytes.
+    pub fn new(max_payload: usize) -> Self {
+        FrameCodec {
+            max_payload: max_payload.max(MIN_PAYLOAD),
+        }
+    }
+
+    /// The payload limit in force.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Changes the payload limit for frames not yet started.
+    pub fn set_max_payload(&mut self, max_payload: usize) {
+        self.max_payload = max_payload.max(MIN_PAYLOAD);
+    }
+
+    /// Validates a complete header and returns the payload length it announces.
+    fn check_header(&self, header: &[u8]) -> Result<usize, FrameError> {
+        let magic = u16::from_le_bytes([header[0], header[1]]);
+        if magic != MAGIC {
+            return Err(FrameError::BadMagic(magic));
+        }
+        let len = i32::from_le_bytes([header[2], header[3], header[4], header[5]]);
+        if len < 0 {
+            return Err(FrameError::NegativeLength(len));
+        }
+        if (len as usize) < MIN_PAYLOAD {
+            return Err(FrameError::PayloadTooShort(len));
+        }
+        if len as usize > self.max_payload {
+            return Err(FrameError::TooLarge {
+                len: len as u64,
+                max: self.max_payload,
+            });
+        }
+        Ok(len as usize)
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if src.len() < HEADER_LEN {
+            // A wrong magic is detectable from the first two bytes: fail early rather than
+            // waiting for a header that a garbage stream may never complete.
+            if src.len() >= 2 {
+                let magic = u16::from_le_bytes([src[0], src[1]]);
+                if magic != MAGIC {
+                    return Err(FrameError::BadMagic(magic));
+                }
+            }
+            src.reserve(HEADER_LEN - src.len());
+            return Ok(None);
+        }
+        let payload = self.check_header(&src[..HEADER_LEN])?;
+        let total = HEADER_LEN + payload;
+        if src.len() < total {
+            // Bounded by `max_payload`, which `check_header` enforced.
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        src.advance(HEADER_LEN);
+        let protocol_id = src.get_u16_le();
+        let body = src.split_to(payload - MIN_PAYLOAD).freeze();
+        Ok(Some(Frame { protocol_id, body }))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated(src.len())),
+        }
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        frame.encode_into(dst)
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        frame.encode_into(dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Result<Vec<Frame>, FrameError> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(frame) = codec.decode_eof(&mut buf)? {
+            out.push(frame);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn decodes_one_frame() {
+        let bytes = [0x53, 0x55, 0x03, 0, 0, 0, 0x01, 0x00, 0x01];
+        let frames = decode_all(&mut FrameCodec::default(), &bytes).unwrap();
+        assert_eq!(frames, vec![Frame::new(1, vec![1u8])]);
+    }
+
+    #[test]
+    fn partial_header_and_body_need_more() {
+        let bytes = [0x53, 0x55, 0x03, 0, 0, 0, 0x01, 0x00, 0x01];
+        let mut codec = FrameCodec::default();
+        for cut in 0..bytes.len() {
+            let mut buf = BytesMut::from(&bytes[..cut]);
+            assert!(codec.decode(&mut buf).unwrap().is_none(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn rejects_wrong_magic_from_two_bytes() {
+        let mut buf = BytesMut::from(&b"GE"[..]);
+        let err = FrameCodec::default().decode(&mut buf).unwrap_err();
+        assert!(matches!(err, FrameError::BadMagic(0x4547)));
+    }
+
+    #[test]
+    fn rejects_negative_short_and_oversized_lengths() {
+        let mut codec = FrameCodec::new(100);
+        let neg = [0x53, 0x55, 0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            codec.decode(&mut BytesMut::from(&neg[..])),
+            Err(FrameError::NegativeLength(-1))
+        ));
+        let short = [0x53, 0x55, 0x01, 0, 0, 0, 0x00];
+        assert!(matches!(
+            codec.decode(&mut BytesMut::from(&short[..])),
+            Err(FrameError::PayloadTooShort(1))
+        ));
+        let big = [0x53, 0x55, 101, 0, 0, 0];
+        let mut buf = BytesMut::from(&big[..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::TooLarge { len: 101, max: 100 })
+        ));
+        // Nothing was reserved for the announced payload.
+        assert!(buf.capacity() < 101);
+    }
+
+    #[test]
+    fn eof_inside_frame_is_truncated() {
+        let bytes = [0x53, 0x55, 0x03, 0, 0, 0, 0x01];
+        let err = decode_all(&mut FrameCodec::default(), &bytes).unwrap_err();
+        assert!(matches!(err, FrameError::Truncated(7)));
+    }
+
+    #[test]
+    fn encode_matches_wire_layout() {
+        let mut dst = BytesMut::new();
+        FrameCodec::default()
+            .encode(Frame::new(0x0a, &b"\x02m0"[..]), &mut dst)
+            .unwrap();
+        assert_eq!(&dst[..], &[0x53, 0x55, 5, 0, 0, 0, 0x0a, 0, 2, b'm', b'0']);
+    }
+}

@@ -1,0 +1,390 @@
+//! The .NET `BinaryWriter`/`BinaryReader` conventions that message bodies use.
+//!
+//! | type        | encoding                                                          |
+//! |-------------|-------------------------------------------------------------------|
+//! | integers    | little-endian, fixed width                                        |
+//! | bool        | one byte, 0 or 1                                                  |
+//! | string      | UTF-8 byte length as a 7-bit varint (LEB128), then the bytes      |
+//! | array of T  | i32 count, then the elements                                      |
+//! | byte array  | i32 length, then the bytes                                        |
+//! | date-time   | i64 count of 100 ns ticks since 0001-01-01T00:00:00               |
+//!
+//! [`Reader`] never allocates more than the bytes it was given, whatever a length field claims.
+
+use bytes::BufMut;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A body that does not follow its protocol's layout. The session answers it with an ERROR and
+/// goes on; it never closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The body ended before a field did.
+    #[error("body truncated: needed {needed} more bytes, {remaining} left")]
+    Truncated {
+        /// Bytes the field needed.
+        needed: usize,
+        /// Bytes that were left.
+        remaining: usize,
+    },
+    /// A string's bytes were not valid UTF-8.
+    #[error("string is not valid UTF-8")]
+    InvalidUtf8,
+    /// A 7-bit length prefix ran past 5 bytes or past i32.
+    #[error("malformed 7-bit length prefix")]
+    InvalidVarint,
+    /// A count or length field was negative.
+    #[error("negative length {0}")]
+    NegativeLength(i32),
+    /// A bool byte other than 0 or 1.
+    #[error("invalid bool byte {0:#04x}")]
+    InvalidBool(u8),
+    /// The command byte names no command of this protocol.
+    #[error("unknown command {0:#04x}")]
+    UnknownCommand(u8),
+    /// The body is empty where a command byte was expected.
+    #[error("empty body, expected a command byte")]
+    MissingCommand,
+    /// Bytes were left after the last field.
+    #[error("{0} unexpected trailing bytes")]
+    TrailingBytes(usize),
+}
+
+/// Ticks (100 ns) between 0001-01-01 and the Unix epoch, as .NET counts them.
+pub const UNIX_EPOCH_TICKS: i64 = 621_355_968_000_000_000;
+
+/// Converts a time to .NET ticks; times outside the i64 range saturate.
+pub fn ticks_from_system_time(time: SystemTime) -> i64 {
+    let ticks_of = |d: Duration| i64::try_from(d.as_nanos() / 100).unwrap_or(i64::MAX);
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => UNIX_EPOCH_TICKS.saturating_add(ticks_of(after)),
+        Err(before) => UNIX_EPOCH_TICKS.saturating_sub(ticks_of(before.duration())),
+    }
+}
+
+/// Converts .NET ticks to a time.
+pub fn system_time_from_ticks(ticks: i64) -> SystemTime {
+    let offset = i128::from(ticks) - i128::from(UNIX_EPOCH_TICKS);
+    let nanos = offset.unsigned_abs() * 100;
+    let d = Duration::new(
+        (nanos / 1_000_000_000) as u64,
+        (nanos % 1_000_000_000) as u32,
+    );
+    if offset >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    }
+}
+
+/// A password or other secret: kept out of `Debug` output and logs.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret string.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+/// Reads fields from a body, front to back.
+#[derive(Debug, Clone)]
+pub struct Reader<'a> {
+    /// What is still unread.
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    /// Reads from `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+
+    /// Bytes not yet read.
+    pub fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Fails unless every byte was read.
+    pub fn finish(self) -> Result<(), DecodeError> {
+        match self.buf.len() {
+            0 => Ok(()),
+            n => Err(DecodeError::TrailingBytes(n)),
+        }
+    }
+
+    /// Takes the next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated {
+                needed: n,
+                remaining: self.buf.len(),
+            });
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    /// Takes everything that is left.
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    /// Reads one byte.
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    /// Reads a u16, little-endian.
+    pub fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
+    /// Reads an i32, little-endian.
+    pub fn i32(&mut self) -> Result<i32, DecodeError> {
+        Ok(i32::from_le_bytes(self.array()?))
+    }
+
+    /// Reads an i64, little-endian.
+    pub fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+
+    /// Reads a bool byte (0 or 1).
+    pub fn bool(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(DecodeError::InvalidBool(b)),
+        }
+    }
+
+    /// Reads a 7-bit encoded length as .NET writes it: at most 5 bytes, within i32.
+    pub fn varint_len(&mut self) -> Result<usize, DecodeError> {
+        let mut value: u32 = 0;
+        for i in 0..5 {
+            let byte = self.u8()?;
+            // The fifth byte may carry only the top 4 bits of a 32-bit value.
+            if i == 4 && byte > 0x0f {
+                return Err(DecodeError::InvalidVarint);
+            }
+            value |= u32::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return i32::try_from(value)
+                    .map(|v| v as usize)
+                    .map_err(|_| DecodeError::InvalidVarint);
+            }
+        }
+        Err(DecodeError::InvalidVarint)
+    }
+
+    /// Reads a 7-bit-length-prefixed UTF-8 string.
+    pub fn string(&mut self) -> Result<String, DecodeError> {
+        let len = self.varint_len()?;
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::InvalidUtf8)
+    }
+
+    /// Reads a string, replacing invalid UTF-8 with U+FFFD. For text that is only displayed or
+    /// logged (error messages), where a peer's encoding mistake should not lose the message.
+    pub fn string_lossy(&mut self) -> Result<String, DecodeError> {
+        let len = self.varint_len()?;
+        Ok(String::from_utf8_lossy(self.take(len)?).into_owned())
+    }
+
+    /// Reads an i32 count and checks it is not negative.
+    pub fn count(&mut self) -> Result<usize, DecodeError> {
+        let n = self.i32()?;
+        usize::try_from(n).map_err(|_| DecodeError::NegativeLength(n))
+    }
+
+    /// Reads an i32-length-prefixed byte array.
+    pub fn byte_array(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.count()?;
+        self.take(n)
+    }
+
+    /// Reads an i32-count-prefixed array, each element read by `item`. The count is checked
+    /// against the bytes left (`min_item_len` each) before anything is allocated.
+    pub fn array_of<T>(
+        &mut self,
+        min_item_len: usize,
+        mut item: impl FnMut(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, DecodeError> {
+        let n = self.count()?;
+        let needed = n.saturating_mul(min_item_len.max(1));
+        if needed > self.remaining() {
+            return Err(DecodeError::Truncated {
+                needed,
+                remaining: self.remaining(),
+            });
+        }
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(item(self)?);
+        }
+        Ok(out)
+    }
+
+    /// Reads a .NET date-time (i64 ticks).
+    pub fn date_time(&mut self) -> Result<SystemTime, DecodeError> {
+        Ok(system_time_from_ticks(self.i64()?))
+    }
+}
+
+/// Writes fields in the same conventions; implemented for every [`BufMut`].
+pub trait WireWrite: BufMut {
+    /// Writes a 7-bit encoded length.
+    fn put_varint_len(&mut self, mut len: usize) {
+        while len >= 0x80 {
+            self.put_u8((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        self.put_u8(len as u8);
+    }
+
+    /// Writes a 7-bit-length-prefixed UTF-8 string.
+    fn put_string(&mut self, s: &str) {
+        self.put_varint_len(s.len());
+        self.put_slice(s.as_bytes());
+    }
+
+    /// Writes a bool as one byte.
+    fn put_bool(&mut self, b: bool) {
+        self.put_u8(u8::from(b));
+    }
+
+    /// Writes an i32 count; slices longer than i32 cannot be described by the format.
+    fn put_count(&mut self, n: usize) {
+        self.put_i32_le(i32::try_from(n).unwrap_or(i32::MAX));
+    }
+
+    /// Writes an i32-length-prefixed byte array.
+    fn put_byte_array(&mut self, bytes: &[u8]) {
+        self.put_count(bytes.len());
+        self.put_slice(bytes);
+    }
+
+    /// Writes a .NET date-time (i64 ticks).
+    fn put_date_time(&mut self, time: SystemTime) {
+        self.put_i64_le(ticks_from_system_time(time));
+    }
+}
+
+impl<B: BufMut + ?Sized> WireWrite for B {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use proptest::prelude::*;
+
+    #[test]
+    fn empty_string_is_one_zero_byte() {
+        let mut b = BytesMut::new();
+        b.put_string("");
+        assert_eq!(&b[..], &[0]);
+        assert_eq!(Reader::new(&b).string().unwrap(), "");
+    }
+
+    #[test]
+    fn varint_matches_dotnet() {
+        let mut b = BytesMut::new();
+        b.put_varint_len(300);
+        assert_eq!(&b[..], &[0xac, 0x02]);
+        assert_eq!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x07]).varint_len(), Ok(i32::MAX as usize));
+        assert_eq!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x0f]).varint_len(), Err(DecodeError::InvalidVarint));
+        assert_eq!(Reader::new(&[0xff; 6]).varint_len(), Err(DecodeError::InvalidVarint));
+    }
+
+    #[test]
+    fn huge_claimed_lengths_fail_without_allocating() {
+        let mut r = Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x07, b'a']);
+        assert!(matches!(r.string(), Err(DecodeError::Truncated { .. })));
+        let mut r = Reader::new(&[0xff, 0xff, 0xff, 0x7f]);
+        assert!(matches!(r.array_of(2, |r| r.u16()), Err(DecodeError::Truncated { .. })));
+        let mut r = Reader::new(&[0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(r.byte_array(), Err(DecodeError::NegativeLength(-1)));
+    }
+
+    #[test]
+    fn java_latin1_bytes_are_invalid_utf8_but_decode_lossily() {
+        // "é" as the Java client sends it: one byte 0xE9.
+        let body = [1u8, 0xe9];
+        assert_eq!(Reader::new(&body).string(), Err(DecodeError::InvalidUtf8));
+        assert_eq!(Reader::new(&body).string_lossy().unwrap(), "\u{fffd}");
+    }
+
+    #[test]
+    fn ticks_epoch() {
+        assert_eq!(ticks_from_system_time(UNIX_EPOCH), UNIX_EPOCH_TICKS);
+        assert_eq!(system_time_from_ticks(0), UNIX_EPOCH - Duration::from_secs(62_135_596_800));
+    }
+
+    proptest! {
+        #[test]
+        fn string_round_trips(s in ".*") {
+            let mut b = BytesMut::new();
+            b.put_string(&s);
+            let mut r = Reader::new(&b);
+            prop_assert_eq!(r.string().unwrap(), s);
+            prop_assert!(r.finish().is_ok());
+        }
+
+        #[test]
+        fn varint_round_trips(n in 0usize..=i32::MAX as usize) {
+            let mut b = BytesMut::new();
+            b.put_varint_len(n);
+            prop_assert_eq!(Reader::new(&b).varint_len().unwrap(), n);
+        }
+
+        #[test]
+        fn ticks_round_trip(t in -UNIX_EPOCH_TICKS..(3_155_378_975_999_999_999i64 - UNIX_EPOCH_TICKS)) {
+            let ticks = t + UNIX_EPOCH_TICKS;
+            prop_assert_eq!(ticks_from_system_time(system_time_from_ticks(ticks)), ticks);
+        }
+
+        #[test]
+        fn reader_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut r = Reader::new(&bytes);
+            let _ = r.string();
+            let _ = r.array_of(2, |r| r.u16());
+            let _ = r.byte_array();
+            let _ = r.date_time();
+            let _ = r.bool();
+        }
+    }
+}
