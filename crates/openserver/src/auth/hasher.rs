@@ -1,0 +1,5 @@
+//! Placeholder: being written.
+/// Placeholder.
+pub struct HashParams;
+/// Placeholder.
+pub struct PasswordHasher;

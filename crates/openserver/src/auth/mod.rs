@@ -1,0 +1,73 @@
+//! Authentication: the user store behind the password protocols.
+//!
+//! - [`UserStore`]: the trait the auth protocols check credentials against. Implement it to
+//!   plug in your own user database.
+//! - [`SqliteUserStore`]: the default store, a SQLite file with argon2id hashes.
+//! - [`PasswordHasher`]: argon2id hashing off the async threads, with bounded concurrency, and
+//!   a dummy verification for unknown users so they cost the same time as a wrong password.
+
+mod hasher;
+mod sqlite;
+
+pub use hasher::{HashParams, PasswordHasher};
+pub use sqlite::SqliteUserStore;
+
+use crate::wire::Secret;
+use async_trait::async_trait;
+
+/// An authenticated identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Numeric id, stable for the user's lifetime; DatabaseAuth sends it to the client.
+    pub id: i32,
+    /// Login name, unique in the store.
+    pub name: String,
+    /// Roles granted to the user (for example `admin`); protocols may require one.
+    pub roles: Vec<String>,
+}
+
+impl User {
+    /// Whether the user holds `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// Why a store could not answer. A wrong password or an unknown user is not an error: those
+/// are `Ok(None)` from [`UserStore::verify_password`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The backing database failed.
+    #[error("user store: {0}")]
+    Store(String),
+    /// Hashing failed or its worker was cancelled.
+    #[error("password hashing: {0}")]
+    Hash(String),
+    /// The user name is taken (when adding a user).
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    /// No such user (for administrative calls; logins never reveal this).
+    #[error("no user named {0:?}")]
+    NoSuchUser(String),
+    /// A name, password or role that the store does not accept.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// Which input was rejected.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where the password protocols check credentials.
+///
+/// Implementations must make an unknown user indistinguishable from a wrong password, in the
+/// answer and in the time it takes.
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// Checks `password` for the user `name`: `Ok(Some(user))` if it matches, `Ok(None)` for any
+    /// denial (unknown user, wrong password), `Err` only when the store itself failed.
+    async fn verify_password(&self, name: &str, password: &Secret)
+        -> Result<Option<User>, AuthError>;
+}
