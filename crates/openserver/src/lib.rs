@@ -1,5 +1,57 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-//! openserver: a TCP client/server application framework.
+//! # openserver
+//!
+//! A TCP client/server application framework for real-time, stateful sessions, wire compatible
+//! with DotNetOpenServer: its Java, C# and Objective-C clients work against an openserver
+//! server unchanged.
+//!
+//! Clients keep one TCP session open and exchange binary packets. Each packet travels in a
+//! frame (magic + length) and names a protocol by id; protocols are pluggable, and nothing but
+//! Capabilities and authentication runs before the session has authenticated.
+//!
+//! # Layout
+//!
+//! Three layers, each in its own folder:
+//!
+//! - [`wire`]: the wire format, no I/O. `codec.rs` frames bytes; `primitives.rs` holds the
+//!   .NET `BinaryWriter` encodings; one file per built-in protocol's messages.
+//! - [`session`]: one connection. [`Session`](session::Session) is the handle handlers and
+//!   push use; `outbound.rs` is the batching writer with its write deadline; `driver.rs` is the
+//!   server's read loop with the auth gate, in-order dispatch and the idle/auth deadlines.
+//! - [`protocol`]: the [`Protocol`](protocol::Protocol) trait and the built-in protocols, one
+//!   file each (keep-alive, WinAuth, DatabaseAuth, Hello).
+//! - [`auth`]: the [`UserStore`](auth::UserStore) trait, the SQLite store and argon2id hashing.
+//! - The public faces: [`server`] (listener, caps, push, shutdown) and [`client`].
+//!
+//! # A server in a few lines
+//!
+//! ```no_run
+//! use openserver::auth::{PasswordHasher, SqliteUserStore, HashParams};
+//! use openserver::server::{Server, ServerConfig};
+//! use std::sync::Arc;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = SqliteUserStore::open("users.db", PasswordHasher::new(HashParams::default())).await?;
+//! let server = Server::builder(ServerConfig::default())
+//!     .user_store(Arc::new(store))
+//!     .hello()
+//!     .bind()
+//!     .await?;
+//! server.run_until(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! `docs/PROTOCOL.md` describes the wire protocol for client authors and `docs/CONFIG.md` every
+//! setting.
+
 pub mod auth;
+pub mod client;
+pub mod protocol;
+pub mod server;
+pub mod session;
 pub mod wire;
+
+// Entry points shared by the fuzz targets and their seed-replay tests.
+#[doc(hidden)]
+pub mod fuzzing;

@@ -68,6 +68,9 @@ pub enum AuthError {
 pub trait UserStore: Send + Sync + 'static {
     /// Checks `password` for the user `name`: `Ok(Some(user))` if it matches, `Ok(None)` for any
     /// denial (unknown user, wrong password), `Err` only when the store itself failed.
-    async fn verify_password(&self, name: &str, password: &Secret)
-        -> Result<Option<User>, AuthError>;
+    async fn verify_password(
+        &self,
+        name: &str,
+        password: &Secret,
+    ) -> Result<Option<User>, AuthError>;
 }

@@ -1,3 +1,767 @@
-//! Placeholder: being written.
-/// Placeholder.
-pub struct SqliteUserStore;
+//! [`SqliteUserStore`]: users in a SQLite file, passwords stored as argon2id PHC strings.
+
+use super::{AuthError, PasswordHasher, User, UserStore};
+use crate::wire::Secret;
+use async_trait::async_trait;
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// File name of the user database inside the server's data directory.
+pub const USERS_DB_FILE: &str = "users.db";
+
+/// Longest accepted user name, in bytes.
+const MAX_NAME_BYTES: usize = 256;
+/// Longest accepted password, in bytes.
+const MAX_PASSWORD_BYTES: usize = 1024;
+/// Longest accepted role, in bytes.
+const MAX_ROLE_BYTES: usize = 64;
+/// How long to wait for another process (say the CLI while the server runs) to release a lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations; entry `i` takes `PRAGMA user_version` from `i` to `i + 1`. Append only.
+const MIGRATIONS: &[&str] = &[
+    // 1: users and their roles. AUTOINCREMENT so a deleted user's id is never handed out
+    // again (clients may have kept it).
+    "CREATE TABLE users (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         name TEXT NOT NULL UNIQUE,
+         password_hash TEXT NOT NULL,
+         created_at INTEGER NOT NULL DEFAULT (unixepoch())
+     );
+     CREATE TABLE user_roles (
+         user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+         role TEXT NOT NULL,
+         PRIMARY KEY (user_id, role)
+     ) WITHOUT ROWID;",
+];
+
+/// The schema version this code writes and understands.
+const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// A [`UserStore`] in a SQLite database file, with argon2id password hashes.
+///
+/// Cheap to clone: clones share the connection. Database calls from the async methods run on
+/// tokio's blocking pool; hashing goes through the [`PasswordHasher`] and its concurrency limit.
+/// User names are case-sensitive.
+#[derive(Clone)]
+pub struct SqliteUserStore {
+    conn: Arc<Mutex<Connection>>,
+    hasher: PasswordHasher,
+}
+
+impl SqliteUserStore {
+    /// Opens the store at `path`, creating the file and its schema if missing and upgrading an
+    /// older schema. The parent directory must exist. On Unix a new file is readable by its
+    /// owner only, since it holds password hashes.
+    pub fn open(path: impl AsRef<Path>, hasher: PasswordHasher) -> Result<Self, AuthError> {
+        let path = path.as_ref();
+        let cannot = |e: &dyn fmt::Display| {
+            AuthError::Store(format!("cannot open user database {}: {e}", path.display()))
+        };
+        create_private(path).map_err(|e| cannot(&e))?;
+        let conn = Connection::open(path).map_err(|e| cannot(&e))?;
+        Self::init(conn, hasher).map_err(|e| match e {
+            AuthError::Store(msg) => cannot(&msg),
+            other => other,
+        })
+    }
+
+    /// A store that lives in memory only, for tests.
+    pub fn open_in_memory(hasher: PasswordHasher) -> Result<Self, AuthError> {
+        Self::init(Connection::open_in_memory().map_err(db)?, hasher)
+    }
+
+    /// Where the store lives inside the data directory `data_dir`.
+    pub fn default_path(data_dir: impl AsRef<Path>) -> PathBuf {
+        data_dir.as_ref().join(USERS_DB_FILE)
+    }
+
+    fn init(mut conn: Connection, hasher: PasswordHasher) -> Result<Self, AuthError> {
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+        // Off by default in SQLite, and per connection; role rows rely on the cascade.
+        conn.pragma_update(None, "foreign_keys", true).map_err(db)?;
+        migrate(&mut conn)?;
+        Ok(SqliteUserStore {
+            conn: Arc::new(Mutex::new(conn)),
+            hasher,
+        })
+    }
+
+    /// Adds a user; [`AuthError::UserExists`] if the name is taken. Duplicate roles are
+    /// dropped; the returned user lists its roles sorted, as later reads do.
+    pub async fn add_user(
+        &self,
+        name: &str,
+        password: &Secret,
+        roles: &[String],
+    ) -> Result<User, AuthError> {
+        Self::validate_name(name)?;
+        Self::validate_password(password)?;
+        let roles = normalize_roles(roles)?;
+        let hash = self.hasher.hash(password.expose()).await?;
+        let name = name.to_owned();
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let inserted = tx.execute(
+                "INSERT INTO users (name, password_hash) VALUES (?1, ?2)",
+                params![name, hash],
+            );
+            match inserted {
+                Err(e) if is_unique_violation(&e) => return Err(AuthError::UserExists(name)),
+                other => other.map_err(db)?,
+            };
+            // Ids go on the wire as i32; refuse rather than truncate.
+            let id = i32::try_from(tx.last_insert_rowid())
+                .map_err(|_| AuthError::Store("user ids exhausted (past i32::MAX)".into()))?;
+            insert_roles(&tx, id, &roles)?;
+            tx.commit().map_err(db)?;
+            Ok(User { id, name, roles })
+        })
+        .await
+    }
+
+    /// Deletes a user and their roles; [`AuthError::NoSuchUser`] if absent.
+    pub async fn delete_user(&self, name: &str) -> Result<(), AuthError> {
+        let name = name.to_owned();
+        self.with_conn(move |conn| {
+            let deleted = conn
+                .execute("DELETE FROM users WHERE name = ?1", [&name])
+                .map_err(db)?;
+            if deleted == 0 {
+                return Err(AuthError::NoSuchUser(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces a user's password; [`AuthError::NoSuchUser`] if absent.
+    pub async fn set_password(&self, name: &str, password: &Secret) -> Result<(), AuthError> {
+        Self::validate_password(password)?;
+        let hash = self.hasher.hash(password.expose()).await?;
+        let name = name.to_owned();
+        self.with_conn(move |conn| {
+            let updated = conn
+                .execute(
+                    "UPDATE users SET password_hash = ?1 WHERE name = ?2",
+                    params![hash, name],
+                )
+                .map_err(db)?;
+            if updated == 0 {
+                return Err(AuthError::NoSuchUser(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces a user's roles (an empty list removes them all); [`AuthError::NoSuchUser`] if
+    /// absent.
+    pub async fn set_roles(&self, name: &str, roles: &[String]) -> Result<(), AuthError> {
+        let roles = normalize_roles(roles)?;
+        let name = name.to_owned();
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let Some((id, _)) = find_user(&tx, &name)? else {
+                return Err(AuthError::NoSuchUser(name));
+            };
+            tx.execute("DELETE FROM user_roles WHERE user_id = ?1", [id])
+                .map_err(db)?;
+            insert_roles(&tx, id, &roles)?;
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    /// All users, sorted by name (byte order), each with sorted roles.
+    pub async fn list_users(&self) -> Result<Vec<User>, AuthError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT u.id, u.name, r.role FROM users u
+                     LEFT JOIN user_roles r ON r.user_id = u.id
+                     ORDER BY u.name, r.role",
+                )
+                .map_err(db)?;
+            let mut rows = stmt.query([]).map_err(db)?;
+            let mut users: Vec<User> = Vec::new();
+            while let Some(row) = rows.next().map_err(db)? {
+                let id = user_id(row.get(0).map_err(db)?)?;
+                let role: Option<String> = row.get(2).map_err(db)?;
+                // Rows of one user are adjacent: names are unique and sorted.
+                let user = match users.last_mut() {
+                    Some(last) if last.id == id => last,
+                    _ => {
+                        users.push(User {
+                            id,
+                            name: row.get(1).map_err(db)?,
+                            roles: Vec::new(),
+                        });
+                        users.last_mut().ok_or_else(|| {
+                            AuthError::Store("internal: user list empty after push".into())
+                        })?
+                    }
+                };
+                user.roles.extend(role);
+            }
+            Ok(users)
+        })
+        .await
+    }
+
+    /// The user called `name`, if any.
+    pub async fn get_user(&self, name: &str) -> Result<Option<User>, AuthError> {
+        let name = name.to_owned();
+        self.with_conn(move |conn| {
+            let Some((id, _)) = find_user(conn, &name)? else {
+                return Ok(None);
+            };
+            Ok(Some(User {
+                id,
+                roles: load_roles(conn, id)?,
+                name,
+            }))
+        })
+        .await
+    }
+
+    /// How many users the store holds.
+    pub async fn user_count(&self) -> Result<u64, AuthError> {
+        self.with_conn(|conn| {
+            let n: i64 = conn
+                .query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))
+                .map_err(db)?;
+            u64::try_from(n).map_err(|_| AuthError::Store(format!("negative user count {n}")))
+        })
+        .await
+    }
+
+    /// Checks a user name against the store's rules: not empty, at most 256 bytes, no control
+    /// characters. Lets callers such as the CLI reject a name before asking for a password.
+    pub fn validate_name(name: &str) -> Result<(), AuthError> {
+        let invalid = |reason: &str| {
+            Err(AuthError::Invalid {
+                field: "user name",
+                reason: reason.into(),
+            })
+        };
+        if name.is_empty() {
+            return invalid("empty");
+        }
+        if name.len() > MAX_NAME_BYTES {
+            return invalid(&format!("longer than {MAX_NAME_BYTES} bytes"));
+        }
+        if name.chars().any(char::is_control) {
+            return invalid("contains control characters");
+        }
+        Ok(())
+    }
+
+    /// Checks a password against the store's rules: not empty, at most 1024 bytes.
+    pub fn validate_password(password: &Secret) -> Result<(), AuthError> {
+        let len = password.expose().len();
+        let reason = if len == 0 {
+            "empty".to_owned()
+        } else if len > MAX_PASSWORD_BYTES {
+            format!("longer than {MAX_PASSWORD_BYTES} bytes")
+        } else {
+            return Ok(());
+        };
+        Err(AuthError::Invalid {
+            field: "password",
+            reason,
+        })
+    }
+
+    /// Checks roles against the store's rules: each one not empty, at most 64 bytes, made of
+    /// ASCII letters, digits, `_`, `.` and `-`.
+    pub fn validate_roles(roles: &[String]) -> Result<(), AuthError> {
+        for role in roles {
+            let reason = if role.is_empty() {
+                "empty role".to_owned()
+            } else if role.len() > MAX_ROLE_BYTES {
+                format!("role longer than {MAX_ROLE_BYTES} bytes")
+            } else if !role
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+            {
+                format!("role {role:?} may only hold A-Z, a-z, 0-9, '_', '.' and '-'")
+            } else {
+                continue;
+            };
+            return Err(AuthError::Invalid {
+                field: "role",
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, AuthError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, AuthError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock may have left a transaction half done; SQLite rolls
+            // it back when the Transaction drops, but refuse to guess and report it.
+            let mut conn = conn
+                .lock()
+                .map_err(|_| AuthError::Store("database connection poisoned by a panic".into()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| AuthError::Store(format!("database task failed: {e}")))?
+    }
+}
+
+impl fmt::Debug for SqliteUserStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteUserStore")
+            .field("hasher", &self.hasher)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl UserStore for SqliteUserStore {
+    async fn verify_password(
+        &self,
+        name: &str,
+        password: &Secret,
+    ) -> Result<Option<User>, AuthError> {
+        let owned = name.to_owned();
+        let found = self.with_conn(move |conn| find_user(conn, &owned)).await?;
+        // Unknown users and wrong passwords do the same work: one lookup, one argon2 check.
+        let (id, hash) = match found {
+            Some((id, hash)) => (Some(id), Some(hash)),
+            None => (None, None),
+        };
+        let ok = self
+            .hasher
+            .verify(hash.as_deref(), password.expose())
+            .await?;
+        let Some(id) = id.filter(|_| ok) else {
+            return Ok(None);
+        };
+        let roles = self.with_conn(move |conn| load_roles(conn, id)).await?;
+        Ok(Some(User {
+            id,
+            name: name.to_owned(),
+            roles,
+        }))
+    }
+}
+
+/// Maps a database error to the store error.
+fn db(e: rusqlite::Error) -> AuthError {
+    AuthError::Store(e.to_string())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == ErrorCode::ConstraintViolation
+            && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+fn user_id(raw: i64) -> Result<i32, AuthError> {
+    i32::try_from(raw).map_err(|_| AuthError::Store(format!("user id {raw} does not fit in i32")))
+}
+
+/// Validates, sorts and dedups roles, the form they are stored and read back in.
+fn normalize_roles(roles: &[String]) -> Result<Vec<String>, AuthError> {
+    SqliteUserStore::validate_roles(roles)?;
+    let mut roles = roles.to_vec();
+    roles.sort();
+    roles.dedup();
+    Ok(roles)
+}
+
+/// The id and password hash of the user `name`.
+fn find_user(conn: &Connection, name: &str) -> Result<Option<(i32, String)>, AuthError> {
+    let found: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT id, password_hash FROM users WHERE name = ?1",
+            [name],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(db)?;
+    found.map(|(id, hash)| Ok((user_id(id)?, hash))).transpose()
+}
+
+fn load_roles(conn: &Connection, id: i32) -> Result<Vec<String>, AuthError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT role FROM user_roles WHERE user_id = ?1 ORDER BY role")
+        .map_err(db)?;
+    let roles = stmt
+        .query_map([id], |row| row.get(0))
+        .map_err(db)?
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(db)?;
+    Ok(roles)
+}
+
+fn insert_roles(conn: &Connection, id: i32, roles: &[String]) -> Result<(), AuthError> {
+    let mut stmt = conn
+        .prepare_cached("INSERT INTO user_roles (user_id, role) VALUES (?1, ?2)")
+        .map_err(db)?;
+    for role in roles {
+        stmt.execute(params![id, role]).map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`], in one transaction.
+fn migrate(conn: &mut Connection) -> Result<(), AuthError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(db)?;
+    let version = usize::try_from(version)
+        .ok()
+        .filter(|v| *v <= SCHEMA_VERSION)
+        .ok_or_else(|| {
+            AuthError::Store(format!(
+                "schema version {version} is not one this program knows (up to {SCHEMA_VERSION}); \
+                 written by a newer version?"
+            ))
+        })?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    for sql in &MIGRATIONS[version..] {
+        tx.execute_batch(sql).map_err(db)?;
+    }
+    // PRAGMA takes no bound parameters; the value is our own constant.
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+        .map_err(db)?;
+    tx.commit().map_err(db)
+}
+
+/// Creates `path` empty with owner-only permissions if it does not exist, so SQLite (which
+/// gives its journal files the database file's mode) never exposes the hashes to others.
+#[cfg(unix)]
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(unix))]
+fn create_private(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::HashParams;
+
+    fn hasher() -> PasswordHasher {
+        PasswordHasher::new(HashParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+            max_concurrent: 4,
+        })
+        .unwrap()
+    }
+
+    fn roles(r: &[&str]) -> Vec<String> {
+        r.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn pw(s: &str) -> Secret {
+        Secret::new(s)
+    }
+
+    #[tokio::test]
+    async fn add_get_list_delete() {
+        let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        assert_eq!(store.user_count().await.unwrap(), 0);
+        assert!(store.list_users().await.unwrap().is_empty());
+
+        let bob = store
+            .add_user("bob", &pw("b"), &roles(&["ops", "admin", "ops"]))
+            .await
+            .unwrap();
+        assert_eq!(bob.roles, roles(&["admin", "ops"]));
+        let alice = store.add_user("alice", &pw("a"), &[]).await.unwrap();
+        assert_ne!(alice.id, bob.id);
+        assert_eq!(store.user_count().await.unwrap(), 2);
+
+        assert_eq!(store.get_user("bob").await.unwrap(), Some(bob.clone()));
+        assert_eq!(store.get_user("carol").await.unwrap(), None);
+        assert_eq!(
+            store.list_users().await.unwrap(),
+            vec![alice.clone(), bob.clone()]
+        );
+
+        store.delete_user("bob").await.unwrap();
+        assert!(matches!(
+            store.delete_user("bob").await,
+            Err(AuthError::NoSuchUser(n)) if n == "bob"
+        ));
+        assert_eq!(store.list_users().await.unwrap(), vec![alice]);
+        // The cascade removed bob's roles.
+        let conn = store.conn.lock().unwrap();
+        let left: i64 = conn
+            .query_row("SELECT COUNT(*) FROM user_roles", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[tokio::test]
+    async fn ids_are_not_reused() {
+        let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        let a = store.add_user("a", &pw("x"), &[]).await.unwrap();
+        store.delete_user("a").await.unwrap();
+        let b = store.add_user("a", &pw("x"), &[]).await.unwrap();
+        assert!(b.id > a.id);
+    }
+
+    #[tokio::test]
+    async fn duplicate_user() {
+        let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        store.add_user("alice", &pw("a"), &[]).await.unwrap();
+        assert!(matches!(
+            store.add_user("alice", &pw("other"), &[]).await,
+            Err(AuthError::UserExists(n)) if n == "alice"
+        ));
+        // Names are case-sensitive.
+        store.add_user("Alice", &pw("a"), &[]).await.unwrap();
+        assert_eq!(store.user_count().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn verify_passwords() {
+        let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        let alice = store
+            .add_user("alice", &pw("s3cret"), &roles(&["admin"]))
+            .await
+            .unwrap();
+        let got = store.verify_password("alice", &pw("s3cret")).await.unwrap();
+        assert_eq!(got, Some(alice));
+        assert_eq!(
+            store.verify_password("alice", &pw("wrong")).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .verify_password("nobody", &pw("s3cret"))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(store.verify_password("", &pw("")).await.unwrap(), None);
+
+        // Through the trait object, as the protocols use it.
+        let dyn_store: Arc<dyn UserStore> = Arc::new(store);
+        assert!(dyn_store
+            .verify_password("alice", &pw("s3cret"))
+            .await
+            .unwrap()
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn passwd_and_roles() {
+        let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        store.add_user("alice", &pw("old"), &[]).await.unwrap();
+        store.set_password("alice", &pw("new")).await.unwrap();
+        assert!(store
+            .verify_password("alice", &pw("old"))
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store
+            .verify_password("alice", &pw("new"))
+            .await
+            .unwrap()
+            .is_some());
+        assert!(matches!(
+            store.set_password("bob", &pw("x")).await,
+            Err(AuthError::NoSuchUser(_))
+        ));
+
+        store.set_roles("alice", &roles(&["b", "a"])).await.unwrap();
+        let alice = store.get_user("alice").await.unwrap().unwrap();
+        assert_eq!(alice.roles, roles(&["a", "b"]));
+        assert!(alice.has_role("a"));
+        store.set_roles("alice", &[]).await.unwrap();
+        assert!(store
+            .get_user("alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .roles
+            .is_empty());
+        assert!(matches!(
+            store.set_roles("bob", &roles(&["a"])).await,
+            Err(AuthError::NoSuchUser(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn invalid_input_is_rejected() {
+        let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        let long_name = "n".repeat(257);
+        for name in ["", "a\nb", "tab\there", "nul\0", long_name.as_str()] {
+            assert!(
+                matches!(
+                    store.add_user(name, &pw("x"), &[]).await,
+                    Err(AuthError::Invalid {
+                        field: "user name",
+                        ..
+                    })
+                ),
+                "{name:?}"
+            );
+        }
+        store
+            .add_user(&"n".repeat(256), &pw("x"), &[])
+            .await
+            .unwrap();
+        store.add_user("élodie d'Arc", &pw("x"), &[]).await.unwrap();
+
+        for bad in [String::new(), "p".repeat(1025)] {
+            assert!(matches!(
+                store.add_user("carol", &Secret::new(bad), &[]).await,
+                Err(AuthError::Invalid {
+                    field: "password",
+                    ..
+                })
+            ));
+        }
+        let long_role = "r".repeat(65);
+        for role in ["", "a b", "a,b", "é", long_role.as_str()] {
+            assert!(
+                matches!(
+                    store.add_user("carol", &pw("x"), &roles(&[role])).await,
+                    Err(AuthError::Invalid { field: "role", .. })
+                ),
+                "{role:?}"
+            );
+        }
+        store
+            .add_user("carol", &pw("x"), &roles(&["A-z_0.9", &"r".repeat(64)]))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.set_password("carol", &pw("")).await,
+            Err(AuthError::Invalid { .. })
+        ));
+        assert!(matches!(
+            store.set_roles("carol", &roles(&["no spaces"])).await,
+            Err(AuthError::Invalid { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = SqliteUserStore::default_path(dir.path());
+        assert!(path.ends_with(USERS_DB_FILE));
+        let alice = {
+            let store = SqliteUserStore::open(&path, hasher()).unwrap();
+            store
+                .add_user("alice", &pw("pw"), &roles(&["admin"]))
+                .await
+                .unwrap()
+        };
+        let store = SqliteUserStore::open(&path, hasher()).unwrap();
+        assert_eq!(store.list_users().await.unwrap(), vec![alice.clone()]);
+        assert_eq!(
+            store.verify_password("alice", &pw("pw")).await.unwrap(),
+            Some(alice)
+        );
+
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        }
+    }
+
+    #[tokio::test]
+    async fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
+        let err = SqliteUserStore::open(&path, hasher()).unwrap_err();
+        assert!(
+            matches!(err, AuthError::Store(ref m) if m.contains("99")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent").join(USERS_DB_FILE);
+        assert!(matches!(
+            SqliteUserStore::open(path, hasher()),
+            Err(AuthError::Store(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn ids_beyond_i32_are_refused() {
+        let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        store
+            .conn
+            .lock()
+            .unwrap()
+            .execute(
+                "INSERT INTO users (id, name, password_hash) VALUES (?1, 'max', 'x')",
+                [i64::from(i32::MAX)],
+            )
+            .unwrap();
+        assert!(matches!(
+            store.add_user("next", &pw("x"), &[]).await,
+            Err(AuthError::Store(_))
+        ));
+        // The failed insert was rolled back.
+        assert_eq!(store.get_user("next").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn corrupt_hash_is_an_error_not_a_denial() {
+        let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        store.add_user("alice", &pw("pw"), &[]).await.unwrap();
+        store
+            .conn
+            .lock()
+            .unwrap()
+            .execute("UPDATE users SET password_hash = 'garbage'", [])
+            .unwrap();
+        assert!(matches!(
+            store.verify_password("alice", &pw("pw")).await,
+            Err(AuthError::Hash(_))
+        ));
+    }
+}

@@ -106,8 +106,17 @@ mod tests {
 
     #[test]
     fn malformed_bodies() {
-        assert_eq!(CapabilitiesMessage::decode(&[]), Err(DecodeError::MissingCommand));
-        assert_eq!(CapabilitiesMessage::decode(&[7]), Err(DecodeError::UnknownCommand(7)));
-        assert_eq!(CapabilitiesMessage::decode(&[1, 0]), Err(DecodeError::TrailingBytes(1)));
+        assert_eq!(
+            CapabilitiesMessage::decode(&[]),
+            Err(DecodeError::MissingCommand)
+        );
+        assert_eq!(
+            CapabilitiesMessage::decode(&[7]),
+            Err(DecodeError::UnknownCommand(7))
+        );
+        assert_eq!(
+            CapabilitiesMessage::decode(&[1, 0]),
+            Err(DecodeError::TrailingBytes(1))
+        );
     }
 }

@@ -102,7 +102,10 @@ mod tests {
     #[test]
     fn authenticated_matches_capture() {
         let frame = DatabaseAuthMessage::Authenticated { user_id: 7 }.to_frame();
-        assert_eq!(hex::encode(frame.to_bytes().unwrap()), "53550700000003000207000000");
+        assert_eq!(
+            hex::encode(frame.to_bytes().unwrap()),
+            "53550700000003000207000000"
+        );
     }
 
     #[test]

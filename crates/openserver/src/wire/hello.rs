@@ -39,6 +39,9 @@ mod tests {
     fn matches_capture() {
         let req = HelloMessage::decode(&hex::decode("05616c696365").unwrap()).unwrap();
         let reply = req.reply().to_frame().to_bytes().unwrap();
-        assert_eq!(hex::encode(reply), "53550e0000000a000b48656c6c6f20616c696365");
+        assert_eq!(
+            hex::encode(reply),
+            "53550e0000000a000b48656c6c6f20616c696365"
+        );
     }
 }

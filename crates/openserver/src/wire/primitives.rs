@@ -325,9 +325,18 @@ mod tests {
         let mut b = BytesMut::new();
         b.put_varint_len(300);
         assert_eq!(&b[..], &[0xac, 0x02]);
-        assert_eq!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x07]).varint_len(), Ok(i32::MAX as usize));
-        assert_eq!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x0f]).varint_len(), Err(DecodeError::InvalidVarint));
-        assert_eq!(Reader::new(&[0xff; 6]).varint_len(), Err(DecodeError::InvalidVarint));
+        assert_eq!(
+            Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x07]).varint_len(),
+            Ok(i32::MAX as usize)
+        );
+        assert_eq!(
+            Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x0f]).varint_len(),
+            Err(DecodeError::InvalidVarint)
+        );
+        assert_eq!(
+            Reader::new(&[0xff; 6]).varint_len(),
+            Err(DecodeError::InvalidVarint)
+        );
     }
 
     #[test]
@@ -335,7 +344,10 @@ mod tests {
         let mut r = Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x07, b'a']);
         assert!(matches!(r.string(), Err(DecodeError::Truncated { .. })));
         let mut r = Reader::new(&[0xff, 0xff, 0xff, 0x7f]);
-        assert!(matches!(r.array_of(2, |r| r.u16()), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(
+            r.array_of(2, |r| r.u16()),
+            Err(DecodeError::Truncated { .. })
+        ));
         let mut r = Reader::new(&[0xff, 0xff, 0xff, 0xff]);
         assert_eq!(r.byte_array(), Err(DecodeError::NegativeLength(-1)));
     }
@@ -351,7 +363,10 @@ mod tests {
     #[test]
     fn ticks_epoch() {
         assert_eq!(ticks_from_system_time(UNIX_EPOCH), UNIX_EPOCH_TICKS);
-        assert_eq!(system_time_from_ticks(0), UNIX_EPOCH - Duration::from_secs(62_135_596_800));
+        assert_eq!(
+            system_time_from_ticks(0),
+            UNIX_EPOCH - Duration::from_secs(62_135_596_800)
+        );
     }
 
     proptest! {

@@ -1,0 +1,190 @@
+//! One client connection: the read loop that routes server packets to waiting requests and
+//! subscriptions, and the shared writer.
+
+use super::ClientError;
+use crate::protocol::keepalive::Heartbeat;
+use crate::session::outbound::{self, WriterOptions};
+use crate::session::{lock, CloseReason, Session};
+use crate::wire::capabilities::CapabilitiesMessage;
+use crate::wire::keepalive::KeepAliveMessage;
+use crate::wire::{protocol_id, Frame, FrameCodec, FrameError, Message};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+
+/// A packet delivered to a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A packet body of the subscribed protocol.
+    Packet(Bytes),
+    /// The server reported an error about the subscribed protocol.
+    Error(String),
+}
+
+type Waiter = oneshot::Sender<Result<Bytes, ClientError>>;
+
+/// Requests waiting for an answer, per protocol id. DNOS packets carry no request ids, so the
+/// answers of one protocol are matched to its requests in order.
+#[derive(Default)]
+pub(crate) struct Pending {
+    waiters: Mutex<HashMap<u16, VecDeque<Waiter>>>,
+}
+
+impl Pending {
+    pub(crate) fn push(&self, protocol_id: u16, waiter: Waiter) {
+        lock(&self.waiters)
+            .entry(protocol_id)
+            .or_default()
+            .push_back(waiter);
+    }
+
+    /// Hands `answer` to the oldest waiter of `protocol_id`; gives it back if none waits.
+    fn complete(
+        &self,
+        protocol_id: u16,
+        answer: Result<Bytes, ClientError>,
+    ) -> Option<Result<Bytes, ClientError>> {
+        let waiter = lock(&self.waiters)
+            .get_mut(&protocol_id)
+            .and_then(VecDeque::pop_front);
+        match waiter {
+            // A waiter that gave up (timed out) still owned this answer: drop it with the
+            // waiter so later answers stay matched to later requests.
+            Some(waiter) => {
+                let _ = waiter.send(answer);
+                None
+            }
+            None => Some(answer),
+        }
+    }
+
+    fn fail_all(&self, reason: &CloseReason) {
+        for (_, queue) in lock(&self.waiters).drain() {
+            for waiter in queue {
+                let _ = waiter.send(Err(ClientError::Closed(Some(reason.clone()))));
+            }
+        }
+    }
+}
+
+/// Subscriptions of application protocols, shared across reconnects.
+pub(crate) type Subscriptions = Mutex<HashMap<u16, mpsc::Sender<Incoming>>>;
+
+/// What the read loop needs besides the socket.
+pub(crate) struct ConnectionParts {
+    pub session: Session,
+    pub queue: mpsc::Receiver<Frame>,
+    pub pending: Arc<Pending>,
+    pub subscriptions: Arc<Subscriptions>,
+    /// Refreshed on every packet from the server, once keep-alive runs.
+    pub heartbeat: Arc<Mutex<Option<Heartbeat>>>,
+    pub max_frame: usize,
+    pub writer: WriterOptions,
+}
+
+/// Runs one connection until it closes; returns why.
+pub(crate) async fn run<S>(stream: S, parts: ConnectionParts) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let ConnectionParts {
+        session,
+        queue,
+        pending,
+        subscriptions,
+        heartbeat,
+        max_frame,
+        writer,
+    } = parts;
+    let (reader, write_half) = tokio::io::split(stream);
+    let writer_task = tokio::spawn(outbound::write_loop(
+        write_half,
+        queue,
+        session.clone(),
+        writer,
+    ));
+    let mut frames = FramedRead::new(reader, FrameCodec::new(max_frame));
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = session.closed() => break,
+            next = frames.next() => next,
+        };
+        match next {
+            None => session.close(CloseReason::PeerClosed),
+            Some(Err(FrameError::Io(e))) => session.close(CloseReason::Io(e.to_string())),
+            Some(Err(e)) => session.close(CloseReason::ProtocolError(e.to_string())),
+            Some(Ok(frame)) => {
+                if writer.log_packets {
+                    tracing::info!(direction = "in", protocol_id = frame.protocol_id, body = %hex::encode(&frame.body), "packet");
+                }
+                if let Some(hb) = lock(&heartbeat).as_ref() {
+                    hb.seen();
+                }
+                route(&session, &pending, &subscriptions, frame).await;
+            }
+        }
+    }
+    let reason = session.close_reason().unwrap_or(CloseReason::Local);
+    pending.fail_all(&reason);
+    let _ = writer_task.await;
+    reason
+}
+
+async fn route(session: &Session, pending: &Pending, subs: &Subscriptions, frame: Frame) {
+    match frame.protocol_id {
+        protocol_id::CAPABILITIES => match CapabilitiesMessage::decode(&frame.body) {
+            Ok(CapabilitiesMessage::Error {
+                protocol_id,
+                message,
+            }) => {
+                let err = ClientError::Remote {
+                    protocol_id,
+                    message: message.clone(),
+                };
+                if pending.complete(protocol_id, Err(err)).is_some() {
+                    deliver(subs, protocol_id, Incoming::Error(message)).await;
+                }
+            }
+            Ok(CapabilitiesMessage::GetProtocolIds) => {
+                let mut ids: Vec<u16> = lock(subs).keys().copied().collect();
+                ids.push(protocol_id::KEEP_ALIVE);
+                ids.sort_unstable();
+                let _ = session
+                    .send_message(&CapabilitiesMessage::ProtocolIds(ids))
+                    .await;
+            }
+            Ok(CapabilitiesMessage::ProtocolIds(_)) => {
+                let _ = pending.complete(protocol_id::CAPABILITIES, Ok(frame.body));
+            }
+            Err(e) => tracing::debug!(error = %e, "malformed capabilities packet from server"),
+        },
+        protocol_id::KEEP_ALIVE => match KeepAliveMessage::decode(&frame.body) {
+            Ok(KeepAliveMessage::Quit) => session.close(CloseReason::Quit),
+            Ok(KeepAliveMessage::KeepAlive) => {}
+            Err(e) => tracing::debug!(error = %e, "malformed keep-alive packet from server"),
+        },
+        id => {
+            if pending.complete(id, Ok(frame.body.clone())).is_some() {
+                deliver(subs, id, Incoming::Packet(frame.body)).await;
+            }
+        }
+    }
+}
+
+async fn deliver(subs: &Subscriptions, protocol_id: u16, incoming: Incoming) {
+    let tx = lock(subs).get(&protocol_id).cloned();
+    match tx {
+        // Waiting here slows the reader to the subscriber's pace: back-pressure, not loss.
+        Some(tx) => {
+            if tx.send(incoming).await.is_err() {
+                lock(subs).remove(&protocol_id);
+            }
+        }
+        None => tracing::debug!(protocol_id, "packet for a protocol nobody subscribed to"),
+    }
+}

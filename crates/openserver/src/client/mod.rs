@@ -1,0 +1,513 @@
+//! The client library: connect, list the server's protocols, authenticate, keep alive, say
+//! hello, exchange packets on application protocols, and hear about a lost connection.
+//!
+//! ```no_run
+//! use openserver::client::{Client, ClientConfig};
+//! # async fn run() -> Result<(), openserver::client::ClientError> {
+//! let client = Client::connect("127.0.0.1:21843", ClientConfig::default()).await?;
+//! let user_id = client.authenticate_db("alice", "secret").await?;
+//! client.start_keep_alive().await?;
+//! assert_eq!(client.hello("world").await?, "Hello world");
+//! client.quit().await;
+//! # Ok(()) }
+//! ```
+//!
+//! With [`ClientConfig::reconnect`] set, a lost connection is re-established with backoff and
+//! the last successful login and keep-alive are replayed; [`Client::events`] reports each step.
+
+mod config;
+mod connection;
+
+pub use config::{ClientConfig, ReconnectPolicy};
+pub use connection::Incoming;
+
+use crate::session::outbound::WriterOptions;
+use crate::session::{lock, CloseReason, Session};
+use crate::wire::capabilities::CapabilitiesMessage;
+use crate::wire::dbauth::DatabaseAuthMessage;
+use crate::wire::hello::HelloMessage;
+use crate::wire::keepalive::KeepAliveMessage;
+use crate::wire::winauth::WinAuthMessage;
+use crate::wire::{protocol_id, DecodeError, Frame, Message, Secret};
+use bytes::Bytes;
+use connection::{ConnectionParts, Pending, Subscriptions};
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Why a client call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The TCP connection could not be made.
+    #[error("cannot connect to {addr}: {message}")]
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// What failed.
+        message: String,
+    },
+    /// The server denied the login.
+    #[error("access denied")]
+    AccessDenied,
+    /// The server answered with an ERROR about this protocol.
+    #[error("server error for protocol {protocol_id}: {message}")]
+    Remote {
+        /// The protocol the error is about.
+        protocol_id: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// The server's answer did not decode.
+    #[error("malformed answer from server: {0}")]
+    Malformed(#[from] DecodeError),
+    /// The server answered something the request does not expect.
+    #[error("unexpected answer from server: {0}")]
+    Unexpected(String),
+    /// No answer within the request timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The connection is closed (with the reason, when known).
+    #[error("connection closed{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Closed(Option<CloseReason>),
+}
+
+/// What happens to the connection, as [`Client::events`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The connection was lost (keep-alive silence, a reset, the server closing).
+    Lost(CloseReason),
+    /// A reconnect attempt will start after `delay`.
+    Reconnecting {
+        /// 1 for the first attempt after a loss.
+        attempt: u32,
+        /// The wait before it.
+        delay: std::time::Duration,
+    },
+    /// Connected again, with login and keep-alive replayed.
+    Reconnected,
+    /// The client is closed for good: by [`Client::quit`], or reconnecting gave up or is off.
+    Closed(CloseReason),
+}
+
+/// Credentials remembered for replay after a reconnect.
+#[derive(Clone)]
+enum Login {
+    Database {
+        user: String,
+        password: Secret,
+    },
+    Win {
+        user: String,
+        password: Secret,
+        domain: String,
+    },
+}
+
+/// One live connection.
+#[derive(Clone)]
+struct Conn {
+    session: Session,
+    pending: Arc<Pending>,
+    /// Resolves with the close reason when the connection's task ends.
+    done: watch::Receiver<Option<CloseReason>>,
+}
+
+/// A connection to an openserver (or DotNetOpenServer) server. Cheap to clone; clones share
+/// the connection.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Where to (re)connect.
+    addr: String,
+    config: ClientConfig,
+    /// The current connection; replaced on reconnect.
+    conn: Mutex<Conn>,
+    subscriptions: Arc<Subscriptions>,
+    /// The running heartbeat, if keep-alive was started; the read loop refreshes it.
+    heartbeat: Arc<Mutex<Option<Heartbeat>>>,
+    /// Whether keep-alive should run (replayed after reconnect).
+    keep_alive: Mutex<bool>,
+    /// The last successful login (replayed after reconnect).
+    login: Mutex<Option<Login>>,
+    /// Keeps register-then-send atomic so answers match requests in order.
+    request_lock: tokio::sync::Mutex<()>,
+    events: broadcast::Sender<ClientEvent>,
+    /// Cancelled by `quit`: no more reconnects.
+    quitting: CancellationToken,
+    /// The final close reason, once the client is closed for good.
+    closed: watch::Sender<Option<CloseReason>>,
+}
+
+use crate::protocol::keepalive::Heartbeat;
+
+impl Client {
+    /// Connects over TCP to `addr` (`host:port`).
+    pub async fn connect(
+        addr: impl Into<String>,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let addr = addr.into();
+        let subscriptions = Arc::new(Subscriptions::default());
+        let heartbeat = Arc::new(Mutex::new(None));
+        let conn = open(&addr, &config, &subscriptions, &heartbeat).await?;
+        let (events, _) = broadcast::channel(64);
+        let (closed, _) = watch::channel(None);
+        let client = Client {
+            shared: Arc::new(Shared {
+                addr,
+                config,
+                conn: Mutex::new(conn),
+                subscriptions,
+                heartbeat,
+                keep_alive: Mutex::new(false),
+                login: Mutex::new(None),
+                request_lock: tokio::sync::Mutex::new(()),
+                events,
+                quitting: CancellationToken::new(),
+                closed,
+            }),
+        };
+        tokio::spawn(supervise(client.shared.clone()));
+        Ok(client)
+    }
+
+    /// The protocol ids the server supports (Capabilities GET_PROTOCOL_IDS).
+    pub async fn protocol_ids(&self) -> Result<Vec<u16>, ClientError> {
+        let body = self
+            .request(
+                protocol_id::CAPABILITIES,
+                CapabilitiesMessage::GetProtocolIds.to_frame(),
+            )
+            .await?;
+        match CapabilitiesMessage::decode(&body)? {
+            CapabilitiesMessage::ProtocolIds(ids) => Ok(ids),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Logs in with DatabaseAuth; returns the user's numeric id.
+    pub async fn authenticate_db(&self, user: &str, password: &str) -> Result<i32, ClientError> {
+        let login = Login::Database {
+            user: user.into(),
+            password: password.into(),
+        };
+        let conn = self.current();
+        let id = self.login_on(&conn, &login).await?;
+        *lock(&self.shared.login) = Some(login);
+        Ok(id)
+    }
+
+    /// Logs in with WinAuth; `domain` may be empty.
+    pub async fn authenticate_win(
+        &self,
+        user: &str,
+        password: &str,
+        domain: &str,
+    ) -> Result<(), ClientError> {
+        let login = Login::Win {
+            user: user.into(),
+            password: password.into(),
+            domain: domain.into(),
+        };
+        let conn = self.current();
+        self.login_on(&conn, &login).await?;
+        *lock(&self.shared.login) = Some(login);
+        Ok(())
+    }
+
+    /// Starts keep-alive: a heartbeat every `keep_alive.interval`; silence from the server for
+    /// `keep_alive.timeout` closes the connection as lost. Call after authenticating (the
+    /// server accepts keep-alive only then).
+    pub async fn start_keep_alive(&self) -> Result<(), ClientError> {
+        *lock(&self.shared.keep_alive) = true;
+        let conn = self.current();
+        start_heartbeat(&self.shared, &conn).await
+    }
+
+    /// Sends `message` on Hello (10) and returns the server's answer.
+    pub async fn hello(&self, message: &str) -> Result<String, ClientError> {
+        let frame = HelloMessage(message.to_owned()).to_frame();
+        let body = self.request(protocol_id::HELLO, frame).await?;
+        Ok(HelloMessage::decode(&body)?.0)
+    }
+
+    /// Sends one packet on any protocol without waiting for an answer.
+    pub async fn send(&self, protocol_id: u16, body: impl Into<Bytes>) -> Result<(), ClientError> {
+        let conn = self.current();
+        conn.session
+            .send(Frame::new(protocol_id, body))
+            .await
+            .map_err(|_| ClientError::Closed(conn.session.close_reason()))
+    }
+
+    /// Sends one packet and waits for the next packet of the same protocol: for protocols that
+    /// answer each request. Requests of one protocol are answered in order.
+    pub async fn request(&self, protocol_id: u16, frame: Frame) -> Result<Bytes, ClientError> {
+        let conn = self.current();
+        request_on(&self.shared, &conn, protocol_id, frame).await
+    }
+
+    /// Receives every packet of `protocol_id` that no request is waiting for (server pushes),
+    /// and the server's errors about it. A later call replaces the earlier subscription.
+    pub fn subscribe(&self, protocol_id: u16) -> mpsc::Receiver<Incoming> {
+        let (tx, rx) = mpsc::channel(self.shared.config.queue_depth.max(1));
+        lock(&self.shared.subscriptions).insert(protocol_id, tx);
+        rx
+    }
+
+    /// Connection events: losses, reconnect attempts, the final close.
+    pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Whether the current connection is open.
+    pub fn is_connected(&self) -> bool {
+        !self.current().session.is_closing()
+    }
+
+    /// Waits until the client is closed for good and returns why: after [`quit`](Self::quit),
+    /// or after a loss when reconnecting is off or gave up.
+    pub async fn closed(&self) -> CloseReason {
+        let mut rx = self.shared.closed.subscribe();
+        loop {
+            if let Some(reason) = rx.borrow_and_update().clone() {
+                return reason;
+            }
+            if rx.changed().await.is_err() {
+                return CloseReason::Local;
+            }
+        }
+    }
+
+    /// Sends QUIT and closes the connection; no reconnect follows.
+    pub async fn quit(&self) {
+        self.shared.quitting.cancel();
+        let conn = self.current();
+        let _ = conn.session.try_send(KeepAliveMessage::Quit.to_frame());
+        conn.session.close(CloseReason::Local);
+        let mut done = conn.done.clone();
+        let _ = done.wait_for(Option::is_some).await;
+    }
+
+    fn current(&self) -> Conn {
+        lock(&self.shared.conn).clone()
+    }
+
+    async fn login_on(&self, conn: &Conn, login: &Login) -> Result<i32, ClientError> {
+        login_on(&self.shared, conn, login).await
+    }
+}
+
+async fn open(
+    addr: &str,
+    config: &ClientConfig,
+    subscriptions: &Arc<Subscriptions>,
+    heartbeat: &Arc<Mutex<Option<Heartbeat>>>,
+) -> Result<Conn, ClientError> {
+    let connect_error = |message: String| ClientError::Connect {
+        addr: addr.to_owned(),
+        message,
+    };
+    let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| connect_error(format!("timed out after {:?}", config.connect_timeout)))?
+        .map_err(|e| connect_error(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let peer = stream
+        .peer_addr()
+        .map_err(|e| connect_error(e.to_string()))?;
+    let (session, queue) = Session::new(0, peer, config.queue_depth);
+    let pending = Arc::new(Pending::default());
+    let (done_tx, done) = watch::channel(None);
+    let parts = ConnectionParts {
+        session: session.clone(),
+        queue,
+        pending: pending.clone(),
+        subscriptions: subscriptions.clone(),
+        heartbeat: heartbeat.clone(),
+        max_frame: config.max_frame,
+        writer: WriterOptions {
+            write_timeout: config.write_timeout,
+            log_packets: config.log_packets,
+        },
+    };
+    tokio::spawn(async move {
+        let reason = connection::run(stream, parts).await;
+        let _ = done_tx.send(Some(reason));
+    });
+    Ok(Conn {
+        session,
+        pending,
+        done,
+    })
+}
+
+async fn request_on(
+    shared: &Shared,
+    conn: &Conn,
+    protocol_id: u16,
+    frame: Frame,
+) -> Result<Bytes, ClientError> {
+    let (tx, rx) = oneshot::channel();
+    {
+        let _order = shared.request_lock.lock().await;
+        conn.pending.push(protocol_id, tx);
+        conn.session
+            .send(frame)
+            .await
+            .map_err(|_| ClientError::Closed(conn.session.close_reason()))?;
+    }
+    let timeout = shared.config.request_timeout;
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(ClientError::Closed(conn.session.close_reason())),
+        Err(_) => Err(ClientError::Timeout(timeout)),
+    }
+}
+
+async fn login_on(shared: &Shared, conn: &Conn, login: &Login) -> Result<i32, ClientError> {
+    match login {
+        Login::Database { user, password } => {
+            let request = DatabaseAuthMessage::Authenticate {
+                user: user.clone(),
+                password: password.clone(),
+            };
+            let body =
+                request_on(shared, conn, protocol_id::DATABASE_AUTH, request.to_frame()).await?;
+            match DatabaseAuthMessage::decode(&body)? {
+                DatabaseAuthMessage::Authenticated { user_id } => Ok(user_id),
+                DatabaseAuthMessage::AccessDenied
+                | DatabaseAuthMessage::UserNotFound
+                | DatabaseAuthMessage::InvalidPassword
+                | DatabaseAuthMessage::EmailNotVerified => Err(ClientError::AccessDenied),
+                DatabaseAuthMessage::Error(message) => Err(ClientError::Remote {
+                    protocol_id: protocol_id::DATABASE_AUTH,
+                    message,
+                }),
+                other => Err(ClientError::Unexpected(format!("{other:?}"))),
+            }
+        }
+        Login::Win {
+            user,
+            password,
+            domain,
+        } => {
+            let request = WinAuthMessage::Authenticate {
+                user: user.clone(),
+                password: password.clone(),
+                domain: domain.clone(),
+            };
+            let body = request_on(shared, conn, protocol_id::WIN_AUTH, request.to_frame()).await?;
+            match WinAuthMessage::decode(&body)? {
+                WinAuthMessage::Authenticated => Ok(0),
+                WinAuthMessage::AccessDenied => Err(ClientError::AccessDenied),
+                WinAuthMessage::Error(message) => Err(ClientError::Remote {
+                    protocol_id: protocol_id::WIN_AUTH,
+                    message,
+                }),
+                other => Err(ClientError::Unexpected(format!("{other:?}"))),
+            }
+        }
+    }
+}
+
+async fn start_heartbeat(shared: &Shared, conn: &Conn) -> Result<(), ClientError> {
+    // The server creates its keep-alive instance on our first packet, so send one now.
+    conn.session
+        .send(KeepAliveMessage::KeepAlive.to_frame())
+        .await
+        .map_err(|_| ClientError::Closed(conn.session.close_reason()))?;
+    let hb = Heartbeat::start(conn.session.clone(), shared.config.keep_alive);
+    *lock(&shared.heartbeat) = Some(hb);
+    Ok(())
+}
+
+/// Watches the connection; on loss, reports it and reconnects if the policy says so.
+async fn supervise(shared: Arc<Shared>) {
+    loop {
+        let mut done = lock(&shared.conn).done.clone();
+        let reason = match done.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or(CloseReason::Local),
+            Err(_) => CloseReason::Local,
+        };
+        *lock(&shared.heartbeat) = None;
+        if shared.quitting.is_cancelled() {
+            return finish(&shared, reason);
+        }
+        tracing::warn!(addr = %shared.addr, %reason, "connection lost");
+        let _ = shared.events.send(ClientEvent::Lost(reason.clone()));
+        let Some(policy) = shared.config.reconnect.clone() else {
+            return finish(&shared, reason);
+        };
+        if !reconnect(&shared, &policy).await {
+            return finish(&shared, reason);
+        }
+    }
+}
+
+/// Tries to reconnect until it succeeds, the policy gives up, or the client quits.
+async fn reconnect(shared: &Arc<Shared>, policy: &ReconnectPolicy) -> bool {
+    let mut attempt = 0u32;
+    loop {
+        if policy.max_attempts.is_some_and(|max| attempt >= max) {
+            return false;
+        }
+        let delay = policy.delay(attempt);
+        attempt += 1;
+        let _ = shared
+            .events
+            .send(ClientEvent::Reconnecting { attempt, delay });
+        tokio::select! {
+            () = shared.quitting.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        match reestablish(shared).await {
+            Ok(conn) => {
+                *lock(&shared.conn) = conn;
+                tracing::info!(addr = %shared.addr, attempt, "reconnected");
+                let _ = shared.events.send(ClientEvent::Reconnected);
+                return true;
+            }
+            Err(e) => tracing::warn!(addr = %shared.addr, attempt, error = %e, "reconnect failed"),
+        }
+    }
+}
+
+/// A new connection with the last login and keep-alive replayed.
+async fn reestablish(shared: &Arc<Shared>) -> Result<Conn, ClientError> {
+    let conn = open(
+        &shared.addr,
+        &shared.config,
+        &shared.subscriptions,
+        &shared.heartbeat,
+    )
+    .await?;
+    let login = lock(&shared.login).clone();
+    let replay = async {
+        if let Some(login) = login {
+            login_on(shared, &conn, &login).await?;
+        }
+        if *lock(&shared.keep_alive) {
+            start_heartbeat(shared, &conn).await?;
+        }
+        Ok(())
+    };
+    match replay.await {
+        Ok(()) => Ok(conn),
+        Err(e) => {
+            conn.session.close(CloseReason::Local);
+            Err(e)
+        }
+    }
+}
+
+fn finish(shared: &Shared, reason: CloseReason) {
+    let _ = shared.events.send(ClientEvent::Closed(reason.clone()));
+    let _ = shared.closed.send(Some(reason));
+}

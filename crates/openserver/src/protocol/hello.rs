@@ -1,0 +1,36 @@
+//! Hello (protocol 10): the sample application protocol, built with the public [`Protocol`]
+//! trait like any protocol of your own. The server answers `"Hello " + s`.
+
+use super::{HandlerError, Protocol, ProtocolHandler};
+use crate::session::Session;
+use crate::wire::hello::HelloMessage;
+use crate::wire::{protocol_id, Message};
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// The server side of Hello.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Hello;
+
+impl Protocol for Hello {
+    fn id(&self) -> u16 {
+        protocol_id::HELLO
+    }
+
+    fn name(&self) -> &'static str {
+        "hello"
+    }
+
+    fn new_handler(&self, _session: &Session) -> Box<dyn ProtocolHandler> {
+        Box::new(Hello)
+    }
+}
+
+#[async_trait]
+impl ProtocolHandler for Hello {
+    async fn on_packet(&mut self, session: &Session, body: Bytes) -> Result<(), HandlerError> {
+        let request = HelloMessage::decode(&body)?;
+        session.send_message(&request.reply()).await?;
+        Ok(())
+    }
+}

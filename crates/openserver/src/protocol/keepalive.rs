@@ -1,0 +1,134 @@
+//! Keep-alive (protocol 1): heartbeats that detect lost and hung peers, and QUIT.
+//!
+//! Once running on a side, it sends KEEP_ALIVE every `interval` and declares the connection
+//! lost when nothing arrived from the peer for `timeout`. The server starts it when the client's
+//! first keep-alive packet arrives (as the original does), and only after authentication.
+
+use super::{HandlerError, Protocol, ProtocolHandler};
+use crate::session::{lock, CloseReason, Session};
+use crate::wire::keepalive::KeepAliveMessage;
+use crate::wire::{protocol_id, Message};
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Heartbeat timing. The defaults are the original's: every 10 s, lost after 30 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeepAliveConfig {
+    /// How often to send KEEP_ALIVE.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Silence from the peer after which the connection counts as lost.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for KeepAliveConfig {
+    fn default() -> Self {
+        KeepAliveConfig {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The keep-alive protocol.
+#[derive(Debug, Clone, Default)]
+pub struct KeepAlive {
+    /// Timing for every session's heartbeat.
+    config: KeepAliveConfig,
+}
+
+impl KeepAlive {
+    /// Keep-alive with the given timing.
+    pub fn new(config: KeepAliveConfig) -> Self {
+        KeepAlive { config }
+    }
+}
+
+impl Protocol for KeepAlive {
+    fn id(&self) -> u16 {
+        protocol_id::KEEP_ALIVE
+    }
+
+    fn name(&self) -> &'static str {
+        "keep_alive"
+    }
+
+    fn new_handler(&self, session: &Session) -> Box<dyn ProtocolHandler> {
+        Box::new(KeepAliveHandler {
+            heartbeat: Heartbeat::start(session.clone(), self.config),
+        })
+    }
+}
+
+/// Per-session keep-alive state: the running heartbeat.
+struct KeepAliveHandler {
+    heartbeat: Heartbeat,
+}
+
+#[async_trait]
+impl ProtocolHandler for KeepAliveHandler {
+    async fn on_packet(&mut self, session: &Session, body: Bytes) -> Result<(), HandlerError> {
+        match KeepAliveMessage::decode(&body)? {
+            KeepAliveMessage::KeepAlive => self.heartbeat.seen(),
+            KeepAliveMessage::Quit => session.close(CloseReason::Quit),
+        }
+        Ok(())
+    }
+}
+
+/// A running heartbeat: a task that sends KEEP_ALIVE and watches for silence. It stops when
+/// the session closes.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    /// When the peer was last heard from; the task reads it, the receiving side updates it.
+    last_seen: Arc<Mutex<Instant>>,
+}
+
+impl Heartbeat {
+    /// Starts heartbeating on `session`.
+    pub fn start(session: Session, config: KeepAliveConfig) -> Heartbeat {
+        let last_seen = Arc::new(Mutex::new(Instant::now()));
+        tokio::spawn(run(session, config, last_seen.clone()));
+        Heartbeat { last_seen }
+    }
+
+    /// Records that the peer was heard from.
+    pub fn seen(&self) {
+        *lock(&self.last_seen) = Instant::now();
+    }
+}
+
+async fn run(session: Session, config: KeepAliveConfig, last_seen: Arc<Mutex<Instant>>) {
+    let mut next_send = Instant::now() + config.interval;
+    loop {
+        let lost_at = *lock(&last_seen) + config.timeout;
+        tokio::select! {
+            () = session.closed() => return,
+            () = tokio::time::sleep_until(next_send.min(lost_at)) => {}
+        }
+        let now = Instant::now();
+        if now >= *lock(&last_seen) + config.timeout {
+            tracing::warn!(
+                session = session.id(),
+                peer = %session.peer(),
+                user = session.user().map(|u| u.name).unwrap_or_default(),
+                silent_for = ?config.timeout,
+                "connection lost: no keep-alive from peer"
+            );
+            session.close(CloseReason::KeepAliveLost);
+            return;
+        }
+        if now >= next_send {
+            // A full queue already carries traffic the peer must read; skipping one beat is
+            // harmless, and the write deadline deals with a peer that reads nothing.
+            let _ = session.try_send(KeepAliveMessage::KeepAlive.to_frame());
+            next_send = now + config.interval;
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The protocol stack: the trait every protocol implements, and the built-in protocols.
+//!
+//! A packet's protocol id selects a [`Protocol`]. The first packet of that id in a session
+//! (or the local side starting it) creates the protocol's per-session [`ProtocolHandler`],
+//! which then receives every packet of that id in arrival order.
+//!
+//! Built in, each in its own file: [`keepalive`], [`winauth`], [`dbauth`] and [`hello`].
+//! Capabilities (id 0) is part of the stack itself (`session::driver`), since it answers for
+//! every other protocol.
+//!
+//! # Writing a protocol
+//!
+//! ```
+//! use openserver::protocol::{HandlerError, Protocol, ProtocolHandler};
+//! use openserver::session::Session;
+//! use openserver::wire::Frame;
+//! use bytes::Bytes;
+//!
+//! /// Echoes every packet back, counting them per session.
+//! struct Echo;
+//!
+//! struct EchoHandler {
+//!     count: u64,
+//! }
+//!
+//! impl Protocol for Echo {
+//!     fn id(&self) -> u16 { 0x0100 }
+//!     fn name(&self) -> &'static str { "echo" }
+//!     fn new_handler(&self, _session: &Session) -> Box<dyn ProtocolHandler> {
+//!         Box::new(EchoHandler { count: 0 })
+//!     }
+//! }
+//!
+//! #[async_trait::async_trait]
+//! impl ProtocolHandler for EchoHandler {
+//!     async fn on_packet(&mut self, session: &Session, body: Bytes) -> Result<(), HandlerError> {
+//!         self.count += 1;
+//!         session.send(Frame::new(0x0100, body)).await?;
+//!         Ok(())
+//!     }
+//! }
+//! ```
+
+pub mod dbauth;
+pub mod hello;
+pub mod keepalive;
+pub mod winauth;
+
+mod password;
+
+use crate::session::{SendError, Session};
+use crate::wire::DecodeError;
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A protocol: an id on the wire and a factory of per-session handlers.
+pub trait Protocol: Send + Sync + 'static {
+    /// The protocol id in the first two payload bytes. Ids 0-3 and 10 are the built-ins.
+    fn id(&self) -> u16;
+
+    /// A short name for logs.
+    fn name(&self) -> &'static str;
+
+    /// Whether packets need an authenticated session. Before authentication, a packet of a
+    /// protocol that requires it is answered with a Capabilities ERROR and not run.
+    fn requires_auth(&self) -> bool {
+        true
+    }
+
+    /// Creates this protocol's state for one session.
+    fn new_handler(&self, session: &Session) -> Box<dyn ProtocolHandler>;
+}
+
+/// One protocol's state within one session.
+#[async_trait]
+pub trait ProtocolHandler: Send + 'static {
+    /// Handles one packet body (the bytes after the protocol id). Packets of a session arrive
+    /// one at a time, in order. An `Err` is answered with a Capabilities ERROR naming this
+    /// protocol, and the session goes on.
+    async fn on_packet(&mut self, session: &Session, body: Bytes) -> Result<(), HandlerError>;
+
+    /// The peer reported an error about this protocol (a Capabilities ERROR naming it).
+    async fn on_error(&mut self, session: &Session, message: &str) {
+        tracing::debug!(
+            session = session.id(),
+            message,
+            "peer reported a protocol error"
+        );
+    }
+}
+
+/// Why a handler could not process a packet; the text goes to the peer in the ERROR.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// The body did not follow the protocol's layout.
+    #[error("malformed packet: {0}")]
+    Malformed(#[from] DecodeError),
+    /// The request was understood and refused.
+    #[error("{0}")]
+    Rejected(String),
+    /// The session closed while the handler was sending.
+    #[error("session closed")]
+    Closed,
+    /// Something failed on this side; the detail is logged, the peer sees a generic message.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<SendError> for HandlerError {
+    fn from(_: SendError) -> Self {
+        HandlerError::Closed
+    }
+}
+
+/// The protocols one side speaks, by id.
+#[derive(Clone, Default)]
+pub struct ProtocolSet {
+    /// Sorted by id so PROTOCOL_IDS answers are stable.
+    by_id: BTreeMap<u16, Arc<dyn Protocol>>,
+}
+
+impl ProtocolSet {
+    /// An empty set. Capabilities is part of the stack and is never added.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a protocol, replacing any earlier one with the same id.
+    pub fn insert(&mut self, protocol: Arc<dyn Protocol>) {
+        self.by_id.insert(protocol.id(), protocol);
+    }
+
+    /// The protocol with this id.
+    pub fn get(&self, id: u16) -> Option<&Arc<dyn Protocol>> {
+        self.by_id.get(&id)
+    }
+
+    /// The ids of the registered protocols, ascending: what PROTOCOL_IDS announces. As in
+    /// the original, Capabilities (0) itself is not listed.
+    pub fn ids(&self) -> Vec<u16> {
+        self.by_id.keys().copied().collect()
+    }
+}
+
+impl std::fmt::Debug for ProtocolSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.by_id.iter().map(|(id, p)| (id, p.name())))
+            .finish()
+    }
+}

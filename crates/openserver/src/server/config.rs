@@ -1,0 +1,145 @@
+//! Server settings. Every limit has a safe default and a knob; `docs/CONFIG.md` lists them.
+
+use crate::protocol::keepalive::KeepAliveConfig;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The default TCP port of DotNetOpenServer, kept so existing clients need no change.
+pub const DEFAULT_PORT: u16 = 21843;
+
+/// Everything a [`Server`](super::Server) needs to know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// WinAuth accepts an empty domain or this one (case-insensitive). Empty: only empty.
+    pub realm: String,
+    /// Log every packet in and out, in hex (the original's LogPackets). Passwords included:
+    /// for debugging only.
+    pub log_packets: bool,
+    /// Connection, frame, queue and time limits.
+    pub limits: Limits,
+    /// Heartbeat timing for sessions that run keep-alive.
+    pub keep_alive: KeepAliveConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            realm: String::new(),
+            log_packets: false,
+            limits: Limits::default(),
+            keep_alive: KeepAliveConfig::default(),
+        }
+    }
+}
+
+/// Limits that keep one peer, or many, from exhausting the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Connections open at once; further connections are closed on accept.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// The listen backlog: connections the kernel queues before they are accepted.
+    pub listen_backlog: u32,
+    /// Largest frame payload before authentication, in bytes.
+    pub max_frame_unauthenticated: usize,
+    /// Largest frame payload after authentication, in bytes.
+    pub max_frame_authenticated: usize,
+    /// Frames that may wait in one session's outbound queue.
+    pub outbound_queue: usize,
+    /// How long the peer may take to accept one batch of writes before it counts as a slow
+    /// consumer and is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// A session from which nothing arrives for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A session that has not authenticated this long after accept is closed.
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// On shutdown, how long sessions get to drain before the server returns anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 50_000,
+            // Carrier-grade NAT puts thousands of phones behind one address, so this is high;
+            // it still keeps a single address from taking more than 2% of the server.
+            max_connections_per_ip: 1_000,
+            listen_backlog: 4096,
+            max_frame_unauthenticated: 64 * 1024,
+            max_frame_authenticated: 16 * 1024 * 1024,
+            outbound_queue: 1024,
+            write_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            auth_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks values that would make the server unusable, naming the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        let positive = [
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            ("limits.listen_backlog", l.listen_backlog as usize),
+            ("limits.outbound_queue", l.outbound_queue),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if l.max_frame_unauthenticated < 2 || l.max_frame_authenticated < 2 {
+            return Err("limits.max_frame_* must be at least 2 bytes".into());
+        }
+        if l.max_frame_authenticated > i32::MAX as usize {
+            return Err(format!(
+                "limits.max_frame_authenticated must be at most {}",
+                i32::MAX
+            ));
+        }
+        let durations = [
+            ("limits.write_timeout", l.write_timeout),
+            ("limits.idle_timeout", l.idle_timeout),
+            ("limits.auth_timeout", l.auth_timeout),
+            ("keep_alive.interval", self.keep_alive.interval),
+            ("keep_alive.timeout", self.keep_alive.timeout),
+        ];
+        for (name, value) in durations {
+            if value.is_zero() {
+                return Err(format!("{name} must be longer than zero"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        ServerConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn zero_limits_are_named() {
+        let mut c = ServerConfig::default();
+        c.limits.outbound_queue = 0;
+        assert!(c.validate().unwrap_err().contains("outbound_queue"));
+    }
+}

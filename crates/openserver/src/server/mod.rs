@@ -1,0 +1,365 @@
+//! The server: listener, connection caps, per-connection tasks, push, graceful shutdown.
+//!
+//! ```no_run
+//! use openserver::server::{Server, ServerConfig};
+//! # async fn run() -> std::io::Result<()> {
+//! let server = Server::builder(ServerConfig::default()).hello().bind().await?;
+//! println!("listening on {}", server.local_addr());
+//! server.run_until(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+mod config;
+mod registry;
+
+pub use config::{Limits, ServerConfig, DEFAULT_PORT};
+
+use crate::auth::UserStore;
+use crate::protocol::dbauth::DatabaseAuth;
+use crate::protocol::hello::Hello;
+use crate::protocol::keepalive::KeepAlive;
+use crate::protocol::winauth::WinAuth;
+use crate::protocol::{Protocol, ProtocolSet};
+use crate::session::driver::{self, DriverContext};
+use crate::session::{lock, CloseReason, SendError, Session, SessionId};
+use crate::wire::keepalive::KeepAliveMessage;
+use crate::wire::{Frame, Message};
+use registry::Registry;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// Assembles a server: configuration, user store, protocols.
+pub struct ServerBuilder {
+    /// Settings, validated at bind.
+    config: ServerConfig,
+    /// Protocols added so far; keep-alive is added at bind with the configured timing.
+    protocols: ProtocolSet,
+}
+
+impl ServerBuilder {
+    /// Adds WinAuth (2) and DatabaseAuth (3), checking credentials against `store`.
+    pub fn user_store(mut self, store: Arc<dyn UserStore>) -> Self {
+        self.protocols.insert(Arc::new(WinAuth::new(
+            store.clone(),
+            self.config.realm.clone(),
+        )));
+        self.protocols.insert(Arc::new(DatabaseAuth::new(store)));
+        self
+    }
+
+    /// Adds a protocol, replacing any earlier one with the same id.
+    pub fn protocol(mut self, protocol: impl Protocol) -> Self {
+        self.protocols.insert(Arc::new(protocol));
+        self
+    }
+
+    /// Adds the Hello sample protocol (10).
+    pub fn hello(self) -> Self {
+        self.protocol(Hello)
+    }
+
+    /// Binds the listening socket (with the configured backlog) and returns the server, ready
+    /// to [`run`](Server::run).
+    pub async fn bind(mut self) -> io::Result<Server> {
+        self.config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if self
+            .protocols
+            .get(crate::wire::protocol_id::KEEP_ALIVE)
+            .is_none()
+        {
+            self.protocols
+                .insert(Arc::new(KeepAlive::new(self.config.keep_alive)));
+        }
+        let listener = listen(self.config.listen, self.config.limits.listen_backlog)?;
+        let local_addr = listener.local_addr()?;
+        let limits = self.config.limits.clone();
+        Ok(Server {
+            listener,
+            local_addr,
+            shared: Arc::new(Shared {
+                connections: Arc::new(Semaphore::new(limits.max_connections)),
+                ctx: DriverContext {
+                    limits,
+                    log_packets: self.config.log_packets,
+                    protocols: self.protocols,
+                },
+                registry: Registry::default(),
+                next_id: AtomicU64::new(1),
+                per_ip: Mutex::new(HashMap::new()),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        })
+    }
+}
+
+/// A bound server. [`run`](Server::run) accepts connections until shutdown.
+pub struct Server {
+    /// The bound listener.
+    listener: TcpListener,
+    /// Where it listens (the real port when the configuration said 0).
+    local_addr: SocketAddr,
+    /// State shared with connection tasks and handles.
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Per-session settings and the protocol set.
+    ctx: DriverContext,
+    /// Live sessions, for push and shutdown.
+    registry: Registry,
+    /// Source of session ids.
+    next_id: AtomicU64,
+    /// One permit per open connection: the total cap.
+    connections: Arc<Semaphore>,
+    /// Open connections per address: the per-address cap.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Cancelled to start a graceful shutdown.
+    shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    tasks: TaskTracker,
+}
+
+impl Server {
+    /// A builder with the given configuration and no protocols yet.
+    pub fn builder(config: ServerConfig) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            protocols: ProtocolSet::new(),
+        }
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle for pushing to sessions and for shutting the server down.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Accepts connections until [`ServerHandle::shutdown`] is called, then shuts down
+    /// gracefully.
+    pub async fn run(self) -> io::Result<()> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Accepts connections until `signal` completes or [`ServerHandle::shutdown`] is called.
+    /// Then: stop accepting, send QUIT to every session, give them `limits.shutdown_grace` to
+    /// drain, and return.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> io::Result<()> {
+        let Server {
+            listener,
+            local_addr,
+            shared,
+        } = self;
+        tracing::info!(%local_addr, "accepting connections");
+        tokio::pin!(signal);
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let accepted = tokio::select! {
+                () = &mut signal => break,
+                () = shared.shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(10);
+                    shared.clone().admit(stream, peer);
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: wait for sessions to close.
+                    tracing::error!(error = %e, retry_in = ?backoff, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        drop(listener);
+        shared.shut_down().await;
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// Applies the connection caps and starts the connection's task. Nothing here waits.
+    fn admit(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection refused: max_connections reached");
+            return;
+        };
+        let Some(ip_slot) = IpSlot::take(&self, peer.ip()) else {
+            tracing::warn!(%peer, "connection refused: max_connections_per_ip reached");
+            return;
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("session", id, %peer);
+        let shared = self.clone();
+        self.tasks.spawn(
+            shared
+                .serve(stream, peer, id, permit, ip_slot)
+                .instrument(span),
+        );
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        id: SessionId,
+        _permit: OwnedSemaphorePermit,
+        _ip_slot: IpSlot,
+    ) {
+        // Interactive request/response traffic: don't let Nagle hold small frames back.
+        let _ = stream.set_nodelay(true);
+        let (session, queue) = Session::new(id, peer, self.ctx.limits.outbound_queue);
+        self.registry.insert(session.clone());
+        if self.shutdown.is_cancelled() {
+            session.close(CloseReason::Shutdown);
+        }
+        tracing::info!("session opened");
+        let reason = driver::drive(stream, session.clone(), queue, &self.ctx).await;
+        self.registry.remove(id);
+        let user = session.user().map(|u| u.name).unwrap_or_default();
+        if reason.is_lost() {
+            tracing::warn!(%user, %reason, "session closed: connection lost");
+        } else {
+            tracing::info!(%user, %reason, "session closed");
+        }
+    }
+
+    async fn shut_down(&self) {
+        self.shutdown.cancel();
+        let sessions = self.registry.snapshot();
+        tracing::info!(sessions = sessions.len(), "shutting down: sending QUIT");
+        let quit = KeepAliveMessage::Quit.to_frame();
+        for session in sessions {
+            let _ = session.try_send(quit.clone());
+            session.close(CloseReason::Shutdown);
+        }
+        self.tasks.close();
+        let grace = self.ctx.limits.shutdown_grace;
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.tasks.len(),
+                ?grace,
+                "shutdown grace period over; sessions still draining are abandoned"
+            );
+        } else {
+            tracing::info!("all sessions closed");
+        }
+    }
+}
+
+/// Holds one connection's place in the per-address count; gives it back on drop.
+struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
+        let mut per_ip = lock(&shared.per_ip);
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= shared.ctx.limits.max_connections_per_ip {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut per_ip = lock(&self.shared.per_ip);
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Reaches into a running server: push to sessions, list them, shut down. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// The session with this id, if open.
+    pub fn session(&self, id: SessionId) -> Option<Session> {
+        self.shared.registry.get(id)
+    }
+
+    /// Every open session.
+    pub fn sessions(&self) -> Vec<Session> {
+        self.shared.registry.snapshot()
+    }
+
+    /// How many sessions are open.
+    pub fn session_count(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// Pushes a frame to one session. A session whose queue is full is closed as a slow
+    /// consumer (and `Full` returned).
+    pub fn send_to(&self, id: SessionId, frame: Frame) -> Result<(), SendError> {
+        self.shared.registry.push_to(id, frame)
+    }
+
+    /// Pushes a frame to every session authenticated as `user`; returns how many got it.
+    pub fn send_to_user(&self, user: &str, frame: Frame) -> usize {
+        self.shared
+            .registry
+            .push_where(&frame, |s| s.user().is_some_and(|u| u.name == user))
+    }
+
+    /// Pushes a frame to every authenticated session; returns how many got it.
+    pub fn broadcast(&self, frame: Frame) -> usize {
+        self.shared
+            .registry
+            .push_where(&frame, Session::is_authenticated)
+    }
+
+    /// Starts a graceful shutdown; [`Server::run`] returns once it is done.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+/// Binds a listener with an explicit backlog (std's default is 128, too few for reconnect
+/// storms).
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}

@@ -1,0 +1,281 @@
+//! The session: one connection's state, shared by the server and the client.
+//!
+//! - [`Session`]: a cheap, clonable handle to one connection: its id, peer, user, outbound
+//!   queue and close signal. Protocol handlers and server push use it.
+//! - `outbound`: the writer task that drains the bounded queue, batching frames into one write
+//!   and disconnecting a peer that does not read (slow consumer).
+//! - `driver`: the server-side read loop: framing, the auth gate, dispatch to protocol
+//!   handlers in arrival order, idle and authentication deadlines.
+
+pub(crate) mod driver;
+pub(crate) mod outbound;
+
+use crate::auth::User;
+use crate::wire::{Frame, Message};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Identifies a session for the lifetime of the process.
+pub type SessionId = u64;
+
+/// Why a session ended. The first reason recorded wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer sent QUIT.
+    Quit,
+    /// The peer closed the TCP connection.
+    PeerClosed,
+    /// This side closed the session on purpose (client `quit`, an administrator's kick).
+    Local,
+    /// No frame arrived within the idle timeout.
+    Idle,
+    /// The peer did not authenticate within the deadline.
+    AuthTimeout,
+    /// Keep-alive was running and the peer fell silent for longer than its timeout.
+    KeepAliveLost,
+    /// The peer did not read what was sent to it within the write deadline, or its queue filled.
+    SlowConsumer,
+    /// The byte stream broke the framing rules (bad magic, bad length, oversized frame).
+    ProtocolError(String),
+    /// Reading or writing the socket failed.
+    Io(String),
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// A short stable label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CloseReason::Quit => "quit",
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::Local => "local",
+            CloseReason::Idle => "idle",
+            CloseReason::AuthTimeout => "auth_timeout",
+            CloseReason::KeepAliveLost => "keep_alive_lost",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::ProtocolError(_) => "protocol_error",
+            CloseReason::Io(_) => "io_error",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// Whether the connection was lost rather than ended by either side on purpose.
+    pub fn is_lost(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::KeepAliveLost | CloseReason::Io(_) | CloseReason::PeerClosed
+        )
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::ProtocolError(e) => write!(f, "protocol error: {e}"),
+            CloseReason::Io(e) => write!(f, "i/o error: {e}"),
+            other => f.write_str(other.label()),
+        }
+    }
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The session is closed or closing.
+    #[error("session closed")]
+    Closed,
+    /// The outbound queue is full (only from non-waiting sends).
+    #[error("outbound queue full")]
+    Full,
+}
+
+/// A handle to one session. Clones share the session.
+#[derive(Clone)]
+pub struct Session {
+    /// Shared so handlers, the registry and the writer see one state.
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Unique within the process; appears in every log line of the session.
+    id: SessionId,
+    /// The remote address, for logs and per-address limits.
+    peer: SocketAddr,
+    /// When the connection was accepted.
+    since: SystemTime,
+    /// Set once authentication succeeds; gates application protocols.
+    user: Mutex<Option<User>>,
+    /// The bounded outbound queue drained by the writer task.
+    outbound: mpsc::Sender<Frame>,
+    /// Cancelled when the session starts closing; every task of the session watches it.
+    closing: CancellationToken,
+    /// The first close reason recorded.
+    reason: Mutex<Option<CloseReason>>,
+}
+
+impl Session {
+    /// Creates a session and the receiving end of its outbound queue.
+    pub(crate) fn new(
+        id: SessionId,
+        peer: SocketAddr,
+        queue_depth: usize,
+    ) -> (Session, mpsc::Receiver<Frame>) {
+        let (tx, rx) = mpsc::channel(queue_depth.max(1));
+        let session = Session {
+            inner: Arc::new(Inner {
+                id,
+                peer,
+                since: SystemTime::now(),
+                user: Mutex::new(None),
+                outbound: tx,
+                closing: CancellationToken::new(),
+                reason: Mutex::new(None),
+            }),
+        };
+        (session, rx)
+    }
+
+    /// The session id.
+    pub fn id(&self) -> SessionId {
+        self.inner.id
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.inner.peer
+    }
+
+    /// When the connection was accepted.
+    pub fn since(&self) -> SystemTime {
+        self.inner.since
+    }
+
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<User> {
+        lock(&self.inner.user).clone()
+    }
+
+    /// Whether the session has authenticated.
+    pub fn is_authenticated(&self) -> bool {
+        lock(&self.inner.user).is_some()
+    }
+
+    /// Marks the session authenticated as `user`. Authentication protocols call this once the
+    /// credentials check out; application protocols become reachable from the next packet on.
+    pub fn authenticate(&self, user: User) {
+        *lock(&self.inner.user) = Some(user);
+    }
+
+    /// Queues a frame, waiting while the queue is full. Waiting is the back-pressure that keeps
+    /// a handler from outrunning its peer; the write deadline bounds it.
+    pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
+        if self.is_closing() {
+            return Err(SendError::Closed);
+        }
+        tokio::select! {
+            sent = self.inner.outbound.send(frame) => sent.map_err(|_| SendError::Closed),
+            () = self.inner.closing.cancelled() => Err(SendError::Closed),
+        }
+    }
+
+    /// Queues a typed message, waiting while the queue is full.
+    pub async fn send_message<M: Message>(&self, message: &M) -> Result<(), SendError> {
+        self.send(message.to_frame()).await
+    }
+
+    /// Queues a frame without waiting.
+    pub fn try_send(&self, frame: Frame) -> Result<(), SendError> {
+        if self.is_closing() {
+            return Err(SendError::Closed);
+        }
+        self.inner.outbound.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })
+    }
+
+    /// Queues a frame for server push: a full queue means the peer is not keeping up, so the
+    /// session is closed as a slow consumer rather than buffering without bound.
+    pub fn push(&self, frame: Frame) -> Result<(), SendError> {
+        let sent = self.try_send(frame);
+        if sent == Err(SendError::Full) {
+            self.close(CloseReason::SlowConsumer);
+        }
+        sent
+    }
+
+    /// Starts closing the session. Frames already queued are still written (bounded by the
+    /// write deadline), then the connection closes. Later reasons are ignored.
+    pub fn close(&self, reason: CloseReason) {
+        {
+            let mut slot = lock(&self.inner.reason);
+            if slot.is_none() {
+                *slot = Some(reason);
+            }
+        }
+        self.inner.closing.cancel();
+    }
+
+    /// Whether the session is closing or closed.
+    pub fn is_closing(&self) -> bool {
+        self.inner.closing.is_cancelled()
+    }
+
+    /// Resolves once the session starts closing.
+    pub async fn closed(&self) {
+        self.inner.closing.cancelled().await
+    }
+
+    /// Why the session closed, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        lock(&self.inner.reason).clone()
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.inner.id)
+            .field("peer", &self.inner.peer)
+            .field("user", &self.user().map(|u| u.name))
+            .field("closing", &self.is_closing())
+            .finish()
+    }
+}
+
+/// Locks a mutex whose data stays valid even if a holder panicked (plain field updates).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(depth: usize) -> (Session, mpsc::Receiver<Frame>) {
+        Session::new(1, "127.0.0.1:1".parse().unwrap(), depth)
+    }
+
+    #[test]
+    fn first_close_reason_wins() {
+        let (s, _rx) = session(1);
+        s.close(CloseReason::Idle);
+        s.close(CloseReason::Shutdown);
+        assert_eq!(s.close_reason(), Some(CloseReason::Idle));
+        assert_eq!(s.try_send(Frame::new(1, vec![1u8])), Err(SendError::Closed));
+    }
+
+    #[test]
+    fn push_to_full_queue_closes_as_slow_consumer() {
+        let (s, _rx) = session(1);
+        s.push(Frame::new(1, vec![1u8])).unwrap();
+        assert_eq!(s.push(Frame::new(1, vec![1u8])), Err(SendError::Full));
+        assert_eq!(s.close_reason(), Some(CloseReason::SlowConsumer));
+    }
+}
