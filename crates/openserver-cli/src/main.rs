@@ -1,1 +1,5 @@
+// Not wired into a command line yet; the lead replaces this file.
+#[allow(dead_code)]
+mod cmd;
+
 fn main() {}

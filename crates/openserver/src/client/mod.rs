@@ -339,7 +339,7 @@ async fn open(
     };
     tokio::spawn(async move {
         let reason = connection::run(stream, parts).await;
-        let _ = done_tx.send(Some(reason));
+        done_tx.send_replace(Some(reason));
     });
     Ok(Conn {
         session,
@@ -509,5 +509,5 @@ async fn reestablish(shared: &Arc<Shared>) -> Result<Conn, ClientError> {
 
 fn finish(shared: &Shared, reason: CloseReason) {
     let _ = shared.events.send(ClientEvent::Closed(reason.clone()));
-    let _ = shared.closed.send(Some(reason));
+    shared.closed.send_replace(Some(reason));
 }

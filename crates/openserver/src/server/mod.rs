@@ -21,9 +21,8 @@ use crate::protocol::keepalive::KeepAlive;
 use crate::protocol::winauth::WinAuth;
 use crate::protocol::{Protocol, ProtocolSet};
 use crate::session::driver::{self, DriverContext};
-use crate::session::{lock, CloseReason, SendError, Session, SessionId};
-use crate::wire::keepalive::KeepAliveMessage;
-use crate::wire::{Frame, Message};
+use crate::session::{lock, SendError, Session, SessionId};
+use crate::wire::Frame;
 use registry::Registry;
 use std::collections::HashMap;
 use std::future::Future;
@@ -230,7 +229,8 @@ impl Shared {
         let (session, queue) = Session::new(id, peer, self.ctx.limits.outbound_queue);
         self.registry.insert(session.clone());
         if self.shutdown.is_cancelled() {
-            session.close(CloseReason::Shutdown);
+            // Accepted just as shutdown began, after its sweep: treat it the same way.
+            session.shut_down();
         }
         tracing::info!("session opened");
         let reason = driver::drive(stream, session.clone(), queue, &self.ctx).await;
@@ -247,10 +247,8 @@ impl Shared {
         self.shutdown.cancel();
         let sessions = self.registry.snapshot();
         tracing::info!(sessions = sessions.len(), "shutting down: sending QUIT");
-        let quit = KeepAliveMessage::Quit.to_frame();
         for session in sessions {
-            let _ = session.try_send(quit.clone());
-            session.close(CloseReason::Shutdown);
+            session.shut_down();
         }
         self.tasks.close();
         let grace = self.ctx.limits.shutdown_grace;

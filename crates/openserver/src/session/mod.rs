@@ -11,6 +11,7 @@ pub(crate) mod driver;
 pub(crate) mod outbound;
 
 use crate::auth::User;
+use crate::wire::keepalive::KeepAliveMessage;
 use crate::wire::{Frame, Message};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -220,6 +221,12 @@ impl Session {
             }
         }
         self.inner.closing.cancel();
+    }
+
+    /// Announces the end to the peer with QUIT, then closes as [`CloseReason::Shutdown`].
+    pub fn shut_down(&self) {
+        let _ = self.try_send(KeepAliveMessage::Quit.to_frame());
+        self.close(CloseReason::Shutdown);
     }
 
     /// Whether the session is closing or closed.

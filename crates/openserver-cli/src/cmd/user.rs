@@ -1,0 +1,204 @@
+//! `openserver user`: manage the accounts in the server's SQLite user store.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Args, Subcommand};
+use openserver::auth::{AuthError, HashParams, PasswordHasher, SqliteUserStore};
+use openserver::wire::Secret;
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+
+/// Arguments of `openserver user`.
+#[derive(Args, Debug)]
+pub struct UserArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: UserCommand,
+
+    /// Server data directory; the users are stored in `users.db` inside it.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "./openserver-data"
+    )]
+    pub data_dir: PathBuf,
+}
+
+/// The `openserver user` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add a user (creates the data directory and database if needed).
+    Add {
+        /// Login name: up to 256 bytes, no control characters; case-sensitive.
+        name: String,
+        /// Role to grant, for example `admin`; repeat the option or separate roles with commas.
+        #[arg(long = "role", value_name = "ROLE", value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Read the password from the first line of standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete a user.
+    Del {
+        /// Login name of the user to delete.
+        name: String,
+    },
+    /// Change a user's password.
+    Passwd {
+        /// Login name of the user.
+        name: String,
+        /// Read the new password from the first line of standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List the users, one per line: id, name, roles (comma-separated).
+    List {},
+}
+
+/// Runs `openserver user ...`.
+pub async fn run(args: UserArgs) -> Result<()> {
+    let db_path = SqliteUserStore::default_path(&args.data_dir);
+    match args.command {
+        UserCommand::Add {
+            name,
+            roles,
+            password_stdin,
+        } => {
+            // Check everything we can before asking for a password.
+            SqliteUserStore::validate_name(&name)?;
+            SqliteUserStore::validate_roles(&roles)?;
+            std::fs::create_dir_all(&args.data_dir).with_context(|| {
+                format!("cannot create data directory {}", args.data_dir.display())
+            })?;
+            let store = open(&db_path)?;
+            if store.get_user(&name).await?.is_some() {
+                bail!("user {name} already exists");
+            }
+            let password = read_password(password_stdin).await?;
+            let user = store
+                .add_user(&name, &password, &roles)
+                .await
+                .map_err(|e| explain(e, &format!("add user {name}")))?;
+            println!("added user {} (id {})", user.name, user.id);
+        }
+        UserCommand::Del { name } => {
+            let store = open_existing(&db_path)?;
+            store
+                .delete_user(&name)
+                .await
+                .map_err(|e| explain(e, &format!("delete user {name}")))?;
+            println!("deleted user {name}");
+        }
+        UserCommand::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let store = open_existing(&db_path)?;
+            if store.get_user(&name).await?.is_none() {
+                bail!("no user named {name}");
+            }
+            let password = read_password(password_stdin).await?;
+            store
+                .set_password(&name, &password)
+                .await
+                .map_err(|e| explain(e, &format!("change the password of {name}")))?;
+            println!("changed the password of {name}");
+        }
+        UserCommand::List {} => {
+            let store = open_existing(&db_path)?;
+            let users = store.list_users().await?;
+            if users.is_empty() {
+                eprintln!("no users in {}", db_path.display());
+            }
+            let id_width = users
+                .iter()
+                .map(|u| u.id.to_string().len())
+                .max()
+                .unwrap_or(0);
+            let name_width = users.iter().map(|u| u.name.len()).max().unwrap_or(0);
+            for user in &users {
+                let roles = if user.roles.is_empty() {
+                    "-".to_owned()
+                } else {
+                    user.roles.join(",")
+                };
+                println!(
+                    "{:>id_width$}  {:<name_width$}  {roles}",
+                    user.id, user.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open(path: &Path) -> Result<SqliteUserStore> {
+    let hasher = PasswordHasher::new(HashParams::default())?;
+    Ok(SqliteUserStore::open(path, hasher)?)
+}
+
+/// Opens the store only if it exists, so a mistyped `--data-dir` is reported instead of
+/// silently creating an empty database.
+fn open_existing(path: &Path) -> Result<SqliteUserStore> {
+    if !path.exists() {
+        bail!(
+            "no user database at {} (add a user first, or check --data-dir)",
+            path.display()
+        );
+    }
+    open(path)
+}
+
+/// Turns store errors into messages for people; `action` completes "cannot ...".
+fn explain(err: AuthError, action: &str) -> anyhow::Error {
+    match err {
+        AuthError::UserExists(name) => anyhow!("user {name} already exists"),
+        AuthError::NoSuchUser(name) => anyhow!("no user named {name}"),
+        other => anyhow::Error::new(other).context(format!("cannot {action}")),
+    }
+}
+
+/// Reads the password from stdin or, by default, the terminal, off the async threads.
+async fn read_password(from_stdin: bool) -> Result<Secret> {
+    let password = tokio::task::spawn_blocking(move || {
+        if from_stdin {
+            read_stdin_line()
+        } else {
+            prompt_twice()
+        }
+    })
+    .await
+    .context("password reader failed")??;
+    SqliteUserStore::validate_password(&password)?;
+    Ok(password)
+}
+
+fn read_stdin_line() -> Result<Secret> {
+    let mut line = String::new();
+    let read = std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    if read == 0 {
+        bail!("no password on standard input");
+    }
+    // Only the line ending goes; spaces may be part of the password.
+    if line.ends_with('\n') {
+        line.pop();
+        if line.ends_with('\r') {
+            line.pop();
+        }
+    }
+    Ok(Secret::new(line))
+}
+
+fn prompt_twice() -> Result<Secret> {
+    let first = rpassword::prompt_password("Password: ")
+        .context("cannot read the password from the terminal (use --password-stdin?)")?;
+    let second = rpassword::prompt_password("Repeat password: ")
+        .context("cannot read the password from the terminal")?;
+    if first != second {
+        bail!("passwords do not match");
+    }
+    Ok(Secret::new(first))
+}
