@@ -1,5 +1,75 @@
-// Not wired into a command line yet; the lead replaces this file.
-#[allow(dead_code)]
-mod cmd;
+#![forbid(unsafe_code)]
+//! The `openserver` command: run a server, manage its users, say hello to one.
+//!
+//! Each subcommand lives in `cmd/`; this file only parses arguments and sets up logging.
 
-fn main() {}
+mod cmd;
+mod config;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+/// openserver: a TCP client/server application framework, compatible with DotNetOpenServer.
+#[derive(Parser, Debug)]
+#[command(name = "openserver", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (defaults: 127.0.0.1:21843, ./openserver-data).
+    Serve(cmd::serve::ServeArgs),
+    /// Add, delete, re-password or list users of the server's user database.
+    User(cmd::user::UserArgs),
+    /// Log in to a server and say hello: prints the server's answer.
+    Hello(cmd::hello::HelloArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = cmd::serve::effective_config(&args)?;
+            init_logging(&config.log.level);
+            cmd::serve::run(config).await
+        }
+        Command::User(args) => {
+            init_logging("warn");
+            cmd::user::run(args).await
+        }
+        Command::Hello(args) => {
+            init_logging("warn");
+            cmd::hello::run(args).await
+        }
+    }
+}
+
+/// Logs to stderr, so stdout carries only what scripts read (the listening address, answers).
+fn init_logging(default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -4,7 +4,6 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use openserver::auth::{AuthError, HashParams, PasswordHasher, SqliteUserStore};
 use openserver::wire::Secret;
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `openserver user`.
@@ -162,7 +161,7 @@ fn explain(err: AuthError, action: &str) -> anyhow::Error {
 async fn read_password(from_stdin: bool) -> Result<Secret> {
     let password = tokio::task::spawn_blocking(move || {
         if from_stdin {
-            read_stdin_line()
+            super::read_stdin_line()
         } else {
             prompt_twice()
         }
@@ -171,25 +170,6 @@ async fn read_password(from_stdin: bool) -> Result<Secret> {
     .context("password reader failed")??;
     SqliteUserStore::validate_password(&password)?;
     Ok(password)
-}
-
-fn read_stdin_line() -> Result<Secret> {
-    let mut line = String::new();
-    let read = std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("cannot read the password from standard input")?;
-    if read == 0 {
-        bail!("no password on standard input");
-    }
-    // Only the line ending goes; spaces may be part of the password.
-    if line.ends_with('\n') {
-        line.pop();
-        if line.ends_with('\r') {
-            line.pop();
-        }
-    }
-    Ok(Secret::new(line))
 }
 
 fn prompt_twice() -> Result<Secret> {

@@ -65,12 +65,11 @@ impl CloseReason {
         }
     }
 
-    /// Whether the connection was lost rather than ended by either side on purpose.
+    /// Whether the connection was lost (heartbeats stopped, the socket failed) rather than
+    /// ended by either side. A plain TCP close is not a loss: the Java client ends sessions
+    /// that way, without QUIT.
     pub fn is_lost(&self) -> bool {
-        matches!(
-            self,
-            CloseReason::KeepAliveLost | CloseReason::Io(_) | CloseReason::PeerClosed
-        )
+        matches!(self, CloseReason::KeepAliveLost | CloseReason::Io(_))
     }
 }
 
