@@ -32,7 +32,7 @@
 //! use std::sync::Arc;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = SqliteUserStore::open("users.db", PasswordHasher::new(HashParams::default())).await?;
+//! let store = SqliteUserStore::open("users.db", PasswordHasher::new(HashParams::default())?)?;
 //! let server = Server::builder(ServerConfig::default())
 //!     .user_store(Arc::new(store))
 //!     .hello()
