@@ -435,6 +435,10 @@ async fn graceful_shutdown_sends_quit_and_returns() {
     let mut a = Raw::connect(server.addr).await;
     login(&mut a).await;
     let mut b = Raw::connect(server.addr).await;
+    // One round trip, so b is accepted rather than waiting in the kernel's backlog (which
+    // shutdown closes without a word).
+    b.send(CapabilitiesMessage::GetProtocolIds.to_frame()).await;
+    b.recv().await.unwrap();
     server.handle.shutdown();
     for raw in [&mut a, &mut b] {
         let frames = raw.expect_closed().await;
@@ -500,5 +504,27 @@ async fn capabilities_lists_the_registered_protocols() {
     assert_eq!(
         CapabilitiesMessage::decode(&answer.body).unwrap(),
         CapabilitiesMessage::ProtocolIds(vec![1, 2, 3, 10])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_started_keep_alive_beats_first_and_drops_a_silent_client() {
+    let mut cfg = config();
+    cfg.limits.idle_timeout = Duration::from_secs(3600);
+    cfg.keep_alive.start_on_login = true;
+    let server = start(cfg).await;
+    let mut raw = Raw::connect(server.addr).await;
+    login(&mut raw).await;
+    let started = tokio::time::Instant::now();
+    // The client never sends KEEP_ALIVE; the server beats anyway and gives up at 30 s.
+    let frames = raw.expect_closed().await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(30) && waited <= Duration::from_secs(31),
+        "{waited:?}"
+    );
+    assert!(
+        frames.contains(&KeepAliveMessage::KeepAlive.to_frame()),
+        "{frames:?}"
     );
 }

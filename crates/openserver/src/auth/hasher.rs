@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 ///
 /// Missing fields in a config file take their [`Default`] value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct HashParams {
     /// Memory per hash, in KiB (argon2 `m_cost`). Default 19456 (19 MiB).
     pub memory_kib: u32,

@@ -25,6 +25,11 @@ pub struct KeepAliveConfig {
     /// Silence from the peer after which the connection counts as lost.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Server only: start keep-alive on every session as soon as it authenticates, instead of
+    /// waiting for the client's first KEEP_ALIVE (the original's behaviour). DotNetOpenServer
+    /// clients answer by starting their own; a client without keep-alive would be dropped
+    /// after `timeout`, hence off by default.
+    pub start_on_login: bool,
 }
 
 impl Default for KeepAliveConfig {
@@ -32,6 +37,7 @@ impl Default for KeepAliveConfig {
         KeepAliveConfig {
             interval: Duration::from_secs(10),
             timeout: Duration::from_secs(30),
+            start_on_login: false,
         }
     }
 }
@@ -57,6 +63,10 @@ impl Protocol for KeepAlive {
 
     fn name(&self) -> &'static str {
         "keep_alive"
+    }
+
+    fn start_on_login(&self) -> bool {
+        self.config.start_on_login
     }
 
     fn new_handler(&self, session: &Session) -> Box<dyn ProtocolHandler> {

@@ -69,6 +69,12 @@ pub trait Protocol: Send + Sync + 'static {
         true
     }
 
+    /// Whether the server starts this protocol on every session as soon as it authenticates,
+    /// rather than when the peer's first packet of it arrives.
+    fn start_on_login(&self) -> bool {
+        false
+    }
+
     /// Creates this protocol's state for one session.
     fn new_handler(&self, session: &Session) -> Box<dyn ProtocolHandler>;
 }
@@ -131,6 +137,11 @@ impl ProtocolSet {
     /// Adds a protocol, replacing any earlier one with the same id.
     pub fn insert(&mut self, protocol: Arc<dyn Protocol>) {
         self.by_id.insert(protocol.id(), protocol);
+    }
+
+    /// The protocols to start when a session authenticates.
+    pub fn started_on_login(&self) -> impl Iterator<Item = &Arc<dyn Protocol>> {
+        self.by_id.values().filter(|p| p.start_on_login())
     }
 
     /// The protocol with this id.

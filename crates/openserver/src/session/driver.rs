@@ -77,11 +77,10 @@ where
                     if ctx.log_packets {
                         log_inbound(&frame);
                     }
+                    let was_authenticated = session.is_authenticated();
                     dispatch(ctx, &session, &mut handlers, frame).await;
-                    if session.is_authenticated()
-                        && frames.decoder().max_payload() != ctx.limits.max_frame_authenticated
-                    {
-                        frames.decoder_mut().set_max_payload(ctx.limits.max_frame_authenticated);
+                    if !was_authenticated && session.is_authenticated() {
+                        on_login(ctx, &session, &mut handlers, frames.decoder_mut());
                     }
                 }
             },
@@ -91,6 +90,22 @@ where
     // The writer drains what was queued, bounded by the write deadline, then ends.
     let _ = writer.await;
     session.close_reason().unwrap_or(CloseReason::Local)
+}
+
+/// What changes once a session authenticates: the larger frame limit, and the protocols the
+/// server starts itself.
+fn on_login(
+    ctx: &DriverContext,
+    session: &Session,
+    handlers: &mut HashMap<u16, Box<dyn ProtocolHandler>>,
+    codec: &mut FrameCodec,
+) {
+    codec.set_max_payload(ctx.limits.max_frame_authenticated);
+    for protocol in ctx.protocols.started_on_login() {
+        handlers
+            .entry(protocol.id())
+            .or_insert_with(|| protocol.new_handler(session));
+    }
 }
 
 /// Routes one frame: Capabilities to the stack, everything else through the auth gate to its

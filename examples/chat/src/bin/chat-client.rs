@@ -1,0 +1,113 @@
+#![forbid(unsafe_code)]
+//! `chat-client`: joins a room, says each line of standard input there, prints the room.
+
+use anyhow::{bail, Context as _, Result};
+use chat::client::{ChatClient, ChatClientError};
+use chat::messages::Event;
+use clap::Parser;
+use std::io::BufRead as _;
+use tokio::sync::mpsc;
+
+/// Joins a chat room: lines read from standard input are said there, and everything said in
+/// the room is printed as `[room] user: text`. Ends with QUIT at the end of the input.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The server, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:21844")]
+    server: String,
+    /// User name to log in as.
+    #[arg(long)]
+    user: String,
+    /// Read the password from the first line of standard input instead of prompting.
+    #[arg(long)]
+    password_stdin: bool,
+    /// The room to join.
+    #[arg(long)]
+    room: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut lines = stdin_lines();
+    let password = if args.password_stdin {
+        match lines.recv().await {
+            Some(line) => line.context("cannot read the password from standard input")?,
+            None => bail!("no password on standard input"),
+        }
+    } else {
+        rpassword::prompt_password("Password: ")
+            .context("cannot read the password from the terminal (use --password-stdin?)")?
+    };
+
+    let (chat, mut events) = ChatClient::connect(&args.server, &args.user, &password)
+        .await
+        .with_context(|| format!("cannot log in to {} as {}", args.server, args.user))?;
+    chat.client().start_keep_alive().await?;
+    chat.join(&args.room).await?;
+    loop {
+        tokio::select! {
+            line = lines.recv() => match line {
+                Some(line) => {
+                    let line = line.context("cannot read standard input")?;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    match chat.say(&args.room, &line).await {
+                        Ok(()) => {}
+                        // Too long: tell the user and keep going.
+                        Err(ChatClientError::Invalid(e)) => eprintln!("! {e}"),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                None => break,
+            },
+            event = events.next() => match event {
+                Some(event) => print_event(&event),
+                None => bail!("connection closed by the server"),
+            },
+        }
+    }
+    chat.quit().await;
+    Ok(())
+}
+
+fn print_event(event: &Event) {
+    match event {
+        Event::Message {
+            room, from, text, ..
+        } => println!("[{room}] {from}: {text}"),
+        Event::Joined { room, members } => {
+            println!("* joined [{room}], members: {}", members.join(", "))
+        }
+        Event::Presence { room, user, joined } => {
+            let verb = if *joined { "joined" } else { "left" };
+            println!("* {user} {verb} [{room}]");
+        }
+        Event::Error(text) => eprintln!("! {text}"),
+    }
+}
+
+/// Standard input, line by line, read on a thread of its own: a blocking read there cannot
+/// hold up the runtime's shutdown when the server goes away first.
+fn stdin_lines() -> mpsc::Receiver<std::io::Result<String>> {
+    let (tx, rx) = mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            // A trailing CR from Windows-style input is not part of the text.
+            let line = line.map(|l| l.strip_suffix('\r').map(str::to_owned).unwrap_or(l));
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
