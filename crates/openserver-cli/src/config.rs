@@ -63,6 +63,12 @@ impl FileConfig {
     pub fn parse(text: &str) -> Result<FileConfig> {
         let config: FileConfig = toml::from_str(text)?;
         config.server.validate().map_err(anyhow::Error::msg)?;
+        tracing_subscriber::EnvFilter::try_new(&config.log.level).map_err(|e| {
+            anyhow::anyhow!(
+                "log.level {:?} is not a valid filter: {e}",
+                config.log.level
+            )
+        })?;
         Ok(config)
     }
 }
@@ -114,6 +120,15 @@ mod tests {
     fn unknown_keys_are_named() {
         let err = FileConfig::parse("[server.limits]\nmax_conections = 5\n").unwrap_err();
         assert!(format!("{err:#}").contains("max_conections"), "{err:#}");
+    }
+
+    #[test]
+    fn the_documented_example_is_the_defaults() {
+        let text = include_str!("../../../docs/openserver.example.toml");
+        let mut parsed = FileConfig::parse(text).unwrap();
+        // The example leaves max_concurrent out: its default is the machine's CPU count.
+        parsed.hash.max_concurrent = HashParams::default().max_concurrent;
+        assert_eq!(parsed, FileConfig::default());
     }
 
     #[test]

@@ -96,17 +96,14 @@ async fn application_protocol_requests_in_order_and_errors() {
         let c = client.clone();
         calls.push(tokio::spawn(async move {
             let body = Bytes::from(i.to_le_bytes().to_vec());
-            let answer = c
-                .request(ECHO, Frame::new(ECHO, body.clone()))
-                .await
-                .unwrap();
+            let answer = c.request(ECHO, body.clone()).await.unwrap();
             assert_eq!(answer, body);
         }));
     }
     for call in calls {
         call.await.unwrap();
     }
-    match client.request(ECHO, Frame::new(ECHO, Bytes::new())).await {
+    match client.request(ECHO, Bytes::new()).await {
         Err(ClientError::Remote {
             protocol_id,
             message,
@@ -163,7 +160,7 @@ async fn a_silent_server_is_reported_lost_by_keep_alive() {
     );
     assert_eq!(
         events.recv().await.unwrap(),
-        ClientEvent::Lost(CloseReason::KeepAliveLost)
+        ClientEvent::Disconnected(CloseReason::KeepAliveLost)
     );
     assert_eq!(
         events.recv().await.unwrap(),
@@ -207,7 +204,7 @@ async fn reconnects_with_backoff_and_replays_the_login() {
     }
     assert!(matches!(
         next_event(&mut events).await,
-        ClientEvent::Lost(_)
+        ClientEvent::Disconnected(_)
     ));
     assert!(matches!(
         next_event(&mut events).await,

@@ -1,5 +1,6 @@
 //! `openserver user`: manage the accounts in the server's SQLite user store.
 
+use crate::config::FileConfig;
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use openserver::auth::{AuthError, HashParams, PasswordHasher, SqliteUserStore};
@@ -13,14 +14,15 @@ pub struct UserArgs {
     #[command(subcommand)]
     pub command: UserCommand,
 
-    /// Server data directory; the users are stored in `users.db` inside it.
-    #[arg(
-        long,
-        global = true,
-        value_name = "DIR",
-        default_value = "./openserver-data"
-    )]
-    pub data_dir: PathBuf,
+    /// Server data directory; the users are stored in `users.db` inside it
+    /// [default: `data_dir` of --config, else ./openserver-data].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// The server's configuration file: its `data_dir` and `[hash]` settings apply, so new
+    /// hashes cost what the server's unknown-user check costs.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// The `openserver user` subcommands.
@@ -56,7 +58,13 @@ pub enum UserCommand {
 
 /// Runs `openserver user ...`.
 pub async fn run(args: UserArgs) -> Result<()> {
-    let db_path = SqliteUserStore::default_path(&args.data_dir);
+    let config = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let data_dir = args.data_dir.clone().unwrap_or(config.data_dir);
+    let hash = config.hash;
+    let db_path = SqliteUserStore::default_path(&data_dir);
     match args.command {
         UserCommand::Add {
             name,
@@ -66,10 +74,9 @@ pub async fn run(args: UserArgs) -> Result<()> {
             // Check everything we can before asking for a password.
             SqliteUserStore::validate_name(&name)?;
             SqliteUserStore::validate_roles(&roles)?;
-            std::fs::create_dir_all(&args.data_dir).with_context(|| {
-                format!("cannot create data directory {}", args.data_dir.display())
-            })?;
-            let store = open(&db_path)?;
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+            let store = open(&db_path, &hash)?;
             if store.get_user(&name).await?.is_some() {
                 bail!("user {name} already exists");
             }
@@ -81,7 +88,7 @@ pub async fn run(args: UserArgs) -> Result<()> {
             println!("added user {} (id {})", user.name, user.id);
         }
         UserCommand::Del { name } => {
-            let store = open_existing(&db_path)?;
+            let store = open_existing(&db_path, &hash)?;
             store
                 .delete_user(&name)
                 .await
@@ -92,7 +99,7 @@ pub async fn run(args: UserArgs) -> Result<()> {
             name,
             password_stdin,
         } => {
-            let store = open_existing(&db_path)?;
+            let store = open_existing(&db_path, &hash)?;
             if store.get_user(&name).await?.is_none() {
                 bail!("no user named {name}");
             }
@@ -104,7 +111,7 @@ pub async fn run(args: UserArgs) -> Result<()> {
             println!("changed the password of {name}");
         }
         UserCommand::List {} => {
-            let store = open_existing(&db_path)?;
+            let store = open_existing(&db_path, &hash)?;
             let users = store.list_users().await?;
             if users.is_empty() {
                 eprintln!("no users in {}", db_path.display());
@@ -131,21 +138,21 @@ pub async fn run(args: UserArgs) -> Result<()> {
     Ok(())
 }
 
-fn open(path: &Path) -> Result<SqliteUserStore> {
-    let hasher = PasswordHasher::new(HashParams::default())?;
+fn open(path: &Path, hash: &HashParams) -> Result<SqliteUserStore> {
+    let hasher = PasswordHasher::new(hash.clone()).context("invalid [hash] settings")?;
     Ok(SqliteUserStore::open(path, hasher)?)
 }
 
 /// Opens the store only if it exists, so a mistyped `--data-dir` is reported instead of
 /// silently creating an empty database.
-fn open_existing(path: &Path) -> Result<SqliteUserStore> {
+fn open_existing(path: &Path, hash: &HashParams) -> Result<SqliteUserStore> {
     if !path.exists() {
         bail!(
             "no user database at {} (add a user first, or check --data-dir)",
             path.display()
         );
     }
-    open(path)
+    open(path, hash)
 }
 
 /// Turns store errors into messages for people; `action` completes "cannot ...".

@@ -77,8 +77,9 @@ pub enum ClientError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientEvent {
-    /// The connection was lost (keep-alive silence, a reset, the server closing).
-    Lost(CloseReason),
+    /// The connection ended without [`Client::quit`]: the server closed it (QUIT on shutdown,
+    /// a kick), or it was lost ([`CloseReason::is_lost`]: keep-alive silence, a reset).
+    Disconnected(CloseReason),
     /// A reconnect attempt will start after `delay`.
     Reconnecting {
         /// 1 for the first attempt after a loss.
@@ -182,7 +183,7 @@ impl Client {
         let body = self
             .request(
                 protocol_id::CAPABILITIES,
-                CapabilitiesMessage::GetProtocolIds.to_frame(),
+                CapabilitiesMessage::GetProtocolIds.to_frame().body,
             )
             .await?;
         match CapabilitiesMessage::decode(&body)? {
@@ -232,8 +233,8 @@ impl Client {
 
     /// Sends `message` on Hello (10) and returns the server's answer.
     pub async fn hello(&self, message: &str) -> Result<String, ClientError> {
-        let frame = HelloMessage(message.to_owned()).to_frame();
-        let body = self.request(protocol_id::HELLO, frame).await?;
+        let request = HelloMessage(message.to_owned()).to_frame();
+        let body = self.request(protocol_id::HELLO, request.body).await?;
         Ok(HelloMessage::decode(&body)?.0)
     }
 
@@ -246,15 +247,33 @@ impl Client {
             .map_err(|_| ClientError::Closed(conn.session.close_reason()))
     }
 
-    /// Sends one packet and waits for the next packet of the same protocol: for protocols that
-    /// answer each request. Requests of one protocol are answered in order.
-    pub async fn request(&self, protocol_id: u16, frame: Frame) -> Result<Bytes, ClientError> {
+    /// Sends one packet and waits for the next packet of the same protocol, for protocols that
+    /// answer every request. DNOS packets carry no request ids, so the answer is simply the
+    /// next packet of that id (requests of one protocol are answered in order): don't use it
+    /// on a protocol on which the server also pushes unrequested packets; use
+    /// [`send`](Self::send) and [`subscribe`](Self::subscribe) there.
+    pub async fn request(
+        &self,
+        protocol_id: u16,
+        body: impl Into<Bytes>,
+    ) -> Result<Bytes, ClientError> {
         let conn = self.current();
-        request_on(&self.shared, &conn, protocol_id, frame).await
+        request_on(
+            &self.shared,
+            &conn,
+            protocol_id,
+            Frame::new(protocol_id, body),
+        )
+        .await
     }
 
     /// Receives every packet of `protocol_id` that no request is waiting for (server pushes),
-    /// and the server's errors about it. A later call replaces the earlier subscription.
+    /// and the server's errors about it. A later call replaces the earlier subscription. The
+    /// subscription survives reconnects and ends (`recv` gives `None`) when the client closes
+    /// for good.
+    ///
+    /// Packets are handed over with back-pressure: a subscriber that stops receiving stops
+    /// the client from reading, which after `keep_alive.timeout` counts as a lost connection.
     pub fn subscribe(&self, protocol_id: u16) -> mpsc::Receiver<Incoming> {
         let (tx, rx) = mpsc::channel(self.shared.config.queue_depth.max(1));
         lock(&self.shared.subscriptions).insert(protocol_id, tx);
@@ -440,8 +459,14 @@ async fn supervise(shared: Arc<Shared>) {
         if shared.quitting.is_cancelled() {
             return finish(&shared, reason);
         }
-        tracing::warn!(addr = %shared.addr, %reason, "connection lost");
-        let _ = shared.events.send(ClientEvent::Lost(reason.clone()));
+        if reason.is_lost() {
+            tracing::warn!(addr = %shared.addr, %reason, "connection lost");
+        } else {
+            tracing::info!(addr = %shared.addr, %reason, "disconnected");
+        }
+        let _ = shared
+            .events
+            .send(ClientEvent::Disconnected(reason.clone()));
         let Some(policy) = shared.config.reconnect.clone() else {
             return finish(&shared, reason);
         };
@@ -508,6 +533,8 @@ async fn reestablish(shared: &Arc<Shared>) -> Result<Conn, ClientError> {
 }
 
 fn finish(shared: &Shared, reason: CloseReason) {
+    // Dropping the senders ends every subscription's stream.
+    lock(&shared.subscriptions).clear();
     let _ = shared.events.send(ClientEvent::Closed(reason.clone()));
     shared.closed.send_replace(Some(reason));
 }

@@ -22,7 +22,9 @@ pub struct KeepAliveConfig {
     /// How often to send KEEP_ALIVE.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// Silence from the peer after which the connection counts as lost.
+    /// Time without a KEEP_ALIVE from the peer after which the connection counts as lost.
+    /// (The server counts only KEEP_ALIVE packets, as the original does; the client counts
+    /// any packet from the server.)
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Server only: start keep-alive on every session as soon as it authenticates, instead of

@@ -134,8 +134,16 @@ impl ProtocolSet {
         Self::default()
     }
 
-    /// Adds a protocol, replacing any earlier one with the same id.
+    /// Adds a protocol, replacing any earlier one with the same id. Id 0 is Capabilities,
+    /// which the stack itself speaks: a protocol claiming it is ignored (and logged).
     pub fn insert(&mut self, protocol: Arc<dyn Protocol>) {
+        if protocol.id() == crate::wire::protocol_id::CAPABILITIES {
+            tracing::error!(
+                name = protocol.name(),
+                "protocol id 0 is reserved for Capabilities; not registered"
+            );
+            return;
+        }
         self.by_id.insert(protocol.id(), protocol);
     }
 

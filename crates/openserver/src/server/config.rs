@@ -105,6 +105,12 @@ impl ServerConfig {
         if l.max_frame_unauthenticated < 2 || l.max_frame_authenticated < 2 {
             return Err("limits.max_frame_* must be at least 2 bytes".into());
         }
+        if l.max_frame_unauthenticated > l.max_frame_authenticated {
+            return Err(
+                "limits.max_frame_unauthenticated must not exceed limits.max_frame_authenticated"
+                    .into(),
+            );
+        }
         if l.max_frame_authenticated > i32::MAX as usize {
             return Err(format!(
                 "limits.max_frame_authenticated must be at most {}",

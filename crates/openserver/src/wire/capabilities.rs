@@ -34,7 +34,7 @@ impl Message for CapabilitiesMessage {
 
     fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        let msg = match command(&mut r)? {
+        let msg = match r.command()? {
             GET_PROTOCOL_IDS => CapabilitiesMessage::GetProtocolIds,
             PROTOCOL_IDS => CapabilitiesMessage::ProtocolIds(r.array_of(2, Reader::u16)?),
             ERROR => CapabilitiesMessage::Error {
@@ -67,14 +67,6 @@ impl Message for CapabilitiesMessage {
             }
         }
     }
-}
-
-/// Reads the command byte that starts every body but Hello's.
-pub(crate) fn command(r: &mut Reader<'_>) -> Result<u8, DecodeError> {
-    if r.remaining() == 0 {
-        return Err(DecodeError::MissingCommand);
-    }
-    r.u8()
 }
 
 #[cfg(test)]

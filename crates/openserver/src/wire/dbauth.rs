@@ -1,6 +1,5 @@
 //! Password authentication against the user database, "DatabaseAuth" (protocol 3).
 
-use super::capabilities::command;
 use super::{protocol_id, DecodeError, Message, Reader, Secret, WireWrite};
 use bytes::{BufMut, BytesMut};
 
@@ -55,7 +54,7 @@ impl Message for DatabaseAuthMessage {
 
     fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        let msg = match command(&mut r)? {
+        let msg = match r.command()? {
             AUTHENTICATE => DatabaseAuthMessage::Authenticate {
                 user: r.string()?,
                 password: Secret::new(r.string()?),

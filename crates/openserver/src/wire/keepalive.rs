@@ -1,6 +1,5 @@
 //! Keep-alive (protocol 1): heartbeats and the closing QUIT.
 
-use super::capabilities::command;
 use super::{protocol_id, DecodeError, Message, Reader};
 use bytes::{BufMut, BytesMut};
 
@@ -23,7 +22,7 @@ impl Message for KeepAliveMessage {
 
     fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        let msg = match command(&mut r)? {
+        let msg = match r.command()? {
             KEEP_ALIVE => KeepAliveMessage::KeepAlive,
             QUIT => KeepAliveMessage::Quit,
             other => return Err(DecodeError::UnknownCommand(other)),

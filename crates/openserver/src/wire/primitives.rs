@@ -161,6 +161,15 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// Reads the command byte that starts most protocol bodies; an empty body is
+    /// [`DecodeError::MissingCommand`].
+    pub fn command(&mut self) -> Result<u8, DecodeError> {
+        if self.buf.is_empty() {
+            return Err(DecodeError::MissingCommand);
+        }
+        self.u8()
+    }
+
     /// Reads one byte.
     pub fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.array::<1>()?[0])

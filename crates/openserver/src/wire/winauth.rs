@@ -1,6 +1,5 @@
 //! Password authentication with a domain, "WinAuth" (protocol 2).
 
-use super::capabilities::command;
 use super::{protocol_id, DecodeError, Message, Reader, Secret, WireWrite};
 use bytes::{BufMut, BytesMut};
 
@@ -38,7 +37,7 @@ impl Message for WinAuthMessage {
 
     fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        let msg = match command(&mut r)? {
+        let msg = match r.command()? {
             AUTHENTICATE => WinAuthMessage::Authenticate {
                 user: r.string()?,
                 password: Secret::new(r.string()?),
