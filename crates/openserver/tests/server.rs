@@ -528,3 +528,54 @@ async fn server_started_keep_alive_beats_first_and_drops_a_silent_client() {
         "{frames:?}"
     );
 }
+
+/// A protocol only administrators may use.
+struct AdminOnly;
+
+impl openserver::protocol::Protocol for AdminOnly {
+    fn id(&self) -> u16 {
+        0x0150
+    }
+    fn name(&self) -> &'static str {
+        "admin_only"
+    }
+    fn required_role(&self) -> Option<&str> {
+        Some("admin")
+    }
+    fn new_handler(
+        &self,
+        _: &openserver::session::Session,
+    ) -> Box<dyn openserver::protocol::ProtocolHandler> {
+        Box::new(openserver::protocol::hello::Hello)
+    }
+}
+
+#[tokio::test]
+async fn protocols_can_require_a_role() {
+    let server = support::harness::start_with(config(), |b| b.protocol(AdminOnly)).await;
+    // bob has no roles.
+    let mut bob = Raw::connect(server.addr).await;
+    bob.send(
+        DatabaseAuthMessage::Authenticate {
+            user: "bob".into(),
+            password: "hunter2".into(),
+        }
+        .to_frame(),
+    )
+    .await;
+    bob.recv().await.unwrap();
+    bob.send(Frame::new(0x0150, HelloMessage("x".into()).to_frame().body))
+        .await;
+    assert_eq!(
+        capabilities_error(&bob.recv().await.unwrap()),
+        (0x0150, "Requires role admin.".to_string())
+    );
+    // alice is an admin.
+    let mut alice = Raw::connect(server.addr).await;
+    login(&mut alice).await;
+    alice
+        .send(Frame::new(0x0150, HelloMessage("x".into()).to_frame().body))
+        .await;
+    let answer = alice.recv().await.unwrap();
+    assert_eq!(HelloMessage::decode(&answer.body).unwrap().0, "Hello x");
+}

@@ -73,4 +73,8 @@ pub trait UserStore: Send + Sync + 'static {
         name: &str,
         password: &Secret,
     ) -> Result<Option<User>, AuthError>;
+
+    /// The user named `name`, without checking any credential: for logins whose proof is
+    /// elsewhere (a verified client certificate). `Ok(None)` if there is no such user.
+    async fn find_user(&self, name: &str) -> Result<Option<User>, AuthError>;
 }

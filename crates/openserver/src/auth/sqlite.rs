@@ -360,6 +360,10 @@ impl UserStore for SqliteUserStore {
             roles,
         }))
     }
+
+    async fn find_user(&self, name: &str) -> Result<Option<User>, AuthError> {
+        self.get_user(name).await
+    }
 }
 
 /// Maps a database error to the store error.

@@ -69,6 +69,13 @@ pub trait Protocol: Send + Sync + 'static {
         true
     }
 
+    /// A role the session's user must hold to use this protocol (checked after
+    /// authentication; sessions without it get a Capabilities ERROR and the packet is not
+    /// run). `None`: any authenticated user.
+    fn required_role(&self) -> Option<&str> {
+        None
+    }
+
     /// Whether the server starts this protocol on every session as soon as it authenticates,
     /// rather than when the peer's first packet of it arrives.
     fn start_on_login(&self) -> bool {

@@ -96,6 +96,10 @@ mod tests {
         async fn verify_password(&self, _: &str, _: &Secret) -> Result<Option<User>, AuthError> {
             Ok(None)
         }
+
+        async fn find_user(&self, _: &str) -> Result<Option<User>, AuthError> {
+            Ok(None)
+        }
     }
 
     #[test]

@@ -126,6 +126,11 @@ async fn dispatch(
     if protocol.requires_auth() && !session.is_authenticated() {
         return refuse(session, id, "Not authenticated.".into()).await;
     }
+    if let Some(role) = protocol.required_role() {
+        if !session.user().is_some_and(|u| u.has_role(role)) {
+            return refuse(session, id, format!("Requires role {role}.")).await;
+        }
+    }
     let handler = handlers
         .entry(id)
         .or_insert_with(|| protocol.new_handler(session));
