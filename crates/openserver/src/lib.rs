@@ -22,6 +22,7 @@
 //! - [`protocol`]: the [`Protocol`](protocol::Protocol) trait and the built-in protocols, one
 //!   file each (keep-alive, WinAuth, DatabaseAuth, Hello).
 //! - [`auth`]: the [`UserStore`](auth::UserStore) trait, the SQLite store and argon2id hashing.
+//! - [`tls`]: rustls configuration for both sides, certificate reload, development certificates.
 //! - The public faces: [`server`] (listener, caps, push, shutdown) and [`client`].
 //!
 //! # A server in a few lines
@@ -50,6 +51,7 @@ pub mod client;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod wire;
 
 // Entry points shared by the fuzz targets and their seed-replay tests.

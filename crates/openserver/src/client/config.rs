@@ -1,6 +1,7 @@
 //! Client settings.
 
 use crate::protocol::keepalive::KeepAliveConfig;
+use crate::tls::ClientTls;
 use std::time::Duration;
 
 /// How a [`Client`](super::Client) connects and behaves.
@@ -19,6 +20,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// How long a TCP connect may take.
     pub connect_timeout: Duration,
+    /// TLS settings; `None` speaks plaintext.
+    pub tls: Option<ClientTls>,
     /// Reconnect after a lost connection; off unless set.
     pub reconnect: Option<ReconnectPolicy>,
     /// Log every packet in and out, in hex.
@@ -34,6 +37,7 @@ impl Default for ClientConfig {
             write_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            tls: None,
             reconnect: None,
             log_packets: false,
         }
@@ -44,6 +48,12 @@ impl ClientConfig {
     /// Turns on reconnecting with `policy`.
     pub fn with_reconnect(mut self, policy: ReconnectPolicy) -> Self {
         self.reconnect = Some(policy);
+        self
+    }
+
+    /// Connects with TLS.
+    pub fn with_tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 

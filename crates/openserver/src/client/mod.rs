@@ -148,7 +148,7 @@ struct Shared {
 use crate::protocol::keepalive::Heartbeat;
 
 impl Client {
-    /// Connects over TCP to `addr` (`host:port`).
+    /// Connects to `addr` (`host:port`) over TCP, then TLS if [`ClientConfig::tls`] is set.
     pub async fn connect(
         addr: impl Into<String>,
         config: ClientConfig,
@@ -341,6 +341,38 @@ async fn open(
     let peer = stream
         .peer_addr()
         .map_err(|e| connect_error(e.to_string()))?;
+    match &config.tls {
+        None => Ok(start_connection(stream, peer, config, subscriptions, heartbeat)),
+        Some(tls) => {
+            let (connector, name) = tls
+                .connector(host_of(addr))
+                .map_err(|e| connect_error(e.to_string()))?;
+            let stream = tokio::time::timeout(config.connect_timeout, connector.connect(name, stream))
+                .await
+                .map_err(|_| connect_error("TLS handshake timed out".into()))?
+                .map_err(|e| connect_error(format!("TLS handshake failed: {e}")))?;
+            Ok(start_connection(stream, peer, config, subscriptions, heartbeat))
+        }
+    }
+}
+
+/// The host part of `host:port` (brackets of an IPv6 literal removed).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Starts the read loop and writer of an established connection.
+fn start_connection<S>(
+    stream: S,
+    peer: std::net::SocketAddr,
+    config: &ClientConfig,
+    subscriptions: &Arc<Subscriptions>,
+    heartbeat: &Arc<Mutex<Option<Heartbeat>>>,
+) -> Conn
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     let (session, queue) = Session::new(0, peer, config.queue_depth);
     let pending = Arc::new(Pending::default());
     let (done_tx, done) = watch::channel(None);
@@ -360,11 +392,11 @@ async fn open(
         let reason = connection::run(stream, parts).await;
         done_tx.send_replace(Some(reason));
     });
-    Ok(Conn {
+    Conn {
         session,
         pending,
         done,
-    })
+    }
 }
 
 async fn request_on(

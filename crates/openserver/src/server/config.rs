@@ -60,6 +60,9 @@ pub struct Limits {
     /// A session from which nothing arrives for this long is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A TLS handshake that has not completed this long after accept is abandoned.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
     /// A session that has not authenticated this long after accept is closed.
     #[serde(with = "humantime_serde")]
     pub auth_timeout: Duration,
@@ -81,6 +84,7 @@ impl Default for Limits {
             outbound_queue: 1024,
             write_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
+            tls_handshake_timeout: Duration::from_secs(5),
             auth_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
         }
@@ -121,6 +125,7 @@ impl ServerConfig {
             ("limits.write_timeout", l.write_timeout),
             ("limits.idle_timeout", l.idle_timeout),
             ("limits.auth_timeout", l.auth_timeout),
+            ("limits.tls_handshake_timeout", l.tls_handshake_timeout),
             ("keep_alive.interval", self.keep_alive.interval),
             ("keep_alive.timeout", self.keep_alive.timeout),
         ];

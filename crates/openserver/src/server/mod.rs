@@ -14,7 +14,8 @@ mod registry;
 
 pub use config::{Limits, ServerConfig, DEFAULT_PORT};
 
-use crate::auth::UserStore;
+use crate::auth::{User, UserStore};
+use crate::tls::ServerTls;
 use crate::protocol::dbauth::DatabaseAuth;
 use crate::protocol::hello::Hello;
 use crate::protocol::keepalive::KeepAlive;
@@ -43,16 +44,31 @@ pub struct ServerBuilder {
     config: ServerConfig,
     /// Protocols added so far; keep-alive is added at bind with the configured timing.
     protocols: ProtocolSet,
+    /// The user store given to [`user_store`](Self::user_store), for logins that need it
+    /// outside a protocol (client certificates) or later in the build (SCRAM).
+    store: Option<Arc<dyn UserStore>>,
+    /// TLS for every connection; plaintext when `None`.
+    tls: Option<ServerTls>,
 }
 
 impl ServerBuilder {
+    /// Serves every connection over TLS. With a client CA configured in `tls`, a verified
+    /// client certificate whose subject common name is a user's name logs that user in (the
+    /// user store must be set with [`user_store`](Self::user_store)).
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Adds WinAuth (2) and DatabaseAuth (3), checking credentials against `store`.
     pub fn user_store(mut self, store: Arc<dyn UserStore>) -> Self {
         self.protocols.insert(Arc::new(WinAuth::new(
             store.clone(),
             self.config.realm.clone(),
         )));
-        self.protocols.insert(Arc::new(DatabaseAuth::new(store)));
+        self.protocols
+            .insert(Arc::new(DatabaseAuth::new(store.clone())));
+        self.store = Some(store);
         self
     }
 
@@ -99,6 +115,8 @@ impl ServerBuilder {
                 per_ip: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                tls: self.tls,
+                store: self.store,
             }),
         })
     }
@@ -129,6 +147,10 @@ struct Shared {
     shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     tasks: TaskTracker,
+    /// TLS for every connection, if configured.
+    tls: Option<ServerTls>,
+    /// For certificate logins.
+    store: Option<Arc<dyn UserStore>>,
 }
 
 impl Server {
@@ -137,6 +159,8 @@ impl Server {
         ServerBuilder {
             config,
             protocols: ProtocolSet::new(),
+            store: None,
+            tls: None,
         }
     }
 
@@ -226,7 +250,60 @@ impl Shared {
     ) {
         // Interactive request/response traffic: don't let Nagle hold small frames back.
         let _ = stream.set_nodelay(true);
+        let Some(tls) = self.tls.clone() else {
+            return self.run_session(stream, peer, id, None).await;
+        };
+        // The handshake runs here, in the connection's own task, never in the accept loop.
+        let deadline = self.ctx.limits.tls_handshake_timeout;
+        let stream = match tokio::time::timeout(deadline, tls.acceptor().accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(?deadline, "TLS handshake timed out");
+                return;
+            }
+        };
+        let user = self.certificate_login(&stream).await;
+        self.run_session(stream, peer, id, user).await
+    }
+
+    /// Maps a verified client certificate to a user: the subject's common name is the user
+    /// name. rustls has already verified the certificate against the configured client CA.
+    async fn certificate_login<S>(&self, stream: &tokio_rustls::server::TlsStream<S>) -> Option<User> {
+        let cert = stream.get_ref().1.peer_certificates()?.first()?;
+        let Some(name) = crate::tls::certificate_user(cert) else {
+            tracing::info!("client certificate has no subject common name; not logged in");
+            return None;
+        };
+        let store = self.store.as_ref()?;
+        match store.find_user(&name).await {
+            Ok(Some(user)) => {
+                tracing::info!(user = %user.name, protocol = "client_certificate", "authenticated");
+                Some(user)
+            }
+            Ok(None) => {
+                tracing::info!(user = %name, "client certificate names no known user; not logged in");
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "user store failed during certificate login");
+                None
+            }
+        }
+    }
+
+    /// Runs an established (plain or TLS) connection as a session until it closes.
+    async fn run_session<S>(&self, stream: S, peer: SocketAddr, id: SessionId, user: Option<User>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
         let (session, queue) = Session::new(id, peer, self.ctx.limits.outbound_queue);
+        if let Some(user) = user {
+            session.authenticate(user);
+        }
         self.registry.insert(session.clone());
         if self.shutdown.is_cancelled() {
             // Accepted just as shutdown began, after its sweep: treat it the same way.

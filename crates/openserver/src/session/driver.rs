@@ -53,6 +53,10 @@ where
         FrameCodec::new(ctx.limits.max_frame_unauthenticated),
     );
     let mut handlers: HashMap<u16, Box<dyn ProtocolHandler>> = HashMap::new();
+    if session.is_authenticated() {
+        // Logged in before the first frame (client certificate).
+        on_login(ctx, &session, &mut handlers, frames.decoder_mut());
+    }
     let auth_deadline = sleep(ctx.limits.auth_timeout);
     let idle = sleep(ctx.limits.idle_timeout);
     tokio::pin!(auth_deadline, idle);

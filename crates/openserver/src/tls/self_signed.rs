@@ -1,0 +1,137 @@
+//! A development certificate authority and server certificate, generated once into a
+//! directory (the server's data directory by default) and reused afterwards.
+//!
+//! The CA (`ca.pem`) is what clients trust (`--ca`); the server presents `cert.pem` (signed by
+//! it, for `localhost`, `127.0.0.1`, `::1` and any extra names) with `key.pem`. Alternatively
+//! clients pin the server certificate's SHA-256 fingerprint.
+
+use super::TlsError;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use std::path::{Path, PathBuf};
+
+/// File names inside the directory.
+pub const CA_FILE: &str = "ca.pem";
+/// The server certificate (leaf, then CA).
+pub const CERT_FILE: &str = "cert.pem";
+/// The server's private key (mode 0600 on Unix).
+pub const KEY_FILE: &str = "key.pem";
+
+/// Paths of a generated (or previously generated) certificate set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelfSigned {
+    /// The CA certificate clients can trust.
+    pub ca: PathBuf,
+    /// The server certificate chain.
+    pub cert: PathBuf,
+    /// The server key.
+    pub key: PathBuf,
+    /// Whether this call created the files.
+    pub created: bool,
+}
+
+/// Returns the certificate set in `dir`, generating it first if `cert.pem` or `key.pem` is
+/// missing. `extra_names` are added to the certificate's subject alternative names.
+pub fn ensure(dir: &Path, extra_names: &[String]) -> Result<SelfSigned, TlsError> {
+    let set = SelfSigned {
+        ca: dir.join(CA_FILE),
+        cert: dir.join(CERT_FILE),
+        key: dir.join(KEY_FILE),
+        created: false,
+    };
+    if set.cert.exists() && set.key.exists() {
+        return Ok(set);
+    }
+    let generated = generate(extra_names)?;
+    std::fs::create_dir_all(dir).map_err(|e| write_error(dir, e))?;
+    write(&set.ca, generated.ca_pem.as_bytes(), false)?;
+    write(
+        &set.cert,
+        format!("{}{}", generated.cert_pem, generated.ca_pem).as_bytes(),
+        false,
+    )?;
+    write(&set.key, generated.key_pem.as_bytes(), true)?;
+    Ok(SelfSigned {
+        created: true,
+        ..set
+    })
+}
+
+/// A freshly generated CA and server certificate, as PEM text.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// The CA certificate.
+    pub ca_pem: String,
+    /// The server certificate (leaf only).
+    pub cert_pem: String,
+    /// The server key.
+    pub key_pem: String,
+}
+
+/// Generates a CA and a server certificate signed by it (ECDSA P-256).
+pub fn generate(extra_names: &[String]) -> Result<Generated, TlsError> {
+    let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let ca_key = KeyPair::generate().map_err(gen)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(gen)?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "openserver development CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca_params.self_signed(&ca_key).map_err(gen)?;
+
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    names.extend(extra_names.iter().cloned());
+    let leaf_key = KeyPair::generate().map_err(gen)?;
+    let mut leaf_params = CertificateParams::new(names).map_err(gen)?;
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "openserver");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).map_err(gen)?;
+    Ok(Generated {
+        ca_pem: ca.pem(),
+        cert_pem: leaf.pem(),
+        key_pem: leaf_key.serialize_pem(),
+    })
+}
+
+fn write(path: &Path, contents: &[u8], secret: bool) -> Result<(), TlsError> {
+    std::fs::write(path, contents).map_err(|e| write_error(path, e))?;
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| write_error(path, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    Ok(())
+}
+
+fn write_error(path: &Path, e: std::io::Error) -> TlsError {
+    TlsError::Read {
+        path: path.display().to_string(),
+        message: format!("cannot write: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_once_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ensure(dir.path(), &["example.test".into()]).unwrap();
+        assert!(first.created);
+        let second = ensure(dir.path(), &[]).unwrap();
+        assert!(!second.created);
+        let tls = super::super::ServerTls::from_pem_files(&first.cert, &first.key, None).unwrap();
+        assert_eq!(tls.fingerprint().len(), 95);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&first.key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! TLS over 127.0.0.1: generated certificates, pinning, CA files, old protocol versions,
+//! certificate login, handshake deadline, reload.
+
+mod support;
+
+use openserver::client::{Client, ClientConfig, ClientError};
+use openserver::tls::{self, ClientTls, ServerTls, ServerVerification};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::harness::{config, start_with, Raw, TestServer, ALICE};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Certs {
+    _dir: tempfile::TempDir,
+    set: tls::self_signed::SelfSigned,
+}
+
+fn server_certs() -> Certs {
+    let dir = tempfile::tempdir().unwrap();
+    let set = tls::self_signed::ensure(dir.path(), &[]).unwrap();
+    Certs { _dir: dir, set }
+}
+
+async fn tls_server(certs: &Certs, client_ca: Option<&Path>) -> (TestServer, ServerTls) {
+    let tls = ServerTls::from_pem_files(&certs.set.cert, &certs.set.key, client_ca).unwrap();
+    let server = start_with(config(), {
+        let tls = tls.clone();
+        move |b| b.tls(tls)
+    })
+    .await;
+    (server, tls)
+}
+
+fn client_config(verification: ServerVerification) -> ClientConfig {
+    ClientConfig::default().with_tls(ClientTls::new(verification))
+}
+
+#[tokio::test]
+async fn pinned_fingerprint_logs_in_and_says_hello() {
+    let certs = server_certs();
+    let (server, tls) = tls_server(&certs, None).await;
+    let client = Client::connect(
+        server.addr.to_string(),
+        client_config(ServerVerification::Fingerprint(tls.fingerprint())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(client.authenticate_db(ALICE.0, ALICE.1).await.unwrap(), 7);
+    assert_eq!(client.hello("over tls").await.unwrap(), "Hello over tls");
+}
+
+#[tokio::test]
+async fn ca_file_verifies_the_generated_certificate() {
+    let certs = server_certs();
+    let (server, _) = tls_server(&certs, None).await;
+    for addr in [server.addr.to_string(), format!("localhost:{}", server.addr.port())] {
+        let client = Client::connect(addr, client_config(ServerVerification::CaFile(certs.set.ca.clone())))
+            .await
+            .unwrap();
+        client.authenticate_db(ALICE.0, ALICE.1).await.unwrap();
+    }
+    // The CA vouches for these names only.
+    let wrong_name = ClientConfig::default().with_tls(
+        ClientTls::new(ServerVerification::CaFile(certs.set.ca.clone())).with_server_name("example.com"),
+    );
+    assert!(matches!(
+        Client::connect(server.addr.to_string(), wrong_name).await,
+        Err(ClientError::Connect { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_wrong_fingerprint_is_refused() {
+    let certs = server_certs();
+    let (server, _) = tls_server(&certs, None).await;
+    let other = "00".repeat(32);
+    match Client::connect(
+        server.addr.to_string(),
+        client_config(ServerVerification::Fingerprint(other)),
+    )
+    .await
+    {
+        Err(ClientError::Connect { message, .. }) => {
+            assert!(message.contains("fingerprint"), "{message}")
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("connected despite a wrong pin"),
+    }
+}
+
+#[tokio::test]
+async fn plaintext_clients_get_nothing_from_a_tls_server() {
+    let certs = server_certs();
+    let (server, _) = tls_server(&certs, None).await;
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send_bytes(&hex::decode("535503000000000001").unwrap()).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), raw.stream.read_to_end(&mut buf)).await;
+    // Whatever comes back (a TLS alert at most), it is not a frame.
+    assert!(!buf.starts_with(&[0x53, 0x55]), "{buf:?}");
+}
+
+/// A TLS 1.1 ClientHello: legacy version 0x0302, no supported_versions extension, one
+/// TLS 1.1-era cipher suite.
+fn tls11_client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x02];
+    body.extend([7u8; 32]); // random
+    body.push(0); // session id
+    // ECDHE-ECDSA-AES128-GCM-SHA256 and ECDHE-RSA-AES128-CBC-SHA: suites the server has,
+    // so the version is the only thing it can object to.
+    body.extend([0x00, 0x04, 0xc0, 0x2b, 0xc0, 0x13]);
+    body.extend([0x01, 0x00]); // null compression
+    let extensions: &[u8] = &[
+        0x00, 0x0a, 0x00, 0x04, 0x00, 0x02, 0x00, 0x17, // supported_groups: secp256r1
+        0x00, 0x0b, 0x00, 0x02, 0x01, 0x00, // ec_point_formats: uncompressed
+        0x00, 0x0d, 0x00, 0x04, 0x00, 0x02, 0x04, 0x03, // signature_algorithms: ecdsa_p256_sha256
+    ];
+    body.extend((extensions.len() as u16).to_be_bytes());
+    body.extend(extensions);
+    let mut handshake = vec![0x01, 0x00];
+    handshake.extend((body.len() as u16).to_be_bytes());
+    handshake.extend(body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend((handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+#[tokio::test]
+async fn tls_1_1_is_refused() {
+    let certs = server_certs();
+    let (server, _) = tls_server(&certs, None).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(&tls11_client_hello()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    // No ServerHello (a handshake record, 0x16); an alert (0x15) or nothing, then close.
+    assert!(buf.is_empty() || buf[0] == 0x15, "{buf:02x?}");
+    if buf.len() >= 7 {
+        assert_eq!(buf[6], 70, "alert is protocol_version: {buf:02x?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_handshake_is_abandoned_after_five_seconds() {
+    let certs = server_certs();
+    let (server, _) = tls_server(&certs, None).await;
+    let started = tokio::time::Instant::now();
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send_bytes(&tls11_client_hello()[..10]).await;
+    assert!(raw.expect_closed().await.is_empty());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(6), "{waited:?}");
+}
+
+/// A client CA and a certificate it issued for `cn`, written as PEM files.
+struct ClientPki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+}
+
+impl ClientPki {
+    fn new() -> ClientPki {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "test client CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        ClientPki { dir, ca, ca_key }
+    }
+
+    fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn issue(&self, cn: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let cert_path = self.dir.path().join(format!("{cn}.pem"));
+        let key_path = self.dir.path().join(format!("{cn}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+}
+
+#[tokio::test]
+async fn a_client_certificate_logs_in_without_a_password() {
+    let certs = server_certs();
+    let pki = ClientPki::new();
+    let (server, tls) = tls_server(&certs, Some(&pki.ca_path())).await;
+    let with_cert = |(cert, key): (PathBuf, PathBuf)| {
+        ClientConfig::default().with_tls(
+            ClientTls::new(ServerVerification::Fingerprint(tls.fingerprint())).with_client_cert(cert, key),
+        )
+    };
+
+    let alice = Client::connect(server.addr.to_string(), with_cert(pki.issue("alice")))
+        .await
+        .unwrap();
+    assert_eq!(alice.hello("cert").await.unwrap(), "Hello cert");
+
+    // A certificate for a name that is no user: connected, but not logged in.
+    let nobody = Client::connect(server.addr.to_string(), with_cert(pki.issue("nobody")))
+        .await
+        .unwrap();
+    assert!(matches!(nobody.hello("x").await, Err(ClientError::Remote { .. })));
+
+    // No certificate at all: password login still works.
+    let plain = Client::connect(
+        server.addr.to_string(),
+        client_config(ServerVerification::Fingerprint(tls.fingerprint())),
+    )
+    .await
+    .unwrap();
+    plain.authenticate_db(ALICE.0, ALICE.1).await.unwrap();
+
+    // A certificate from another CA is refused in the handshake.
+    let stranger = ClientPki::new();
+    let refused = Client::connect(server.addr.to_string(), with_cert(stranger.issue("alice"))).await;
+    match refused {
+        Err(_) => {}
+        // TLS 1.3 finishes the client side before the server checks the certificate; the
+        // server then closes the connection.
+        Ok(client) => assert!(client.hello("x").await.is_err()),
+    }
+}
+
+#[tokio::test]
+async fn reloading_the_certificate_keeps_sessions() {
+    let certs = server_certs();
+    let (server, tls) = tls_server(&certs, None).await;
+    let old_fp = tls.fingerprint();
+    let before = Client::connect(
+        server.addr.to_string(),
+        client_config(ServerVerification::Fingerprint(old_fp.clone())),
+    )
+    .await
+    .unwrap();
+    before.authenticate_db(ALICE.0, ALICE.1).await.unwrap();
+
+    let fresh = tls::self_signed::generate(&[]).unwrap();
+    std::fs::write(&certs.set.cert, format!("{}{}", fresh.cert_pem, fresh.ca_pem)).unwrap();
+    std::fs::write(&certs.set.key, &fresh.key_pem).unwrap();
+    tls.reload().unwrap();
+    let new_fp = tls.fingerprint();
+    assert_ne!(old_fp, new_fp);
+
+    assert_eq!(before.hello("still").await.unwrap(), "Hello still");
+    let after = Client::connect(
+        server.addr.to_string(),
+        client_config(ServerVerification::Fingerprint(new_fp)),
+    )
+    .await
+    .unwrap();
+    after.authenticate_db(ALICE.0, ALICE.1).await.unwrap();
+    assert!(Client::connect(
+        server.addr.to_string(),
+        client_config(ServerVerification::Fingerprint(old_fp)),
+    )
+    .await
+    .is_err());
+}
+
+#[tokio::test]
+async fn bad_certificate_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let err = ServerTls::from_pem_files(&missing, &missing, None).unwrap_err();
+    assert!(err.to_string().contains("missing.pem"), "{err}");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not pem").unwrap();
+    let err = ServerTls::from_pem_files(&empty, &empty, None).unwrap_err();
+    assert!(err.to_string().contains("no CERTIFICATE"), "{err}");
+}
