@@ -22,6 +22,42 @@ pub struct FileConfig {
     pub hash: HashParams,
     /// Logging.
     pub log: LogConfig,
+    /// TLS (on by default).
+    pub tls: TlsConfig,
+}
+
+/// TLS settings of `serve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Serve TLS. Off only for old clients and tests, and then only on loopback unless
+    /// `danger_allow_plaintext_non_loopback` is set.
+    pub enabled: bool,
+    /// Certificate chain (PEM). Without `cert` and `key`, a development CA and certificate
+    /// are generated into `DATA_DIR/tls/` on first start.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of `cert`.
+    pub key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates log in as the user named by their common name.
+    pub client_ca: Option<PathBuf>,
+    /// Extra DNS names or IP addresses for the generated certificate.
+    pub names: Vec<String>,
+    /// Allow `enabled = false` on an address other than loopback: passwords then cross the
+    /// network in the clear.
+    pub danger_allow_plaintext_non_loopback: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            enabled: true,
+            cert: None,
+            key: None,
+            client_ca: None,
+            names: Vec::new(),
+            danger_allow_plaintext_non_loopback: false,
+        }
+    }
 }
 
 impl Default for FileConfig {
@@ -31,6 +67,7 @@ impl Default for FileConfig {
             server: ServerConfig::default(),
             hash: HashParams::default(),
             log: LogConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -52,6 +89,26 @@ impl Default for LogConfig {
 }
 
 impl FileConfig {
+    /// Refuses settings that would expose passwords or cannot work.
+    pub fn check_tls(&self) -> Result<()> {
+        let tls = &self.tls;
+        if tls.cert.is_some() != tls.key.is_some() {
+            anyhow::bail!("tls.cert and tls.key go together: set both or neither");
+        }
+        if !tls.enabled
+            && !self.server.listen.ip().is_loopback()
+            && !tls.danger_allow_plaintext_non_loopback
+        {
+            anyhow::bail!(
+                "refusing plaintext on {}: passwords would cross the network in the clear \
+                 (enable TLS, listen on loopback, or set tls.danger_allow_plaintext_non_loopback \
+                 / --danger-allow-plaintext-non-loopback)",
+                self.server.listen
+            );
+        }
+        Ok(())
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<FileConfig> {
         let text = std::fs::read_to_string(path)
@@ -63,6 +120,7 @@ impl FileConfig {
     pub fn parse(text: &str) -> Result<FileConfig> {
         let config: FileConfig = toml::from_str(text)?;
         config.server.validate().map_err(anyhow::Error::msg)?;
+        config.check_tls()?;
         tracing_subscriber::EnvFilter::try_new(&config.log.level).map_err(|e| {
             anyhow::anyhow!(
                 "log.level {:?} is not a valid filter: {e}",

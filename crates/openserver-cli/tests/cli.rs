@@ -118,12 +118,21 @@ fn first_start_users_hello_and_sigterm() {
         .and_then(|rest| rest.split_whitespace().next())
         .expect("first start prints the admin password")
         .to_string();
+    let fingerprint = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("tls certificate sha256 "))
+        .expect("serve prints the certificate fingerprint")
+        .to_string();
+    let ca = dir.path().join("tls").join("ca.pem");
+    assert!(ca.exists(), "a development CA is generated");
 
     let hello = run(
         &[
             "hello",
             "--server",
             &addr,
+            "--fingerprint",
+            &fingerprint,
             "--user",
             "admin",
             "--password-stdin",
@@ -166,6 +175,8 @@ fn first_start_users_hello_and_sigterm() {
             "hello",
             "--server",
             &addr,
+            "--ca",
+            ca.to_str().unwrap(),
             "--user",
             "bob",
             "--auth",
@@ -182,6 +193,8 @@ fn first_start_users_hello_and_sigterm() {
             "hello",
             "--server",
             &addr,
+            "--ca",
+            ca.to_str().unwrap(),
             "--user",
             "bob",
             "--password-stdin",
@@ -209,7 +222,14 @@ fn first_start_users_hello_and_sigterm() {
     // A second start keeps the users and prints no new admin password.
     let again = Serve::start(&["--listen", "127.0.0.1:0", "--data-dir", data]);
     let (lines, _) = again.until_listening();
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(
+        lines,
+        vec![
+            format!("tls certificate sha256 {fingerprint}"),
+            lines[1].clone()
+        ],
+        "same certificate, no new admin"
+    );
     assert!(again.terminate().success());
 }
 
@@ -293,4 +313,73 @@ fn every_subcommand_has_help() {
         assert!(out.status.success(), "{args:?}");
         assert!(stdout(&out).contains("Usage:"), "{args:?}");
     }
+}
+
+#[test]
+fn plaintext_only_on_loopback_unless_dangerous() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out = run(
+        &[
+            "serve",
+            "--no-tls",
+            "--listen",
+            "0.0.0.0:0",
+            "--data-dir",
+            data,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("danger"), "{}", stderr(&out));
+
+    let serve = Serve::start(&["--no-tls", "--listen", "127.0.0.1:0", "--data-dir", data]);
+    let (lines, addr) = serve.until_listening();
+    assert!(
+        !lines.iter().any(|l| l.starts_with("tls certificate")),
+        "{lines:?}"
+    );
+    let add = run(
+        &[
+            "user",
+            "add",
+            "carol",
+            "--password-stdin",
+            "--data-dir",
+            data,
+        ],
+        "pw\n",
+    );
+    assert!(add.status.success(), "{}", stderr(&add));
+    let hello = run(
+        &[
+            "hello",
+            "--server",
+            &addr,
+            "--no-tls",
+            "--user",
+            "carol",
+            "--password-stdin",
+            "plain",
+        ],
+        "pw\n",
+    );
+    assert_eq!(stdout(&hello), "Hello plain\n", "{}", stderr(&hello));
+    // A TLS client cannot talk to it.
+    let tls_hello = run(
+        &[
+            "hello",
+            "--server",
+            &addr,
+            "--fingerprint",
+            &"00".repeat(32),
+            "--user",
+            "carol",
+            "--password-stdin",
+            "x",
+        ],
+        "pw\n",
+    );
+    assert_eq!(tls_hello.status.code(), Some(1));
+    assert!(serve.terminate().success());
 }

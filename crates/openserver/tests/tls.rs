@@ -54,15 +54,22 @@ async fn pinned_fingerprint_logs_in_and_says_hello() {
 async fn ca_file_verifies_the_generated_certificate() {
     let certs = server_certs();
     let (server, _) = tls_server(&certs, None).await;
-    for addr in [server.addr.to_string(), format!("localhost:{}", server.addr.port())] {
-        let client = Client::connect(addr, client_config(ServerVerification::CaFile(certs.set.ca.clone())))
-            .await
-            .unwrap();
+    for addr in [
+        server.addr.to_string(),
+        format!("localhost:{}", server.addr.port()),
+    ] {
+        let client = Client::connect(
+            addr,
+            client_config(ServerVerification::CaFile(certs.set.ca.clone())),
+        )
+        .await
+        .unwrap();
         client.authenticate_db(ALICE.0, ALICE.1).await.unwrap();
     }
     // The CA vouches for these names only.
     let wrong_name = ClientConfig::default().with_tls(
-        ClientTls::new(ServerVerification::CaFile(certs.set.ca.clone())).with_server_name("example.com"),
+        ClientTls::new(ServerVerification::CaFile(certs.set.ca.clone()))
+            .with_server_name("example.com"),
     );
     assert!(matches!(
         Client::connect(server.addr.to_string(), wrong_name).await,
@@ -94,7 +101,8 @@ async fn plaintext_clients_get_nothing_from_a_tls_server() {
     let certs = server_certs();
     let (server, _) = tls_server(&certs, None).await;
     let mut raw = Raw::connect(server.addr).await;
-    raw.send_bytes(&hex::decode("535503000000000001").unwrap()).await;
+    raw.send_bytes(&hex::decode("535503000000000001").unwrap())
+        .await;
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), raw.stream.read_to_end(&mut buf)).await;
     // Whatever comes back (a TLS alert at most), it is not a frame.
@@ -107,14 +115,15 @@ fn tls11_client_hello() -> Vec<u8> {
     let mut body = vec![0x03, 0x02];
     body.extend([7u8; 32]); // random
     body.push(0); // session id
-    // ECDHE-ECDSA-AES128-GCM-SHA256 and ECDHE-RSA-AES128-CBC-SHA: suites the server has,
-    // so the version is the only thing it can object to.
+                  // ECDHE-ECDSA-AES128-GCM-SHA256 and ECDHE-RSA-AES128-CBC-SHA: suites the server has,
+                  // so the version is the only thing it can object to.
     body.extend([0x00, 0x04, 0xc0, 0x2b, 0xc0, 0x13]);
     body.extend([0x01, 0x00]); // null compression
     let extensions: &[u8] = &[
         0x00, 0x0a, 0x00, 0x04, 0x00, 0x02, 0x00, 0x17, // supported_groups: secp256r1
         0x00, 0x0b, 0x00, 0x02, 0x01, 0x00, // ec_point_formats: uncompressed
-        0x00, 0x0d, 0x00, 0x04, 0x00, 0x02, 0x04, 0x03, // signature_algorithms: ecdsa_p256_sha256
+        0x00, 0x0d, 0x00, 0x04, 0x00, 0x02, 0x04,
+        0x03, // signature_algorithms: ecdsa_p256_sha256
     ];
     body.extend((extensions.len() as u16).to_be_bytes());
     body.extend(extensions);
@@ -151,7 +160,10 @@ async fn a_stalled_handshake_is_abandoned_after_five_seconds() {
     raw.send_bytes(&tls11_client_hello()[..10]).await;
     assert!(raw.expect_closed().await.is_empty());
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(6), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
 }
 
 /// A client CA and a certificate it issued for `cn`, written as PEM files.
@@ -165,7 +177,9 @@ impl ClientPki {
     fn new() -> ClientPki {
         let ca_key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "test client CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test client CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca = params.self_signed(&ca_key).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -197,7 +211,8 @@ async fn a_client_certificate_logs_in_without_a_password() {
     let (server, tls) = tls_server(&certs, Some(&pki.ca_path())).await;
     let with_cert = |(cert, key): (PathBuf, PathBuf)| {
         ClientConfig::default().with_tls(
-            ClientTls::new(ServerVerification::Fingerprint(tls.fingerprint())).with_client_cert(cert, key),
+            ClientTls::new(ServerVerification::Fingerprint(tls.fingerprint()))
+                .with_client_cert(cert, key),
         )
     };
 
@@ -210,7 +225,10 @@ async fn a_client_certificate_logs_in_without_a_password() {
     let nobody = Client::connect(server.addr.to_string(), with_cert(pki.issue("nobody")))
         .await
         .unwrap();
-    assert!(matches!(nobody.hello("x").await, Err(ClientError::Remote { .. })));
+    assert!(matches!(
+        nobody.hello("x").await,
+        Err(ClientError::Remote { .. })
+    ));
 
     // No certificate at all: password login still works.
     let plain = Client::connect(
@@ -223,7 +241,8 @@ async fn a_client_certificate_logs_in_without_a_password() {
 
     // A certificate from another CA is refused in the handshake.
     let stranger = ClientPki::new();
-    let refused = Client::connect(server.addr.to_string(), with_cert(stranger.issue("alice"))).await;
+    let refused =
+        Client::connect(server.addr.to_string(), with_cert(stranger.issue("alice"))).await;
     match refused {
         Err(_) => {}
         // TLS 1.3 finishes the client side before the server checks the certificate; the
@@ -246,7 +265,11 @@ async fn reloading_the_certificate_keeps_sessions() {
     before.authenticate_db(ALICE.0, ALICE.1).await.unwrap();
 
     let fresh = tls::self_signed::generate(&[]).unwrap();
-    std::fs::write(&certs.set.cert, format!("{}{}", fresh.cert_pem, fresh.ca_pem)).unwrap();
+    std::fs::write(
+        &certs.set.cert,
+        format!("{}{}", fresh.cert_pem, fresh.ca_pem),
+    )
+    .unwrap();
     std::fs::write(&certs.set.key, &fresh.key_pem).unwrap();
     tls.reload().unwrap();
     let new_fp = tls.fingerprint();

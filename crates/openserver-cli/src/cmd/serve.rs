@@ -5,6 +5,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use openserver::auth::{PasswordHasher, SqliteUserStore};
 use openserver::server::Server;
+use openserver::tls::{self_signed, ServerTls};
 use openserver::wire::Secret;
 use rand::distributions::{Alphanumeric, DistString};
 use std::io::Write as _;
@@ -27,6 +28,23 @@ pub struct ServeArgs {
     /// Log every packet in and out in hex (passwords included: debugging only).
     #[arg(long)]
     pub log_packets: bool,
+    /// TLS certificate chain (PEM); needs --tls-key. Default: a generated development
+    /// certificate in DATA_DIR/tls/.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates log in as the user their common name names.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve plaintext, for old clients and tests; refused on a non-loopback address unless
+    /// --danger-allow-plaintext-non-loopback is also given.
+    #[arg(long)]
+    pub no_tls: bool,
+    /// Allow --no-tls on a non-loopback address: passwords cross the network in the clear.
+    #[arg(long)]
+    pub danger_allow_plaintext_non_loopback: bool,
 }
 
 /// Loads the configuration: file first, then flags.
@@ -42,6 +60,18 @@ pub fn effective_config(args: &ServeArgs) -> Result<FileConfig> {
         config.data_dir = dir.clone();
     }
     config.server.log_packets |= args.log_packets;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls.cert = Some(cert.clone());
+        config.tls.key = Some(key.clone());
+    }
+    if let Some(ca) = &args.tls_client_ca {
+        config.tls.client_ca = Some(ca.clone());
+    }
+    if args.no_tls {
+        config.tls.enabled = false;
+    }
+    config.tls.danger_allow_plaintext_non_loopback |= args.danger_allow_plaintext_non_loopback;
+    config.check_tls()?;
     Ok(config)
 }
 
@@ -57,18 +87,80 @@ pub async fn run(config: FileConfig) -> Result<()> {
     hasher.warm_up().await?;
     create_first_admin(&store).await?;
 
-    let server = Server::builder(config.server.clone())
+    let mut builder = Server::builder(config.server.clone())
         .user_store(Arc::new(store))
-        .hello()
+        .hello();
+    let tls = server_tls(&config)?;
+    if let Some(tls) = &tls {
+        builder = builder.tls(tls.clone());
+        tokio::spawn(reload_on_sighup(tls.clone())?);
+    } else {
+        tracing::warn!("TLS is off: passwords cross the network in the clear");
+    }
+    let server = builder
         .bind()
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let shutdown = shutdown_signal()?;
     // Scripts read this line to learn the real port.
     println!("listening on {}", server.local_addr());
     std::io::stdout().flush()?;
-    server.run_until(shutdown_signal()).await?;
+    server.run_until(shutdown).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Loads or generates the certificate; prints its fingerprint so clients can pin it.
+fn server_tls(config: &FileConfig) -> Result<Option<ServerTls>> {
+    let tls = &config.tls;
+    if !tls.enabled {
+        return Ok(None);
+    }
+    let (cert, key) = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => {
+            let dir = config.data_dir.join("tls");
+            let set = self_signed::ensure(&dir, &tls.names)
+                .with_context(|| format!("cannot create a certificate in {}", dir.display()))?;
+            if set.created {
+                println!(
+                    "generated a development TLS certificate; clients can trust {}",
+                    set.ca.display()
+                );
+            }
+            (set.cert, set.key)
+        }
+    };
+    let server_tls = ServerTls::from_pem_files(&cert, &key, tls.client_ca.as_deref())?;
+    println!("tls certificate sha256 {}", server_tls.fingerprint());
+    Ok(Some(server_tls))
+}
+
+/// Registers a SIGHUP handler now and returns the task that re-reads the certificate and key
+/// on every SIGHUP; sessions stay up.
+#[cfg(unix)]
+fn reload_on_sighup(tls: ServerTls) -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    Ok(async move {
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => {
+                    tracing::info!(fingerprint = %tls.fingerprint(), "TLS certificate reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificate reload failed; keeping the old one")
+                }
+            }
+        }
+    })
+}
+
+/// Certificate reload needs SIGHUP, which only Unix has.
+#[cfg(not(unix))]
+fn reload_on_sighup(tls: ServerTls) -> Result<impl std::future::Future<Output = ()>> {
+    let _ = tls;
+    Ok(async {})
 }
 
 /// On a first start with no users, creates `admin` with a random password and prints it once.
@@ -88,30 +180,25 @@ async fn create_first_admin(store: &SqliteUserStore) -> Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
+/// Registers SIGINT and SIGTERM handlers now (so a signal sent as soon as `listening on` is
+/// printed is not lost) and returns a future that resolves on either.
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
-    }
+    })
+}
+
+/// Returns a future that resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

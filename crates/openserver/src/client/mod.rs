@@ -342,16 +342,29 @@ async fn open(
         .peer_addr()
         .map_err(|e| connect_error(e.to_string()))?;
     match &config.tls {
-        None => Ok(start_connection(stream, peer, config, subscriptions, heartbeat)),
+        None => Ok(start_connection(
+            stream,
+            peer,
+            config,
+            subscriptions,
+            heartbeat,
+        )),
         Some(tls) => {
             let (connector, name) = tls
                 .connector(host_of(addr))
                 .map_err(|e| connect_error(e.to_string()))?;
-            let stream = tokio::time::timeout(config.connect_timeout, connector.connect(name, stream))
-                .await
-                .map_err(|_| connect_error("TLS handshake timed out".into()))?
-                .map_err(|e| connect_error(format!("TLS handshake failed: {e}")))?;
-            Ok(start_connection(stream, peer, config, subscriptions, heartbeat))
+            let stream =
+                tokio::time::timeout(config.connect_timeout, connector.connect(name, stream))
+                    .await
+                    .map_err(|_| connect_error("TLS handshake timed out".into()))?
+                    .map_err(|e| connect_error(format!("TLS handshake failed: {e}")))?;
+            Ok(start_connection(
+                stream,
+                peer,
+                config,
+                subscriptions,
+                heartbeat,
+            ))
         }
     }
 }

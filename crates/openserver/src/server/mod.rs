@@ -15,7 +15,6 @@ mod registry;
 pub use config::{Limits, ServerConfig, DEFAULT_PORT};
 
 use crate::auth::{User, UserStore};
-use crate::tls::ServerTls;
 use crate::protocol::dbauth::DatabaseAuth;
 use crate::protocol::hello::Hello;
 use crate::protocol::keepalive::KeepAlive;
@@ -23,6 +22,7 @@ use crate::protocol::winauth::WinAuth;
 use crate::protocol::{Protocol, ProtocolSet};
 use crate::session::driver::{self, DriverContext};
 use crate::session::{lock, SendError, Session, SessionId};
+use crate::tls::ServerTls;
 use crate::wire::Frame;
 use registry::Registry;
 use std::collections::HashMap;
@@ -272,7 +272,10 @@ impl Shared {
 
     /// Maps a verified client certificate to a user: the subject's common name is the user
     /// name. rustls has already verified the certificate against the configured client CA.
-    async fn certificate_login<S>(&self, stream: &tokio_rustls::server::TlsStream<S>) -> Option<User> {
+    async fn certificate_login<S>(
+        &self,
+        stream: &tokio_rustls::server::TlsStream<S>,
+    ) -> Option<User> {
         let cert = stream.get_ref().1.peer_certificates()?.first()?;
         let Some(name) = crate::tls::certificate_user(cert) else {
             tracing::info!("client certificate has no subject common name; not logged in");

@@ -149,7 +149,10 @@ mod tests {
         let fp = fingerprint(&cert);
         assert_eq!(fp.len(), 32 * 3 - 1);
         let bytes = parse_fingerprint(&fp).unwrap();
-        assert_eq!(parse_fingerprint(&fp.replace(':', "").to_lowercase()).unwrap(), bytes);
+        assert_eq!(
+            parse_fingerprint(&fp.replace(':', "").to_lowercase()).unwrap(),
+            bytes
+        );
         assert_eq!(parse_fingerprint(&format!("SHA256:{fp}")).unwrap(), bytes);
         assert!(parse_fingerprint("abcd").is_err());
         assert!(parse_fingerprint(&"zz".repeat(32)).is_err());

@@ -86,7 +86,9 @@ pub fn generate(extra_names: &[String]) -> Result<Generated, TlsError> {
     leaf_params
         .distinguished_name
         .push(DnType::CommonName, "openserver");
-    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).map_err(gen)?;
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .map_err(gen)?;
     Ok(Generated {
         ca_pem: ca.pem(),
         cert_pem: leaf.pem(),

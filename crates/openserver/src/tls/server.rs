@@ -41,11 +41,13 @@ impl ServerTls {
             .map_err(|e| TlsError::Config(e.to_string()))?;
         let builder = match client_ca {
             Some(ca) => {
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(ca)?), provider())
-                        .allow_unauthenticated()
-                        .build()
-                        .map_err(|e| TlsError::Config(format!("client CA {}: {e}", ca.display())))?;
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(load_roots(ca)?),
+                    provider(),
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Config(format!("client CA {}: {e}", ca.display())))?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
