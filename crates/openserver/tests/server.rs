@@ -301,11 +301,7 @@ async fn unauthenticated_sessions_close_at_the_auth_deadline() {
     let started = tokio::time::Instant::now();
     let mut raw = Raw::connect(server.addr).await;
     assert!(raw.expect_closed().await.is_empty());
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_secs(10) && waited < Duration::from_secs(11),
-        "{waited:?}"
-    );
+    assert_waited(started, 10, 11);
 }
 
 #[tokio::test(start_paused = true)]
@@ -317,11 +313,7 @@ async fn idle_sessions_close_at_the_idle_timeout() {
     login(&mut raw).await;
     let started = tokio::time::Instant::now();
     assert!(raw.expect_closed().await.is_empty());
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_secs(59) && waited <= Duration::from_secs(61),
-        "{waited:?}"
-    );
+    assert_waited(started, 59, 61);
 }
 
 #[tokio::test(start_paused = true)]
@@ -335,11 +327,7 @@ async fn keep_alive_loss_is_detected_after_thirty_silent_seconds() {
     let started = tokio::time::Instant::now();
     // The server heartbeats every 10 s, then gives up on the silent client at 30 s.
     let frames = raw.expect_closed().await;
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_secs(30) && waited <= Duration::from_secs(31),
-        "{waited:?}"
-    );
+    assert_waited(started, 30, 31);
     let beats = frames
         .iter()
         .filter(|f| f.protocol_id == protocol_id::KEEP_ALIVE && f.body[..] == [1])
@@ -518,11 +506,7 @@ async fn server_started_keep_alive_beats_first_and_drops_a_silent_client() {
     let started = tokio::time::Instant::now();
     // The client never sends KEEP_ALIVE; the server beats anyway and gives up at 30 s.
     let frames = raw.expect_closed().await;
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_secs(30) && waited <= Duration::from_secs(31),
-        "{waited:?}"
-    );
+    assert_waited(started, 30, 31);
     assert!(
         frames.contains(&KeepAliveMessage::KeepAlive.to_frame()),
         "{frames:?}"
@@ -578,4 +562,14 @@ async fn protocols_can_require_a_role() {
         .await;
     let answer = alice.recv().await.unwrap();
     assert_eq!(HelloMessage::decode(&answer.body).unwrap().0, "Hello x");
+}
+
+/// Asserts that between `min` and `max` seconds (of paused, so exact, time) passed since
+/// `started`.
+fn assert_waited(started: tokio::time::Instant, min: u64, max: u64) {
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(min) && waited <= Duration::from_secs(max),
+        "waited {waited:?}, expected {min}..={max} s"
+    );
 }
