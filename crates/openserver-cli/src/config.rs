@@ -24,6 +24,23 @@ pub struct FileConfig {
     pub log: LogConfig,
     /// TLS (on by default).
     pub tls: TlsConfig,
+    /// Which login protocols are offered.
+    pub auth: AuthConfig,
+}
+
+/// Login protocols offered by `serve`, besides WinAuth and DatabaseAuth (always on, for
+/// DotNetOpenServer clients).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Offer SCRAM-SHA-256 (protocol 4), which never sends the password.
+    pub scram: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { scram: true }
+    }
 }
 
 /// TLS settings of `serve`.
@@ -68,6 +85,7 @@ impl Default for FileConfig {
             hash: HashParams::default(),
             log: LogConfig::default(),
             tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -78,14 +96,28 @@ impl Default for FileConfig {
 pub struct LogConfig {
     /// A tracing filter such as `info` or `openserver=debug`; `RUST_LOG` overrides it.
     pub level: String,
+    /// `text` for people, `json` (one object per line) for log collectors.
+    pub format: LogFormat,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the session's span fields (id, peer).
+    Json,
 }
 
 impl FileConfig {
@@ -118,17 +150,89 @@ impl FileConfig {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<FileConfig> {
+        // toml's own errors already show the line; value errors get it here.
         let config: FileConfig = toml::from_str(text)?;
-        config.server.validate().map_err(anyhow::Error::msg)?;
-        config.check_tls()?;
-        tracing_subscriber::EnvFilter::try_new(&config.log.level).map_err(|e| {
-            anyhow::anyhow!(
-                "log.level {:?} is not a valid filter: {e}",
-                config.log.level
-            )
-        })?;
+        config
+            .validate()
+            .map_err(|e| match line_of_named_key(text, &e.to_string()) {
+                Some(line) => e.context(format!("line {line}")),
+                None => e,
+            })?;
         Ok(config)
     }
+
+    /// Checks the values, naming the offending key in the message.
+    fn validate(&self) -> Result<()> {
+        self.server.validate().map_err(anyhow::Error::msg)?;
+        self.check_tls()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            anyhow::anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level)
+        })?;
+        Ok(())
+    }
+}
+
+/// The 1-based line setting the first dotted key (`limits.outbound_queue`, `tls.cert`, or a
+/// `prefix_*`) that `message` names. Best effort: a scan of `key = value` lines under `[table]`
+/// headers, which is how these files are written; `None` when nothing matches.
+fn line_of_named_key(text: &str, message: &str) -> Option<usize> {
+    message
+        .split(|c: char| c.is_whitespace() || c == ',' || c == ':' || c == '(' || c == ')')
+        .filter(|word| {
+            word.contains('.')
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*'))
+        })
+        .find_map(|key| line_of_key(text, key))
+}
+
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let (key, is_prefix) = match key.strip_suffix('*') {
+        Some(prefix) => (prefix, true),
+        None => (key, false),
+    };
+    let matches = |path: &str| {
+        if is_prefix {
+            path.starts_with(key)
+        } else {
+            path == key
+        }
+    };
+    let mut table = String::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        if let Some(header) = line.strip_prefix('[') {
+            let header = header.trim_start_matches('[');
+            if let Some(end) = header.find(']') {
+                table = dotted(&header[..end]);
+            }
+            continue;
+        }
+        let Some((name, _)) = line.split_once('=') else {
+            continue;
+        };
+        let path = match table.as_str() {
+            "" => dotted(name),
+            table => format!("{table}.{}", dotted(name)),
+        };
+        // Messages name [server] keys without the `server.` (`limits.outbound_queue`).
+        if matches(&path) || path.strip_prefix("server.").is_some_and(matches) {
+            return Some(index + 1);
+        }
+    }
+    None
+}
+
+/// `a . "b"` → `a.b`: the key path without spaces or quotes.
+fn dotted(key: &str) -> String {
+    key.split('.')
+        .map(|part| part.trim().trim_matches(|c| c == '"' || c == '\''))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 #[cfg(test)]
@@ -193,5 +297,62 @@ mod tests {
     fn invalid_values_are_named() {
         let err = FileConfig::parse("[server.limits]\noutbound_queue = 0\n").unwrap_err();
         assert!(format!("{err:#}").contains("outbound_queue"), "{err:#}");
+    }
+
+    #[test]
+    fn invalid_values_get_their_line() {
+        let text = "# c\n[server]\nlisten = \"127.0.0.1:1\"\n\n[server.limits]\n\
+                    max_connections = 5\noutbound_queue = 0\n";
+        let err = FileConfig::parse(text).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "line 7: limits.outbound_queue must be at least 1"
+        );
+        // Dotted keys and a message naming a family of keys.
+        let err = FileConfig::parse("server.limits.max_frame_authenticated = 1\n").unwrap_err();
+        assert!(format!("{err:#}").starts_with("line 1: "), "{err:#}");
+        let err = FileConfig::parse("[tls]\nkey = \"k.pem\"\n").unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("line 2: tls.cert"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn the_systemd_unit_and_its_config_agree() {
+        let config = FileConfig::parse(include_str!("../../../contrib/openserver.toml")).unwrap();
+        let unit = include_str!("../../../contrib/openserver.service");
+        let setting = |key: &str| {
+            unit.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("{key} missing from the unit"))
+        };
+        assert!(setting("ExecStart").ends_with("serve --config /etc/openserver/openserver.toml"));
+        assert_eq!(setting("StateDirectory"), "openserver");
+        assert_eq!(config.data_dir, Path::new("/var/lib/openserver"));
+        assert!(config.tls.enabled && config.tls.cert.is_some());
+        // systemd must not SIGKILL a server that is still draining.
+        let stop: u64 = setting("TimeoutStopSec")
+            .trim_end_matches('s')
+            .parse()
+            .unwrap();
+        assert!(
+            stop > config.server.limits.shutdown_grace.as_secs() + 5,
+            "{stop}"
+        );
+        let nofile: usize = setting("LimitNOFILE").parse().unwrap();
+        assert!(
+            nofile >= config.server.limits.max_connections + 1000,
+            "{nofile}"
+        );
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(FileConfig::default().log.format, LogFormat::Text);
+        let c = FileConfig::parse("[log]\nformat = \"json\"\n").unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        let err = FileConfig::parse("[log]\nformat = \"xml\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
     }
 }

@@ -7,6 +7,8 @@ mod cmd;
 mod config;
 
 use clap::{Parser, Subcommand};
+use config::LogFormat;
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
@@ -26,6 +28,10 @@ enum Command {
     User(cmd::user::UserArgs),
     /// Log in to a server and say hello: prints the server's answer.
     Hello(cmd::hello::HelloArgs),
+    /// Check a configuration file and print the configuration it gives.
+    Config(cmd::config::ConfigArgs),
+    /// Measure a server: throughput and latency under load, baselines, idle sessions.
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,26 +56,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = cmd::serve::effective_config(&args)?;
-            init_logging(&config.log.level);
+            init_logging(&config.log.level, config.log.format);
             cmd::serve::run(config).await
         }
         Command::User(args) => {
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             cmd::user::run(args).await
         }
         Command::Hello(args) => {
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             cmd::hello::run(args).await
+        }
+        Command::Config(args) => {
+            init_logging("warn", LogFormat::Text);
+            cmd::config::run(args)
+        }
+        Command::Bench(args) => {
+            init_logging("warn", LogFormat::Text);
+            cmd::bench::run(args).await
         }
     }
 }
 
 /// Logs to stderr, so stdout carries only what scripts read (the listening address, answers).
-fn init_logging(default_filter: &str) {
+fn init_logging(default_filter: &str, format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        // Colour codes only for a person at a terminal, not in journald or a log file.
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        // One object per line; the session span's id and peer come along under "span".
+        LogFormat::Json => builder.json().init(),
+    }
 }

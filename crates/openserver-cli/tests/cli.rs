@@ -383,3 +383,198 @@ fn plaintext_only_on_loopback_unless_dangerous() {
     assert_eq!(tls_hello.status.code(), Some(1));
     assert!(serve.terminate().success());
 }
+
+#[test]
+fn config_check_prints_every_key_and_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.toml");
+    std::fs::write(
+        &path,
+        "[server.limits]\nmax_connections = 123\n[log]\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let out = run(&["config", "check", path.to_str().unwrap()], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = stdout(&out);
+    for key in [
+        "max_connections = 123",
+        "max_connections_per_ip = 1000",
+        "shutdown_grace = \"10s\"",
+        "format = \"json\"",
+        "[server.keep_alive]",
+        "[tls]",
+    ] {
+        assert!(printed.contains(key), "{key} missing from:\n{printed}");
+    }
+    // What it prints is itself a valid file that gives the same configuration.
+    let again_path = dir.path().join("printed.toml");
+    std::fs::write(&again_path, &printed).unwrap();
+    let again = run(&["config", "check", again_path.to_str().unwrap()], "");
+    assert!(again.status.success(), "{}", stderr(&again));
+    let strip_header = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(strip_header(&stdout(&again)), strip_header(&printed));
+
+    for args in [vec!["config", "--help"], vec!["config", "check", "--help"]] {
+        let help = run(&args, "");
+        assert!(help.status.success(), "{args:?}");
+        assert!(stdout(&help).contains("Usage:"), "{args:?}");
+    }
+}
+
+#[test]
+fn config_check_names_the_key_and_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[server]\n\n[server.limits]\nmax_conections = 5\n").unwrap();
+    let out = run(&["config", "check", path.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: ") && err.contains("max_conections") && err.contains("line 4"),
+        "{err}"
+    );
+
+    // A value error names the key, and the line that sets it.
+    std::fs::write(&path, "[server.limits]\noutbound_queue = 0\n").unwrap();
+    let out = run(&["config", "check", path.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("limits.outbound_queue must be at least 1") && err.contains("line 2"),
+        "{err}"
+    );
+
+    let missing = run(&["config", "check", "/nonexistent/openserver.toml"], "");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("cannot read"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--no-tls",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn openserver serve");
+    let (err_tx, err_lines) = mpsc::channel();
+    let stderr_pipe = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+            if err_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let stdout_pipe = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout_pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let serve = Serve { child, lines };
+    let (_, addr) = serve.until_listening();
+
+    let conn = std::net::TcpStream::connect(&addr).unwrap();
+    drop(conn);
+    // Wait for the close to be logged, so the shutdown does not race the session.
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("session closed")) {
+        seen.push(
+            err_lines
+                .recv_timeout(WAIT)
+                .unwrap_or_else(|_| panic!("no `session closed` in {seen:#?}")),
+        );
+    }
+    assert!(serve.terminate().success());
+    // The process is gone, so the reader ends once the pipe is drained.
+    while let Ok(line) = err_lines.recv_timeout(WAIT) {
+        seen.push(line);
+    }
+
+    let objects: Vec<serde_json::Value> = seen
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let opened = objects
+        .iter()
+        .find(|o| o["fields"]["message"] == "session opened")
+        .unwrap_or_else(|| panic!("no `session opened` in {seen:#?}"));
+    assert!(opened["span"]["id"].is_u64(), "{opened}");
+    let peer = opened["span"]["peer"].as_str().unwrap_or_default();
+    assert!(peer.starts_with("127.0.0.1:"), "{opened}");
+    assert!(
+        objects
+            .iter()
+            .any(|o| o["fields"]["message"] == "stopped" && o["level"] == "INFO"),
+        "{seen:#?}"
+    );
+}
+
+#[test]
+fn scram_login_through_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let serve = Serve::start(&["--listen", "127.0.0.1:0", "--data-dir", data]);
+    let (_, addr) = serve.until_listening();
+    let ca = dir.path().join("tls").join("ca.pem");
+    let add = run(
+        &[
+            "user",
+            "add",
+            "dave",
+            "--password-stdin",
+            "--data-dir",
+            data,
+        ],
+        "pw-dave\n",
+    );
+    assert!(add.status.success(), "{}", stderr(&add));
+    let hello = |password: &str| {
+        run(
+            &[
+                "hello",
+                "--server",
+                &addr,
+                "--ca",
+                ca.to_str().unwrap(),
+                "--auth",
+                "scram",
+                "--user",
+                "dave",
+                "--password-stdin",
+                "scram",
+            ],
+            &format!("{password}\n"),
+        )
+    };
+    let ok = hello("pw-dave");
+    assert_eq!(stdout(&ok), "Hello scram\n", "{}", stderr(&ok));
+    let denied = hello("wrong");
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(
+        stderr(&denied).contains("access denied"),
+        "{}",
+        stderr(&denied)
+    );
+    assert!(serve.terminate().success());
+}

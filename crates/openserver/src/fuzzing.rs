@@ -4,15 +4,23 @@
 //! code promises, so that a failed assertion is a bug the fuzzer reports. The seed-replay test
 //! (`tests/fuzz_seeds.rs`) runs the same functions on `fuzz/corpus/` under stable `cargo test`.
 
+use crate::auth::scram::{
+    self, ClientExchange, ClientFinal, ClientFirst, ScramCredentials, ScramError, ServerExchange,
+    ServerFinal, ServerFirst,
+};
 use crate::wire::capabilities::CapabilitiesMessage;
 use crate::wire::codec::DEFAULT_MAX_PAYLOAD;
 use crate::wire::dbauth::DatabaseAuthMessage;
 use crate::wire::hello::HelloMessage;
 use crate::wire::keepalive::KeepAliveMessage;
+use crate::wire::scram::ScramMessage;
 use crate::wire::winauth::WinAuthMessage;
-use crate::wire::{DecodeError, Frame, FrameCodec, Message, Reader};
+use crate::wire::{DecodeError, Frame, FrameCodec, Message, Reader, Secret};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use bytes::BytesMut;
 use std::fmt::Debug;
+use std::sync::OnceLock;
 use tokio_util::codec::Decoder;
 
 /// Decodes a byte stream with [`FrameCodec`], fed in chunks, and checks that chunking changes
@@ -118,6 +126,172 @@ pub fn hello(data: &[u8]) {
         assert_eq!(prefix.varint_len(), Ok(s.len()));
         assert_eq!(prefix.finish(), Ok(()));
     }
+}
+
+/// Decodes a ScramAuth body (see [`winauth`] for the invariants), then runs every SCRAM
+/// grammar parser on the input read as text (lossily) and on the string the body carried, if
+/// any. Parsers must not panic, and what they accept must hold together:
+///
+/// - a client-first message is its gs2 header (`n,,` or `y,,`) followed by the bare part, and
+///   its user name and nonce survive the client's own encoding and a second parse;
+/// - a client-final message is exactly its part without proof, `,p=` and the canonical base64 of
+///   the 32-byte proof (base64 has one accepted spelling);
+/// - a server-first message has a printable nonce, a salt and a positive iteration count;
+/// - a server-final `v=` is the canonical base64 of a 32-byte signature;
+/// - a `saslname` without literal commas unescapes and escapes back to itself.
+pub fn scram_messages(data: &[u8]) {
+    let msg = check_message::<ScramMessage>(data, |m| match m {
+        ScramMessage::AccessDenied => Canonical::Exact,
+        ScramMessage::Error(text) => Canonical::lossy(text),
+        _ => Canonical::UnlessOverlong,
+    });
+    scram_grammar(&String::from_utf8_lossy(data));
+    match msg {
+        Some(
+            ScramMessage::ClientFirst(text)
+            | ScramMessage::ServerFirst(text)
+            | ScramMessage::ClientFinal(text)
+            | ScramMessage::ServerFinal(text)
+            | ScramMessage::Error(text),
+        ) => scram_grammar(&text),
+        Some(ScramMessage::AccessDenied) | None => {}
+    }
+}
+
+fn scram_grammar(text: &str) {
+    match ClientFirst::parse(text) {
+        Ok(first) => {
+            assert!(matches!(first.gs2_header(), "n,," | "y,,"));
+            assert_eq!(format!("{}{}", first.gs2_header(), first.bare()), text);
+            assert!(!first.user().is_empty() && !first.nonce().is_empty());
+            let again = ClientExchange::with_nonce(first.user(), &Secret::new("pw"), first.nonce())
+                .expect("a parsed user name is not empty");
+            let reparsed =
+                ClientFirst::parse(&again.client_first()).expect("the client's own message parses");
+            assert_eq!(
+                (reparsed.user(), reparsed.nonce()),
+                (first.user(), first.nonce())
+            );
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+    match ClientFinal::parse(text) {
+        Ok(last) => {
+            assert!(last.without_proof.starts_with("c="));
+            assert_eq!(
+                format!("{},p={}", last.without_proof, BASE64.encode(last.proof)),
+                text
+            );
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+    match ServerFirst::parse(text) {
+        Ok(first) => {
+            assert!(!first.salt.is_empty() && first.iterations > 0);
+            assert!(first
+                .nonce
+                .bytes()
+                .all(|b| (0x21..=0x7e).contains(&b) && b != b','));
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+    match ServerFinal::parse(text) {
+        Ok(ServerFinal::Verifier(signature)) => {
+            assert!(text.starts_with(&format!("v={}", BASE64.encode(signature))));
+        }
+        Ok(ServerFinal::Error(value)) => assert!(text.starts_with(&format!("e={value}"))),
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+    if !text.contains(',') {
+        if let Ok(name) = scram::decode_saslname(text) {
+            assert_eq!(scram::encode_saslname(&name), text);
+        }
+    }
+}
+
+/// The password behind [`scram_server`]'s fixed credentials, the server nonce it always uses,
+/// and the credentials themselves: those of RFC 7677's example, so its messages succeed.
+const FUZZ_PASSWORD: &str = "pencil";
+const FUZZ_SERVER_NONCE: &str = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+
+fn fuzz_credentials() -> &'static ScramCredentials {
+    static CREDENTIALS: OnceLock<ScramCredentials> = OnceLock::new();
+    CREDENTIALS.get_or_init(|| {
+        let salt = BASE64
+            .decode("W22ZaJ0SNY7soEsUEjb6gQ==")
+            .expect("the RFC 7677 salt is base64");
+        ScramCredentials::derive(FUZZ_PASSWORD, &salt, 4096)
+    })
+}
+
+/// Runs a server exchange on arbitrary messages: the input up to the first NUL byte is the
+/// client-first message, the rest the client-final one (both read as text, lossily). The
+/// credentials are fixed (password `pencil`, RFC 7677's salt) and so is the server nonce.
+///
+/// Asserts that nothing panics and that the server never accepts a proof it should not: a
+/// success must carry exactly the proof a holder of the password computes for that
+/// AuthMessage, and answer with exactly the matching server signature; the same client-final
+/// fails against an exchange with another server nonce (no replay) and against fake
+/// credentials (unknown users never log in).
+pub fn scram_server(data: &[u8]) {
+    let (first, last) = match data.iter().position(|&b| b == 0) {
+        Some(at) => (&data[..at], Some(&data[at + 1..])),
+        None => (data, None),
+    };
+    let first = String::from_utf8_lossy(first);
+    let Ok(client_first) = ClientFirst::parse(&first) else {
+        return;
+    };
+    let credentials = fuzz_credentials();
+    let start = |authentic, nonce| {
+        ServerExchange::start_with_nonce(&client_first, credentials, authentic, nonce)
+    };
+    let (server_first, exchange) = start(true, FUZZ_SERVER_NONCE);
+    assert!(server_first.starts_with(&format!("r={}{FUZZ_SERVER_NONCE},", client_first.nonce())));
+    assert!(
+        ServerFirst::parse(&server_first).is_ok(),
+        "{server_first:?}"
+    );
+    let Some(last) = last else {
+        return;
+    };
+    let last = String::from_utf8_lossy(last);
+    let (_, fake) = start(false, FUZZ_SERVER_NONCE);
+    assert!(
+        fake.finish(&last).is_err(),
+        "fake credentials accepted a proof"
+    );
+    let server_final = match exchange.finish(&last) {
+        Ok(server_final) => server_final,
+        Err(e) => {
+            let _ = e.to_string();
+            return;
+        }
+    };
+    let parsed = ClientFinal::parse(&last).expect("an accepted client-final parses");
+    let auth_message = [
+        client_first.bare().as_bytes(),
+        b",",
+        server_first.as_bytes(),
+        b",",
+        parsed.without_proof.as_bytes(),
+    ];
+    let (proof, signature) = scram::reference_proof(FUZZ_PASSWORD, credentials, &auth_message);
+    assert_eq!(
+        parsed.proof, proof,
+        "accepted a proof the password does not give"
+    );
+    assert_eq!(server_final, format!("v={}", BASE64.encode(signature)));
+    let (_, replay) = start(true, "another-server-nonce");
+    assert_eq!(replay.finish(&last), Err(ScramError::NonceMismatch));
 }
 
 /// What a decoded message's re-encoding must be, compared with the input body.

@@ -20,8 +20,9 @@
 //!   push use; `outbound.rs` is the batching writer with its write deadline; `driver.rs` is the
 //!   server's read loop with the auth gate, in-order dispatch and the idle/auth deadlines.
 //! - [`protocol`]: the [`Protocol`](protocol::Protocol) trait and the built-in protocols, one
-//!   file each (keep-alive, WinAuth, DatabaseAuth, Hello).
-//! - [`auth`]: the [`UserStore`](auth::UserStore) trait, the SQLite store and argon2id hashing.
+//!   file each (keep-alive, WinAuth, DatabaseAuth, ScramAuth, Hello).
+//! - [`auth`]: the [`UserStore`](auth::UserStore) trait, the SQLite store, argon2id hashing
+//!   and SCRAM-SHA-256.
 //! - [`tls`]: rustls configuration for both sides, certificate reload, development certificates.
 //! - The public faces: [`server`] (listener, caps, push, shutdown) and [`client`].
 //!
@@ -43,8 +44,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! `docs/PROTOCOL.md` describes the wire protocol for client authors and `docs/CONFIG.md` every
-//! setting.
+//! `docs/PROTOCOL.md` describes the wire protocol for client authors, `docs/CONFIG.md` every
+//! setting and `docs/SECURITY.md` the threat model and the protections against it.
 
 pub mod auth;
 pub mod client;

@@ -52,3 +52,13 @@ fn dbauth_seeds() {
 fn hello_seeds() {
     replay("hello", fuzzing::hello);
 }
+
+#[test]
+fn scram_messages_seeds() {
+    replay("scram_messages", fuzzing::scram_messages);
+}
+
+#[test]
+fn scram_server_seeds() {
+    replay("scram_server", fuzzing::scram_server);
+}

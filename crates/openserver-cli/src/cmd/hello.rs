@@ -58,6 +58,9 @@ pub enum AuthKind {
     /// A client certificate (`--cert`, `--key`) verified by the server's client CA; no
     /// password.
     Cert,
+    /// ScramAuth (protocol 4, SCRAM-SHA-256): the password never leaves this machine. The
+    /// server must enable it.
+    Scram,
 }
 
 /// Connects, logs in, says hello, prints the answer.
@@ -99,6 +102,7 @@ pub async fn run(args: HelloArgs) -> Result<()> {
                 .authenticate_win(&args.user, &password, &args.domain)
                 .await
         }
+        AuthKind::Scram => client.authenticate_scram(&args.user, &password).await,
     };
     match login {
         Ok(()) => {}

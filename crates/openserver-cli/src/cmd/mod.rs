@@ -1,5 +1,7 @@
 //! The subcommands, one file each, and what they share.
 
+pub mod bench;
+pub mod config;
 pub mod hello;
 pub mod serve;
 pub mod user;

@@ -1,6 +1,6 @@
 //! `openserver serve`: run the server.
 
-use crate::config::FileConfig;
+use crate::config::{FileConfig, LogFormat};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use openserver::auth::{PasswordHasher, SqliteUserStore};
@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// Allow --no-tls on a non-loopback address: passwords cross the network in the clear.
     #[arg(long)]
     pub danger_allow_plaintext_non_loopback: bool,
+    /// Log line format on stderr [default: `[log] format` of --config, else text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 /// Loads the configuration: file first, then flags.
@@ -71,6 +74,9 @@ pub fn effective_config(args: &ServeArgs) -> Result<FileConfig> {
         config.tls.enabled = false;
     }
     config.tls.danger_allow_plaintext_non_loopback |= args.danger_allow_plaintext_non_loopback;
+    if let Some(format) = args.log_format {
+        config.log.format = format;
+    }
     config.check_tls()?;
     Ok(config)
 }
@@ -90,6 +96,9 @@ pub async fn run(config: FileConfig) -> Result<()> {
     let mut builder = Server::builder(config.server.clone())
         .user_store(Arc::new(store))
         .hello();
+    if config.auth.scram {
+        builder = builder.scram();
+    }
     let tls = server_tls(&config)?;
     if let Some(tls) = &tls {
         builder = builder.tls(tls.clone());

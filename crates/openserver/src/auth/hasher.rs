@@ -131,6 +131,17 @@ impl PasswordHasher {
         self.inner.verify_now(phc, password.as_bytes())
     }
 
+    /// Runs other password work (SCRAM key derivation, possibly with a `*_blocking` call) on
+    /// the blocking pool under the same concurrency limit, so it too stays off the async
+    /// threads and counts against the bound.
+    pub(crate) async fn run_limited<T, F>(&self, job: F) -> Result<T, AuthError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, AuthError> + Send + 'static,
+    {
+        self.run(move |_| job()).await
+    }
+
     /// Runs `job` on the blocking pool once a permit is free.
     async fn run<T, F>(&self, job: F) -> Result<T, AuthError>
     where

@@ -5,8 +5,11 @@
 //! - [`SqliteUserStore`]: the default store, a SQLite file with argon2id hashes.
 //! - [`PasswordHasher`]: argon2id hashing off the async threads, with bounded concurrency, and
 //!   a dummy verification for unknown users so they cost the same time as a wrong password.
+//! - [`scram`]: SCRAM-SHA-256, the login that never sends the password, and the
+//!   [`ScramCredentials`] a store keeps for it.
 
 mod hasher;
+pub mod scram;
 mod sqlite;
 
 pub use hasher::{HashParams, PasswordHasher};
@@ -14,6 +17,7 @@ pub use sqlite::SqliteUserStore;
 
 use crate::wire::Secret;
 use async_trait::async_trait;
+use scram::ScramCredentials;
 
 /// An authenticated identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,4 +81,27 @@ pub trait UserStore: Send + Sync + 'static {
     /// The user named `name`, without checking any credential: for logins whose proof is
     /// elsewhere (a verified client certificate). `Ok(None)` if there is no such user.
     async fn find_user(&self, name: &str) -> Result<Option<User>, AuthError>;
+
+    /// The SCRAM-SHA-256 credentials of `name`, for the ScramAuth login. Never `Ok` with
+    /// nothing: an unknown user, or one without SCRAM credentials, gets `user: None` and fake
+    /// credentials ([`ScramCredentials::fake`]), so that the exchange looks the same and fails
+    /// like a wrong password. `Err` only when the store itself failed.
+    ///
+    /// The default answers every name with fake credentials (salted with a per-process secret):
+    /// a store that keeps no SCRAM credentials simply denies every SCRAM login.
+    async fn scram_lookup(&self, name: &str) -> Result<ScramLookup, AuthError> {
+        Ok(ScramLookup {
+            user: None,
+            credentials: ScramCredentials::fake(scram::process_secret(), name),
+        })
+    }
+}
+
+/// What [`UserStore::scram_lookup`] found for a name.
+#[derive(Debug, Clone)]
+pub struct ScramLookup {
+    /// The user, if it exists and has SCRAM credentials; `None` makes every proof fail.
+    pub user: Option<User>,
+    /// The user's credentials, or fake ones when `user` is `None`.
+    pub credentials: ScramCredentials,
 }

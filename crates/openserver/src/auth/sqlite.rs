@@ -1,8 +1,12 @@
-//! [`SqliteUserStore`]: users in a SQLite file, passwords stored as argon2id PHC strings.
+//! [`SqliteUserStore`]: users in a SQLite file, passwords stored as argon2id PHC strings and
+//! as SCRAM-SHA-256 credentials.
 
-use super::{AuthError, PasswordHasher, User, UserStore};
+use super::scram::ScramCredentials;
+use super::{AuthError, PasswordHasher, ScramLookup, User, UserStore};
 use crate::wire::Secret;
 use async_trait::async_trait;
+use rand::rngs::OsRng;
+use rand::RngCore as _;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -36,7 +40,23 @@ const MIGRATIONS: &[&str] = &[
          role TEXT NOT NULL,
          PRIMARY KEY (user_id, role)
      ) WITHOUT ROWID;",
+    // 2: SCRAM-SHA-256 credentials, all four NULL for users whose password was set before
+    // (filled at their next password login or password change); store-wide settings, such as
+    // the secret that salts fake SCRAM exchanges for unknown users.
+    "ALTER TABLE users ADD COLUMN scram_salt BLOB;
+     ALTER TABLE users ADD COLUMN scram_iterations INTEGER;
+     ALTER TABLE users ADD COLUMN scram_stored_key BLOB;
+     ALTER TABLE users ADD COLUMN scram_server_key BLOB;
+     CREATE TABLE settings (
+         name TEXT PRIMARY KEY,
+         value BLOB NOT NULL
+     ) WITHOUT ROWID;",
 ];
+
+/// Key in `settings` of the secret behind fake SCRAM salts ([`ScramCredentials::fake`]). Kept
+/// in the database so an unknown user's salt stays the same across restarts, as a real
+/// user's does.
+const SCRAM_SECRET_SETTING: &str = "scram_secret";
 
 /// The schema version this code writes and understands.
 const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -46,10 +66,18 @@ const SCHEMA_VERSION: usize = MIGRATIONS.len();
 /// Cheap to clone: clones share the connection. Database calls from the async methods run on
 /// tokio's blocking pool; hashing goes through the [`PasswordHasher`] and its concurrency limit.
 /// User names are case-sensitive.
+///
+/// Adding a user or setting a password also stores SCRAM-SHA-256 credentials, for the
+/// ScramAuth login. Users whose password was set by a version without SCRAM have none until
+/// they next log in with their password (DatabaseAuth or WinAuth), which stores them
+/// ([`UserStore::verify_password`] has the password in hand then), or until their password is
+/// set again; until then their SCRAM logins are denied.
 #[derive(Clone)]
 pub struct SqliteUserStore {
     conn: Arc<Mutex<Connection>>,
     hasher: PasswordHasher,
+    /// Salts fake SCRAM exchanges; persisted in `settings`.
+    scram_secret: [u8; 32],
 }
 
 impl SqliteUserStore {
@@ -84,9 +112,11 @@ impl SqliteUserStore {
         // Off by default in SQLite, and per connection; role rows rely on the cascade.
         conn.pragma_update(None, "foreign_keys", true).map_err(db)?;
         migrate(&mut conn)?;
+        let scram_secret = load_or_create_scram_secret(&conn)?;
         Ok(SqliteUserStore {
             conn: Arc::new(Mutex::new(conn)),
             hasher,
+            scram_secret,
         })
     }
 
@@ -101,15 +131,24 @@ impl SqliteUserStore {
         Self::validate_name(name)?;
         Self::validate_password(password)?;
         let roles = normalize_roles(roles)?;
-        let hash = self.hasher.hash(password.expose()).await?;
+        let (hash, scram) = self.hash_password(password).await?;
         let name = name.to_owned();
         self.with_conn(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db)?;
             let inserted = tx.execute(
-                "INSERT INTO users (name, password_hash) VALUES (?1, ?2)",
-                params![name, hash],
+                "INSERT INTO users (name, password_hash, scram_salt, scram_iterations,
+                                    scram_stored_key, scram_server_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    name,
+                    hash,
+                    scram.salt,
+                    scram.iterations,
+                    scram.stored_key,
+                    scram.server_key
+                ],
             );
             match inserted {
                 Err(e) if is_unique_violation(&e) => return Err(AuthError::UserExists(name)),
@@ -143,13 +182,22 @@ impl SqliteUserStore {
     /// Replaces a user's password; [`AuthError::NoSuchUser`] if absent.
     pub async fn set_password(&self, name: &str, password: &Secret) -> Result<(), AuthError> {
         Self::validate_password(password)?;
-        let hash = self.hasher.hash(password.expose()).await?;
+        let (hash, scram) = self.hash_password(password).await?;
         let name = name.to_owned();
         self.with_conn(move |conn| {
             let updated = conn
                 .execute(
-                    "UPDATE users SET password_hash = ?1 WHERE name = ?2",
-                    params![hash, name],
+                    "UPDATE users SET password_hash = ?1, scram_salt = ?2, scram_iterations = ?3,
+                                      scram_stored_key = ?4, scram_server_key = ?5
+                     WHERE name = ?6",
+                    params![
+                        hash,
+                        scram.salt,
+                        scram.iterations,
+                        scram.stored_key,
+                        scram.server_key,
+                        name
+                    ],
                 )
                 .map_err(db)?;
             if updated == 0 {
@@ -304,6 +352,58 @@ impl SqliteUserStore {
         Ok(())
     }
 
+    /// The argon2 hash and the SCRAM credentials of `password`, in one job on the hasher's
+    /// blocking pool.
+    async fn hash_password(
+        &self,
+        password: &Secret,
+    ) -> Result<(String, ScramCredentials), AuthError> {
+        let hasher = self.hasher.clone();
+        let password = password.clone();
+        self.hasher
+            .run_limited(move || {
+                let hash = hasher.hash_blocking(password.expose())?;
+                Ok((hash, ScramCredentials::generate(password.expose())))
+            })
+            .await
+    }
+
+    /// Stores SCRAM credentials for a user who logged in with `password` but had none (set
+    /// before SCRAM existed). Skipped if the password changed meanwhile. Failure only costs
+    /// the user SCRAM for now, so it is logged, not returned.
+    async fn add_missing_scram(&self, id: i32, hash: String, password: &Secret) {
+        let password = password.clone();
+        let stored = async {
+            let scram = self
+                .hasher
+                .run_limited(move || Ok(ScramCredentials::generate(password.expose())))
+                .await?;
+            self.with_conn(move |conn| {
+                conn.execute(
+                    "UPDATE users SET scram_salt = ?1, scram_iterations = ?2,
+                                      scram_stored_key = ?3, scram_server_key = ?4
+                     WHERE id = ?5 AND password_hash = ?6 AND scram_stored_key IS NULL",
+                    params![
+                        scram.salt,
+                        scram.iterations,
+                        scram.stored_key,
+                        scram.server_key,
+                        id,
+                        hash
+                    ],
+                )
+                .map_err(db)
+            })
+            .await
+        };
+        match stored.await {
+            Ok(_) => tracing::info!(user_id = id, "stored SCRAM credentials at password login"),
+            Err(e) => {
+                tracing::warn!(user_id = id, error = %e, "cannot store SCRAM credentials")
+            }
+        }
+    }
+
     /// Runs `f` with the connection on the blocking pool.
     async fn with_conn<T, F>(&self, f: F) -> Result<T, AuthError>
     where
@@ -340,11 +440,11 @@ impl UserStore for SqliteUserStore {
         password: &Secret,
     ) -> Result<Option<User>, AuthError> {
         let owned = name.to_owned();
-        let found = self.with_conn(move |conn| find_user(conn, &owned)).await?;
+        let found = self.with_conn(move |conn| find_login(conn, &owned)).await?;
         // Unknown users and wrong passwords do the same work: one lookup, one argon2 check.
-        let (id, hash) = match found {
-            Some((id, hash)) => (Some(id), Some(hash)),
-            None => (None, None),
+        let (id, hash, has_scram) = match found {
+            Some((id, hash, has_scram)) => (Some(id), Some(hash), has_scram),
+            None => (None, None, true),
         };
         let ok = self
             .hasher
@@ -353,6 +453,10 @@ impl UserStore for SqliteUserStore {
         let Some(id) = id.filter(|_| ok) else {
             return Ok(None);
         };
+        if let (false, Some(hash)) = (has_scram, hash) {
+            // Only now is the password known to be right; done once per such user.
+            self.add_missing_scram(id, hash, password).await;
+        }
         let roles = self.with_conn(move |conn| load_roles(conn, id)).await?;
         Ok(Some(User {
             id,
@@ -363,6 +467,34 @@ impl UserStore for SqliteUserStore {
 
     async fn find_user(&self, name: &str) -> Result<Option<User>, AuthError> {
         self.get_user(name).await
+    }
+
+    async fn scram_lookup(&self, name: &str) -> Result<ScramLookup, AuthError> {
+        let name = name.to_owned();
+        let secret = self.scram_secret;
+        self.with_conn(move |conn| {
+            let (id, credentials) = match find_scram(conn, &name)? {
+                Some((id, Some(credentials))) => (id, credentials),
+                found => {
+                    if found.is_some() {
+                        tracing::debug!(user = %name, "user has no SCRAM credentials yet");
+                    }
+                    // The roles query a real user costs too (id 0 is never assigned), so the
+                    // answer takes as long either way.
+                    load_roles(conn, found.map_or(0, |(id, _)| id))?;
+                    return Ok(ScramLookup {
+                        user: None,
+                        credentials: ScramCredentials::fake(&secret, &name),
+                    });
+                }
+            };
+            let roles = load_roles(conn, id)?;
+            Ok(ScramLookup {
+                user: Some(User { id, name, roles }),
+                credentials,
+            })
+        })
+        .await
     }
 }
 
@@ -401,6 +533,110 @@ fn find_user(conn: &Connection, name: &str) -> Result<Option<(i32, String)>, Aut
         .optional()
         .map_err(db)?;
     found.map(|(id, hash)| Ok((user_id(id)?, hash))).transpose()
+}
+
+/// The id, password hash and whether SCRAM credentials are stored, of the user `name`.
+fn find_login(conn: &Connection, name: &str) -> Result<Option<(i32, String, bool)>, AuthError> {
+    let found: Option<(i64, String, bool)> = conn
+        .query_row(
+            "SELECT id, password_hash, scram_stored_key IS NOT NULL FROM users WHERE name = ?1",
+            [name],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()
+        .map_err(db)?;
+    found
+        .map(|(id, hash, scram)| Ok((user_id(id)?, hash, scram)))
+        .transpose()
+}
+
+/// The id and SCRAM credentials (`None` if not stored yet) of the user `name`.
+#[allow(clippy::type_complexity)] // Row columns, read once here.
+fn find_scram(
+    conn: &Connection,
+    name: &str,
+) -> Result<Option<(i32, Option<ScramCredentials>)>, AuthError> {
+    type Row = (
+        i64,
+        Option<Vec<u8>>,
+        Option<i64>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+    );
+    let found: Option<Row> = conn
+        .query_row(
+            "SELECT id, scram_salt, scram_iterations, scram_stored_key, scram_server_key
+             FROM users WHERE name = ?1",
+            [name],
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(db)?;
+    let Some((id, salt, iterations, stored_key, server_key)) = found else {
+        return Ok(None);
+    };
+    let id = user_id(id)?;
+    let credentials = match (salt, iterations, stored_key, server_key) {
+        (None, None, None, None) => None,
+        (Some(salt), Some(iterations), Some(stored_key), Some(server_key)) => {
+            let corrupt =
+                || AuthError::Store(format!("SCRAM credentials of user {id} are invalid"));
+            Some(ScramCredentials {
+                iterations: u32::try_from(iterations)
+                    .ok()
+                    .filter(|i| *i > 0)
+                    .ok_or_else(corrupt)?,
+                stored_key: stored_key.try_into().map_err(|_| corrupt())?,
+                server_key: server_key.try_into().map_err(|_| corrupt())?,
+                salt: Some(salt).filter(|s| !s.is_empty()).ok_or_else(corrupt)?,
+            })
+        }
+        _ => {
+            return Err(AuthError::Store(format!(
+                "SCRAM credentials of user {id} are incomplete"
+            )))
+        }
+    };
+    Ok(Some((id, credentials)))
+}
+
+/// The store's secret for fake SCRAM salts, created on first open of a store without one.
+/// Read before written, so opening a read-only database that has one works.
+fn load_or_create_scram_secret(conn: &Connection) -> Result<[u8; 32], AuthError> {
+    let read = || -> Result<Option<Vec<u8>>, AuthError> {
+        conn.query_row(
+            "SELECT value FROM settings WHERE name = ?1",
+            [SCRAM_SECRET_SETTING],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(db)
+    };
+    let value = match read()? {
+        Some(value) => value,
+        None => {
+            let mut secret = [0u8; 32];
+            OsRng.fill_bytes(&mut secret);
+            // OR IGNORE: another process may have created it since the read; theirs wins.
+            conn.execute(
+                "INSERT OR IGNORE INTO settings (name, value) VALUES (?1, ?2)",
+                params![SCRAM_SECRET_SETTING, secret],
+            )
+            .map_err(db)?;
+            read()?.ok_or_else(|| AuthError::Store("SCRAM secret vanished".into()))?
+        }
+    };
+    value
+        .try_into()
+        .map_err(|_| AuthError::Store("stored SCRAM secret is not 32 bytes".into()))
 }
 
 fn load_roles(conn: &Connection, id: i32) -> Result<Vec<String>, AuthError> {
@@ -767,5 +1003,153 @@ mod tests {
             store.verify_password("alice", &pw("pw")).await,
             Err(AuthError::Hash(_))
         ));
+    }
+
+    /// Whether `lookup` holds real credentials that `password` matches.
+    fn scram_matches(lookup: &ScramLookup, password: &str) -> bool {
+        let c = &lookup.credentials;
+        lookup.user.is_some() && ScramCredentials::derive(password, &c.salt, c.iterations) == *c
+    }
+
+    #[tokio::test]
+    async fn scram_credentials_follow_the_password() {
+        let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        let alice = store
+            .add_user("alice", &pw("old"), &roles(&["admin"]))
+            .await
+            .unwrap();
+        let lookup = store.scram_lookup("alice").await.unwrap();
+        assert_eq!(lookup.user.as_ref(), Some(&alice));
+        assert_eq!(lookup.credentials.iterations, 4096);
+        assert!(scram_matches(&lookup, "old"));
+        assert!(!scram_matches(&lookup, "new"));
+
+        store.set_password("alice", &pw("new")).await.unwrap();
+        let after = store.scram_lookup("alice").await.unwrap();
+        assert!(scram_matches(&after, "new"));
+        assert_ne!(
+            after.credentials.salt, lookup.credentials.salt,
+            "fresh salt"
+        );
+    }
+
+    #[tokio::test]
+    async fn scram_unknown_user_gets_stable_fake_salt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.db");
+        let store = SqliteUserStore::open(&path, hasher()).unwrap();
+        let first = store.scram_lookup("nobody").await.unwrap();
+        let again = store.scram_lookup("nobody").await.unwrap();
+        assert!(first.user.is_none());
+        assert_eq!(first.credentials.salt, again.credentials.salt);
+        assert_eq!(first.credentials.salt.len(), 16);
+        assert_eq!(first.credentials.iterations, 4096);
+        assert_ne!(first.credentials.stored_key, again.credentials.stored_key);
+        assert_ne!(
+            first.credentials.salt,
+            store
+                .scram_lookup("somebody")
+                .await
+                .unwrap()
+                .credentials
+                .salt
+        );
+        drop(store);
+        // The secret is in the database, so the salt survives a restart.
+        let reopened = SqliteUserStore::open(&path, hasher()).unwrap();
+        assert_eq!(
+            reopened
+                .scram_lookup("nobody")
+                .await
+                .unwrap()
+                .credentials
+                .salt,
+            first.credentials.salt
+        );
+        // Another store has its own secret.
+        let other = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        assert_ne!(
+            other.scram_lookup("nobody").await.unwrap().credentials.salt,
+            first.credentials.salt
+        );
+    }
+
+    #[tokio::test]
+    async fn user_from_before_scram_gains_it_at_password_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.db");
+        {
+            // A database as the first schema version left it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch("PRAGMA user_version = 1").unwrap();
+            conn.execute(
+                "INSERT INTO users (name, password_hash) VALUES ('old', ?1)",
+                [hasher().hash_blocking("pw").unwrap()],
+            )
+            .unwrap();
+        }
+        let store = SqliteUserStore::open(&path, hasher()).unwrap();
+        let before = store.scram_lookup("old").await.unwrap();
+        assert!(before.user.is_none(), "no SCRAM credentials yet: fake");
+        // A wrong password stores nothing.
+        assert!(store
+            .verify_password("old", &pw("wrong"))
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store.scram_lookup("old").await.unwrap().user.is_none());
+
+        let old = store.verify_password("old", &pw("pw")).await.unwrap();
+        assert!(old.is_some());
+        let after = store.scram_lookup("old").await.unwrap();
+        assert_eq!(after.user, old);
+        assert!(scram_matches(&after, "pw"));
+        // Later logins leave them alone.
+        store.verify_password("old", &pw("pw")).await.unwrap();
+        assert_eq!(
+            store.scram_lookup("old").await.unwrap().credentials,
+            after.credentials
+        );
+    }
+
+    #[tokio::test]
+    async fn incomplete_scram_record_is_an_error() {
+        let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        store.add_user("alice", &pw("pw"), &[]).await.unwrap();
+        store
+            .conn
+            .lock()
+            .unwrap()
+            .execute("UPDATE users SET scram_server_key = NULL", [])
+            .unwrap();
+        assert!(matches!(
+            store.scram_lookup("alice").await,
+            Err(AuthError::Store(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn default_scram_lookup_is_always_fake() {
+        struct NoScram;
+        #[async_trait]
+        impl UserStore for NoScram {
+            async fn verify_password(
+                &self,
+                _: &str,
+                _: &Secret,
+            ) -> Result<Option<User>, AuthError> {
+                Ok(None)
+            }
+            async fn find_user(&self, _: &str) -> Result<Option<User>, AuthError> {
+                Ok(None)
+            }
+        }
+        let a = NoScram.scram_lookup("x").await.unwrap();
+        assert!(a.user.is_none());
+        assert_eq!(
+            a.credentials.salt,
+            NoScram.scram_lookup("x").await.unwrap().credentials.salt
+        );
     }
 }

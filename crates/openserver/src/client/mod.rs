@@ -21,12 +21,14 @@ mod connection;
 pub use config::{ClientConfig, ReconnectPolicy};
 pub use connection::Incoming;
 
+use crate::auth::scram::ClientExchange;
 use crate::session::outbound::WriterOptions;
 use crate::session::{lock, CloseReason, Session};
 use crate::wire::capabilities::CapabilitiesMessage;
 use crate::wire::dbauth::DatabaseAuthMessage;
 use crate::wire::hello::HelloMessage;
 use crate::wire::keepalive::KeepAliveMessage;
+use crate::wire::scram::ScramMessage;
 use crate::wire::winauth::WinAuthMessage;
 use crate::wire::{protocol_id, DecodeError, Frame, Message, Secret};
 use bytes::Bytes;
@@ -71,6 +73,11 @@ pub enum ClientError {
     /// The connection is closed (with the reason, when known).
     #[error("connection closed{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
     Closed(Option<CloseReason>),
+    /// A SCRAM login was accepted, but the server could not prove it holds the user's keys
+    /// (its signature did not verify): it may be an impostor, so the client closed the
+    /// connection. Carries what went wrong.
+    #[error("server not verified: {0}")]
+    ServerNotVerified(String),
 }
 
 /// What happens to the connection, as [`Client::events`] reports it.
@@ -104,6 +111,10 @@ enum Login {
         user: String,
         password: Secret,
         domain: String,
+    },
+    Scram {
+        user: String,
+        password: Secret,
     },
 }
 
@@ -215,6 +226,26 @@ impl Client {
             user: user.into(),
             password: password.into(),
             domain: domain.into(),
+        };
+        let conn = self.current();
+        self.login_on(&conn, &login).await?;
+        *lock(&self.shared.login) = Some(login);
+        Ok(())
+    }
+
+    /// Logs in with ScramAuth (SCRAM-SHA-256, protocol 4): the password never crosses the
+    /// wire, and the server proves it holds the user's keys. The server must offer protocol 4
+    /// (see [`protocol_ids`](Self::protocol_ids)).
+    ///
+    /// A denial is [`ClientError::AccessDenied`] (an empty user name is denied without asking,
+    /// since SCRAM cannot express it). A server whose signature does not verify is
+    /// [`ClientError::ServerNotVerified`], and the connection is closed. A server-first
+    /// message asking for fewer than 4096 or more than 1,000,000 iterations is refused as
+    /// [`ClientError::Unexpected`].
+    pub async fn authenticate_scram(&self, user: &str, password: &str) -> Result<(), ClientError> {
+        let login = Login::Scram {
+            user: user.into(),
+            password: password.into(),
         };
         let conn = self.current();
         self.login_on(&conn, &login).await?;
@@ -478,6 +509,77 @@ async fn login_on(shared: &Shared, conn: &Conn, login: &Login) -> Result<i32, Cl
                 other => Err(ClientError::Unexpected(format!("{other:?}"))),
             }
         }
+        Login::Scram { user, password } => {
+            scram_login(shared, conn, user, password).await.map(|()| 0)
+        }
+    }
+}
+
+/// Runs one ScramAuth exchange: CLIENT_FIRST, CLIENT_FINAL with the proof, then the check of
+/// the server's signature.
+async fn scram_login(
+    shared: &Shared,
+    conn: &Conn,
+    user: &str,
+    password: &Secret,
+) -> Result<(), ClientError> {
+    let exchange = ClientExchange::new(user, password).map_err(|_| ClientError::AccessDenied)?;
+    let first = ScramMessage::ClientFirst(exchange.client_first());
+    let server_first = match scram_request(shared, conn, first).await? {
+        ScramMessage::ServerFirst(message) => message,
+        other => return Err(scram_refusal(other)),
+    };
+    // PBKDF2 with the server's iteration count (up to about a second): off the async threads.
+    let computed = tokio::task::spawn_blocking(move || exchange.client_final(&server_first))
+        .await
+        .map_err(|e| ClientError::Unexpected(format!("SCRAM task failed: {e}")))?;
+    let (client_final, pending) = match computed {
+        Ok(done) => done,
+        Err(e) => {
+            // Tell the server, so its half-done exchange does not refuse our next attempt.
+            let _ = conn.session.try_send(
+                CapabilitiesMessage::Error {
+                    protocol_id: protocol_id::SCRAM_AUTH,
+                    message: e.to_string(),
+                }
+                .to_frame(),
+            );
+            return Err(ClientError::Unexpected(format!(
+                "server-first refused: {e}"
+            )));
+        }
+    };
+    let server_final =
+        match scram_request(shared, conn, ScramMessage::ClientFinal(client_final)).await? {
+            ScramMessage::ServerFinal(message) => message,
+            other => return Err(scram_refusal(other)),
+        };
+    pending.verify(&server_final).map_err(|e| {
+        // The session is logged in to something that does not know the user's keys: nothing
+        // more may be sent to it.
+        conn.session.close(CloseReason::Local);
+        ClientError::ServerNotVerified(e.to_string())
+    })
+}
+
+async fn scram_request(
+    shared: &Shared,
+    conn: &Conn,
+    message: ScramMessage,
+) -> Result<ScramMessage, ClientError> {
+    let body = request_on(shared, conn, protocol_id::SCRAM_AUTH, message.to_frame()).await?;
+    Ok(ScramMessage::decode(&body)?)
+}
+
+/// The error for a ScramAuth answer that does not continue the exchange.
+fn scram_refusal(answer: ScramMessage) -> ClientError {
+    match answer {
+        ScramMessage::AccessDenied => ClientError::AccessDenied,
+        ScramMessage::Error(message) => ClientError::Remote {
+            protocol_id: protocol_id::SCRAM_AUTH,
+            message,
+        },
+        other => ClientError::Unexpected(format!("{other:?}")),
     }
 }
 

@@ -4,7 +4,8 @@
 //! (or the local side starting it) creates the protocol's per-session [`ProtocolHandler`],
 //! which then receives every packet of that id in arrival order.
 //!
-//! Built in, each in its own file: [`keepalive`], [`winauth`], [`dbauth`] and [`hello`].
+//! Built in, each in its own file: [`keepalive`], [`winauth`], [`dbauth`], [`scram`] and
+//! [`hello`].
 //! Capabilities (id 0) is part of the stack itself (`session::driver`), since it answers for
 //! every other protocol.
 //!
@@ -44,6 +45,7 @@
 pub mod dbauth;
 pub mod hello;
 pub mod keepalive;
+pub mod scram;
 pub mod winauth;
 
 mod password;
@@ -57,7 +59,7 @@ use std::sync::Arc;
 
 /// A protocol: an id on the wire and a factory of per-session handlers.
 pub trait Protocol: Send + Sync + 'static {
-    /// The protocol id in the first two payload bytes. Ids 0-3 and 10 are the built-ins.
+    /// The protocol id in the first two payload bytes. Ids 0-4 and 10 are the built-ins.
     fn id(&self) -> u16;
 
     /// A short name for logs.

@@ -23,6 +23,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Heartbeat timing for sessions that run keep-alive.
     pub keep_alive: KeepAliveConfig,
+    /// Defences against password guessing and floods of connections that never log in.
+    pub security: Security,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +35,7 @@ impl Default for ServerConfig {
             log_packets: false,
             limits: Limits::default(),
             keep_alive: KeepAliveConfig::default(),
+            security: Security::default(),
         }
     }
 }
@@ -79,7 +82,8 @@ impl Default for Limits {
             // it still keeps a single address from taking more than 2% of the server.
             max_connections_per_ip: 1_000,
             listen_backlog: 4096,
-            max_frame_unauthenticated: 64 * 1024,
+            // A login needs well under 2 KiB (names <= 256 bytes, passwords <= 1024).
+            max_frame_unauthenticated: 4 * 1024,
             max_frame_authenticated: 16 * 1024 * 1024,
             outbound_queue: 1024,
             write_timeout: Duration::from_secs(30),
@@ -88,6 +92,98 @@ impl Default for Limits {
             auth_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
         }
+    }
+}
+
+/// Defences against password guessing and against floods of connections that never log in.
+/// `docs/SECURITY.md` explains each one and the server it follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    /// Denied logins one connection may make; the last denial is still sent, then the
+    /// connection is closed (sshd `MaxAuthTries`).
+    pub max_auth_failures: u32,
+    /// Connections accepted but not yet logged in, at most; more are closed on accept (sshd
+    /// `MaxStartups`, its "full" value).
+    pub max_unauthenticated: usize,
+    /// From this many connections not yet logged in, new ones are dropped at random, with a
+    /// chance rising linearly from 0 here to 1 at `max_unauthenticated` (sshd `MaxStartups`,
+    /// its "start" value). Equal to `max_unauthenticated`: no early drop, a plain cap.
+    pub unauthenticated_drop_start: usize,
+    /// Connections not yet logged in from one source (an IPv4 address or an IPv6 /64).
+    pub max_unauthenticated_per_ip: usize,
+    /// Penalise sources that fail logins (sshd `PerSourcePenalties`): while penalised, their
+    /// new connections are closed on accept and their logins are denied.
+    pub penalties: bool,
+    /// Failed logins a source may make before penalties start.
+    pub penalty_free_failures: u32,
+    /// The first penalty; it doubles with every further failed login.
+    #[serde(with = "humantime_serde")]
+    pub penalty_initial: Duration,
+    /// The longest penalty. A source quiet for this long after its penalty ends is forgotten.
+    #[serde(with = "humantime_serde")]
+    pub penalty_max: Duration,
+    /// Sources the penalty table remembers at once; when full, those closest to being
+    /// forgotten are dropped first.
+    pub penalty_max_sources: usize,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            max_auth_failures: 3,
+            max_unauthenticated: 1024,
+            unauthenticated_drop_start: 512,
+            max_unauthenticated_per_ip: 32,
+            penalties: true,
+            penalty_free_failures: 3,
+            penalty_initial: Duration::from_secs(1),
+            penalty_max: Duration::from_secs(300),
+            penalty_max_sources: 65_536,
+        }
+    }
+}
+
+impl Security {
+    /// Checks the `[server.security]` settings, naming the one at fault.
+    fn validate(&self) -> Result<(), String> {
+        let positive = [
+            (
+                "security.max_auth_failures",
+                self.max_auth_failures as usize,
+            ),
+            ("security.max_unauthenticated", self.max_unauthenticated),
+            (
+                "security.max_unauthenticated_per_ip",
+                self.max_unauthenticated_per_ip,
+            ),
+            ("security.penalty_max_sources", self.penalty_max_sources),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.unauthenticated_drop_start > self.max_unauthenticated {
+            return Err(
+                "security.unauthenticated_drop_start must not exceed security.max_unauthenticated"
+                    .into(),
+            );
+        }
+        if self.penalty_initial.is_zero() {
+            return Err("security.penalty_initial must be longer than zero".into());
+        }
+        if self.penalty_max < self.penalty_initial {
+            return Err(
+                "security.penalty_max must not be shorter than security.penalty_initial".into(),
+            );
+        }
+        // Longer is a ban, better done by a firewall; the bound also keeps instant arithmetic
+        // in the penalty table far from overflow.
+        if self.penalty_max > Duration::from_secs(24 * 3600) {
+            return Err("security.penalty_max must be at most 24h".into());
+        }
+        Ok(())
     }
 }
 
@@ -134,6 +230,7 @@ impl ServerConfig {
                 return Err(format!("{name} must be longer than zero"));
             }
         }
+        self.security.validate()?;
         Ok(())
     }
 }
@@ -152,5 +249,32 @@ mod tests {
         let mut c = ServerConfig::default();
         c.limits.outbound_queue = 0;
         assert!(c.validate().unwrap_err().contains("outbound_queue"));
+    }
+
+    #[test]
+    fn security_settings_are_checked() {
+        let check = |edit: fn(&mut Security)| {
+            let mut c = ServerConfig::default();
+            edit(&mut c.security);
+            c.validate()
+        };
+        assert!(check(|s| s.max_auth_failures = 0)
+            .unwrap_err()
+            .contains("max_auth_failures"));
+        assert!(
+            check(|s| s.unauthenticated_drop_start = s.max_unauthenticated + 1)
+                .unwrap_err()
+                .contains("unauthenticated_drop_start")
+        );
+        assert!(check(|s| s.penalty_max = Duration::from_millis(10))
+            .unwrap_err()
+            .contains("penalty_max"));
+        assert!(
+            check(|s| s.penalty_max = Duration::from_secs(2 * 24 * 3600))
+                .unwrap_err()
+                .contains("24h")
+        );
+        check(|s| s.unauthenticated_drop_start = s.max_unauthenticated).unwrap();
+        check(|s| s.unauthenticated_drop_start = 0).unwrap();
     }
 }

@@ -10,14 +10,17 @@
 //! ```
 
 mod config;
+pub(crate) mod gate;
+mod penalty;
 mod registry;
 
-pub use config::{Limits, ServerConfig, DEFAULT_PORT};
+pub use config::{Limits, Security, ServerConfig, DEFAULT_PORT};
 
 use crate::auth::{User, UserStore};
 use crate::protocol::dbauth::DatabaseAuth;
 use crate::protocol::hello::Hello;
 use crate::protocol::keepalive::KeepAlive;
+use crate::protocol::scram::ScramAuth;
 use crate::protocol::winauth::WinAuth;
 use crate::protocol::{Protocol, ProtocolSet};
 use crate::session::driver::{self, DriverContext};
@@ -49,6 +52,8 @@ pub struct ServerBuilder {
     store: Option<Arc<dyn UserStore>>,
     /// TLS for every connection; plaintext when `None`.
     tls: Option<ServerTls>,
+    /// Whether [`scram`](Self::scram) was called; ScramAuth is added at bind, with the store.
+    scram: bool,
 }
 
 impl ServerBuilder {
@@ -83,6 +88,15 @@ impl ServerBuilder {
         self.protocol(Hello)
     }
 
+    /// Adds ScramAuth (4): SCRAM-SHA-256 logins, the password never sent, against the store
+    /// given to [`user_store`](Self::user_store) (in either order; without a store,
+    /// [`bind`](Self::bind) fails). Not part of `user_store` because it changes the
+    /// PROTOCOL_IDS answer that existing clients may expect.
+    pub fn scram(mut self) -> Self {
+        self.scram = true;
+        self
+    }
+
     /// Binds the listening socket (with the configured backlog) and returns the server, ready
     /// to [`run`](Server::run).
     pub async fn bind(mut self) -> io::Result<Server> {
@@ -97,6 +111,12 @@ impl ServerBuilder {
             self.protocols
                 .insert(Arc::new(KeepAlive::new(self.config.keep_alive)));
         }
+        if self.scram {
+            let store = self.store.clone().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "scram() needs a user_store()")
+            })?;
+            self.protocols.insert(Arc::new(ScramAuth::new(store)));
+        }
         let listener = listen(self.config.listen, self.config.limits.listen_backlog)?;
         let local_addr = listener.local_addr()?;
         let limits = self.config.limits.clone();
@@ -109,6 +129,7 @@ impl ServerBuilder {
                     limits,
                     log_packets: self.config.log_packets,
                     protocols: self.protocols,
+                    gate: Arc::new(gate::Gatekeeper::new(self.config.security.clone())),
                 },
                 registry: Registry::default(),
                 next_id: AtomicU64::new(1),
@@ -161,6 +182,7 @@ impl Server {
             protocols: ProtocolSet::new(),
             store: None,
             tls: None,
+            scram: false,
         }
     }
 
@@ -222,15 +244,29 @@ impl Server {
 impl Shared {
     /// Applies the connection caps and starts the connection's task. Nothing here waits.
     fn admit(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        // First, as the cheapest: a source penalised for failed logins gets no task, no read
+        // and no password check. Debug level, since a flood would otherwise flood the log.
+        let penalty = self.ctx.gate.penalty_remaining(peer.ip());
+        if !penalty.is_zero() {
+            tracing::debug!(%peer, ?penalty, "connection refused: source penalized for failed logins");
+            return;
+        }
         let Ok(permit) = self.connections.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection refused: max_connections reached");
             return;
         };
-        let Some(ip_slot) = IpSlot::take(&self, peer.ip()) else {
+        let Some(mut ip_slot) = IpSlot::take(&self, peer.ip()) else {
             tracing::warn!(%peer, "connection refused: max_connections_per_ip reached");
             return;
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        match self.ctx.gate.admit(id, peer.ip()) {
+            Ok(pending) => ip_slot.pending = Some(pending),
+            Err(refusal) => {
+                tracing::debug!(%peer, %refusal, "connection refused before login");
+                return;
+            }
+        }
         let span = tracing::info_span!("session", id, %peer);
         let shared = self.clone();
         self.tasks.spawn(
@@ -248,10 +284,11 @@ impl Shared {
         _permit: OwnedSemaphorePermit,
         _ip_slot: IpSlot,
     ) {
+        let accepted = tokio::time::Instant::now();
         // Interactive request/response traffic: don't let Nagle hold small frames back.
         let _ = stream.set_nodelay(true);
         let Some(tls) = self.tls.clone() else {
-            return self.run_session(stream, peer, id, None).await;
+            return self.run_session(stream, peer, id, None, accepted).await;
         };
         // The handshake runs here, in the connection's own task, never in the accept loop.
         let deadline = self.ctx.limits.tls_handshake_timeout;
@@ -267,7 +304,7 @@ impl Shared {
             }
         };
         let user = self.certificate_login(&stream).await;
-        self.run_session(stream, peer, id, user).await
+        self.run_session(stream, peer, id, user, accepted).await
     }
 
     /// Maps a verified client certificate to a user: the subject's common name is the user
@@ -299,8 +336,14 @@ impl Shared {
     }
 
     /// Runs an established (plain or TLS) connection as a session until it closes.
-    async fn run_session<S>(&self, stream: S, peer: SocketAddr, id: SessionId, user: Option<User>)
-    where
+    async fn run_session<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        id: SessionId,
+        user: Option<User>,
+        accepted: tokio::time::Instant,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
         let (session, queue) = Session::new(id, peer, self.ctx.limits.outbound_queue);
@@ -313,7 +356,7 @@ impl Shared {
             session.shut_down();
         }
         tracing::info!("session opened");
-        let reason = driver::drive(stream, session.clone(), queue, &self.ctx).await;
+        let reason = driver::drive(stream, session.clone(), queue, &self.ctx, accepted).await;
         self.registry.remove(id);
         let user = session.user().map(|u| u.name).unwrap_or_default();
         if reason.is_lost() {
@@ -351,6 +394,9 @@ impl Shared {
 struct IpSlot {
     shared: Arc<Shared>,
     ip: IpAddr,
+    /// The connection's place among those not yet logged in. The driver gives it back at
+    /// login; dropping it here covers every other end, a failed TLS handshake included.
+    pending: Option<gate::PendingLogin>,
 }
 
 impl IpSlot {
@@ -364,6 +410,7 @@ impl IpSlot {
         Some(IpSlot {
             shared: shared.clone(),
             ip,
+            pending: None,
         })
     }
 }

@@ -7,12 +7,14 @@
 use super::outbound::{self, WriterOptions};
 use super::{CloseReason, Session};
 use crate::protocol::{HandlerError, ProtocolHandler, ProtocolSet};
+use crate::server::gate::Gatekeeper;
 use crate::server::Limits;
 use crate::wire::capabilities::CapabilitiesMessage;
 use crate::wire::{protocol_id, Frame, FrameCodec, FrameError, Message};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::HashMap;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{sleep, Instant};
@@ -26,18 +28,23 @@ pub(crate) struct DriverContext {
     pub log_packets: bool,
     /// The protocols this server speaks.
     pub protocols: ProtocolSet,
+    /// Failed-login limits and penalties, pre-login connection slots.
+    pub gate: Arc<Gatekeeper>,
 }
 
-/// Runs a session until it closes and returns why it closed.
+/// Runs a session until it closes and returns why it closed. `accepted` is when the TCP
+/// connection was accepted: the authentication deadline counts from then.
 pub(crate) async fn drive<S>(
     stream: S,
     session: Session,
     queue: mpsc::Receiver<Frame>,
     ctx: &DriverContext,
+    accepted: Instant,
 ) -> CloseReason
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    session.attach_gate(ctx.gate.clone());
     let (reader, writer) = tokio::io::split(stream);
     let writer = tokio::spawn(outbound::write_loop(
         writer,
@@ -57,7 +64,8 @@ where
         // Logged in before the first frame (client certificate).
         on_login(ctx, &session, &mut handlers, frames.decoder_mut());
     }
-    let auth_deadline = sleep(ctx.limits.auth_timeout);
+    // Counted from accept, so a slow TLS handshake does not extend it.
+    let auth_deadline = tokio::time::sleep_until(accepted + ctx.limits.auth_timeout);
     let idle = sleep(ctx.limits.idle_timeout);
     tokio::pin!(auth_deadline, idle);
 
@@ -85,6 +93,12 @@ where
                     dispatch(ctx, &session, &mut handlers, frame).await;
                     if !was_authenticated && session.is_authenticated() {
                         on_login(ctx, &session, &mut handlers, frames.decoder_mut());
+                    } else if !session.is_authenticated()
+                        && session.auth_failures() >= ctx.gate.max_auth_failures()
+                    {
+                        // Here, not in the login protocols, so that every protocol gets the
+                        // limit; the denial is already queued and is written before the close.
+                        session.close(CloseReason::AuthFailures);
                     }
                 }
             },
@@ -104,6 +118,8 @@ fn on_login(
     handlers: &mut HashMap<u16, Box<dyn ProtocolHandler>>,
     codec: &mut FrameCodec,
 ) {
+    // The session no longer counts toward the pre-login caps.
+    ctx.gate.logged_in(session.id());
     codec.set_max_payload(ctx.limits.max_frame_authenticated);
     for protocol in ctx.protocols.started_on_login() {
         handlers

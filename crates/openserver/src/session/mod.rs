@@ -11,10 +11,12 @@ pub(crate) mod driver;
 pub(crate) mod outbound;
 
 use crate::auth::User;
+use crate::server::gate::Gatekeeper;
 use crate::wire::keepalive::KeepAliveMessage;
 use crate::wire::{Frame, Message};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::SystemTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +38,9 @@ pub enum CloseReason {
     Idle,
     /// The peer did not authenticate within the deadline.
     AuthTimeout,
+    /// The peer reached the limit of denied logins on one connection
+    /// (`security.max_auth_failures`).
+    AuthFailures,
     /// Keep-alive was running and the peer fell silent for longer than its timeout.
     KeepAliveLost,
     /// The peer did not read what was sent to it within the write deadline, or its queue filled.
@@ -57,6 +62,7 @@ impl CloseReason {
             CloseReason::Local => "local",
             CloseReason::Idle => "idle",
             CloseReason::AuthTimeout => "auth_timeout",
+            CloseReason::AuthFailures => "auth_failures",
             CloseReason::KeepAliveLost => "keep_alive_lost",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::ProtocolError(_) => "protocol_error",
@@ -111,6 +117,11 @@ struct Inner {
     since: SystemTime,
     /// Set once authentication succeeds; gates application protocols.
     user: Mutex<Option<User>>,
+    /// Denied logins so far, counted by [`Session::record_auth_failure`].
+    auth_failures: AtomicU32,
+    /// The server's penalties and pre-login caps; set by the server's driver, absent on the
+    /// client side.
+    gate: OnceLock<Arc<Gatekeeper>>,
     /// The bounded outbound queue drained by the writer task.
     outbound: mpsc::Sender<Frame>,
     /// Cancelled when the session starts closing; every task of the session watches it.
@@ -133,6 +144,8 @@ impl Session {
                 peer,
                 since: SystemTime::now(),
                 user: Mutex::new(None),
+                auth_failures: AtomicU32::new(0),
+                gate: OnceLock::new(),
                 outbound: tx,
                 closing: CancellationToken::new(),
                 reason: Mutex::new(None),
@@ -170,6 +183,50 @@ impl Session {
     /// credentials check out; application protocols become reachable from the next packet on.
     pub fn authenticate(&self, user: User) {
         *lock(&self.inner.user) = Some(user);
+    }
+
+    /// Records one denied login. **Every login protocol calls this once per denied attempt,
+    /// before sending the denial**, whatever the cause (unknown user, wrong password, bad
+    /// proof, penalised source). It
+    ///
+    /// - counts toward `security.max_auth_failures`: when the handler returns, the server
+    ///   closes a session that has reached the limit ([`CloseReason::AuthFailures`]), after
+    ///   writing the denial already queued;
+    /// - adds a strike to the peer's source in the server's failed-login penalties.
+    ///
+    /// Returns the denied logins on this session so far. On a client session it only counts.
+    pub fn record_auth_failure(&self) -> u32 {
+        let failures = self
+            .inner
+            .auth_failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if let Some(gate) = self.inner.gate.get() {
+            gate.record_failure(self.inner.peer.ip());
+        }
+        failures
+    }
+
+    /// Denied logins recorded on this session.
+    pub fn auth_failures(&self) -> u32 {
+        self.inner.auth_failures.load(Ordering::Relaxed)
+    }
+
+    /// Whether the peer's source is serving a failed-login penalty. A login protocol that sees
+    /// `true` must deny the attempt, after the same work as a real check so that neither the
+    /// answer nor its timing depends on the credentials, and record the denial with
+    /// [`record_auth_failure`](Self::record_auth_failure). Ask before the check starts.
+    pub fn source_penalized(&self) -> bool {
+        self.inner
+            .gate
+            .get()
+            .is_some_and(|gate| !gate.penalty_remaining(self.inner.peer.ip()).is_zero())
+    }
+
+    /// Connects the session to its server's penalties; the driver calls this first thing.
+    pub(crate) fn attach_gate(&self, gate: Arc<Gatekeeper>) {
+        // Set once per session; a second call would carry the same server's gate.
+        let _ = self.inner.gate.set(gate);
     }
 
     /// Queues a frame, waiting while the queue is full. Waiting is the back-pressure that keeps

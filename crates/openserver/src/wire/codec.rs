@@ -22,7 +22,8 @@ pub const MAGIC: u16 = 0x5553;
 pub const HEADER_LEN: usize = 6;
 /// Smallest legal payload: the protocol id alone.
 pub const MIN_PAYLOAD: usize = 2;
-/// Default payload limit before authentication (64 KiB).
+/// Payload limit of [`FrameCodec::default`] (64 KiB). The server sets its own limits from
+/// `Limits::max_frame_unauthenticated` (4 KiB by default) and `max_frame_authenticated`.
 pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
 
 /// One application packet: a protocol id and that protocol's body.

@@ -5,7 +5,7 @@
 //! - [`primitives`]: the .NET `BinaryWriter` conventions every message body uses
 //!   (little-endian integers, 7-bit-length UTF-8 strings, arrays, ticks).
 //! - One file per built-in protocol with its typed messages: [`capabilities`], [`keepalive`],
-//!   [`winauth`], [`dbauth`] and [`hello`].
+//!   [`winauth`], [`dbauth`], [`scram`] and [`hello`].
 //!
 //! `docs/PROTOCOL.md` describes the same format for client authors.
 
@@ -15,6 +15,7 @@ pub mod dbauth;
 pub mod hello;
 pub mod keepalive;
 pub mod primitives;
+pub mod scram;
 pub mod winauth;
 
 pub use codec::{Frame, FrameCodec, FrameError};
@@ -32,6 +33,8 @@ pub mod protocol_id {
     pub const WIN_AUTH: u16 = 0x0002;
     /// Password authentication against the user database ("DatabaseAuth").
     pub const DATABASE_AUTH: u16 = 0x0003;
+    /// SCRAM-SHA-256 login, the password never sent ("ScramAuth"). Not registered by default.
+    pub const SCRAM_AUTH: u16 = 0x0004;
     /// The sample application protocol: the server answers `"Hello " + s`.
     pub const HELLO: u16 = 0x000A;
 }

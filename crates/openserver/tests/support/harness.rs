@@ -104,6 +104,22 @@ impl Raw {
         }
     }
 
+    /// Connects from a chosen local address, such as 127.0.0.2 (all of 127/8 is loopback on
+    /// Linux), so a test can be a second source.
+    pub async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .expect("bind local address");
+        let stream = socket.connect(addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Raw {
+            stream,
+            codec: FrameCodec::new(64 * 1024 * 1024),
+            buf: BytesMut::new(),
+        }
+    }
+
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
     }

@@ -1,0 +1,456 @@
+//! `openserver bench`: its arguments and what each mode does. The CLI crate only forwards to
+//! [`run`].
+
+use crate::compare::CompareOptions;
+use crate::idle::IdleOptions;
+use crate::load::{LoadSpec, Login, NoProgress, Workload};
+use crate::report::{self, Bar, BenchJson};
+use crate::target::{ChildTarget, Launcher, TargetKind, TargetOptions};
+use crate::tls::{ClientTlsSpec, Verify};
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Arguments of `openserver bench`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    /// A mode other than a plain load run.
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
+    /// The plain load run.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// The modes of `openserver bench`.
+#[derive(Subcommand, Debug)]
+pub enum BenchMode {
+    /// Run the same load against openserver, a bare frame-echo server (the practical limit)
+    /// and redis-server with PING (if installed), alternating, and print medians and ratios.
+    Compare(CompareArgs),
+    /// Hold N authenticated sessions with keep-alive and report the server's memory per
+    /// session, lost sessions and heartbeat lateness.
+    Idle(IdleArgs),
+    /// (internal) Run a server for the bench: prints `listening on ADDR`, stops when stdin
+    /// closes.
+    #[command(hide = true)]
+    Target(TargetArgs),
+    /// (internal) Hold a share of the connections for a bench in another process.
+    #[command(hide = true)]
+    Worker,
+}
+
+/// What each request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    /// A Hello (protocol 10) round trip.
+    Hello,
+    /// An echo-protocol (0x7E00) round trip with a --payload byte body.
+    Echo,
+    /// A new connection each time: connect, TLS handshake, one Capabilities round trip.
+    Handshake,
+}
+
+/// The load shape, shared by `bench` and `bench compare`.
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Connections (for --kind handshake: handshakes running at once).
+    #[arg(long, short = 'c', default_value_t = 1)]
+    pub connections: usize,
+    /// Requests in flight per connection (with --rate: the most in flight).
+    #[arg(long, short = 'd', default_value_t = 1)]
+    pub depth: usize,
+    /// Seconds to run, counted once every connection is set up [default: 10].
+    #[arg(long, value_name = "SECS", conflicts_with = "count")]
+    pub duration: Option<f64>,
+    /// Send this many requests in all instead of running for a duration.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Open loop: this many requests per second in all, on a fixed schedule; latency counts
+    /// from each request's scheduled time.
+    #[arg(long, value_name = "PER_SEC")]
+    pub rate: Option<f64>,
+    /// What each request is.
+    #[arg(long, value_enum, default_value_t = Kind::Hello)]
+    pub kind: Kind,
+    /// Body bytes of each --kind echo request.
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    pub payload: usize,
+    /// Connections set up at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Period of the time series (progress bar, plot), in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub sample_ms: u64,
+    /// Connections per process: more are spread over worker processes, each connecting from
+    /// its own 127.0.0.x.
+    #[arg(long, default_value_t = default_per_worker())]
+    pub per_worker: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar (it is also hidden when stdout is not a terminal).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Draw latency percentiles and throughput over time into this PNG file.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+}
+
+/// Connections one process holds: what `ulimit -n` leaves after a margin, at most 10,000
+/// (about a third of one source address's ephemeral ports).
+fn default_per_worker() -> usize {
+    crate::procfs::fd_limit()
+        .map(|limit| limit.saturating_sub(1024).clamp(64, 10_000) as usize)
+        .unwrap_or(10_000)
+}
+
+/// `openserver bench` without a mode: drive one server.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The load shape.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Server to drive (loopback only); without it the bench starts its own (--target).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: Option<String>,
+    /// The server the bench starts when --server is not given.
+    #[arg(long, value_enum, default_value_t = TargetKind::Openserver, conflicts_with = "server")]
+    pub target: TargetKind,
+    /// TLS on the bench's own server (a development certificate in a temporary directory).
+    #[arg(long, conflicts_with = "server")]
+    pub tls: bool,
+    /// User to log in as (DatabaseAuth).
+    #[arg(long, default_value = "bench")]
+    pub user: String,
+    /// Password of --user.
+    #[arg(
+        long,
+        env = "OPENSERVER_BENCH_PASSWORD",
+        default_value = "bench",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub password: String,
+    /// Trust server certificates issued by the CA in this PEM file.
+    #[arg(long, value_name = "FILE", requires = "server", conflicts_with_all = ["fingerprint", "no_tls"])]
+    pub ca: Option<PathBuf>,
+    /// Trust exactly the server certificate with this SHA-256 fingerprint.
+    #[arg(
+        long,
+        value_name = "SHA256",
+        requires = "server",
+        conflicts_with = "no_tls"
+    )]
+    pub fingerprint: Option<String>,
+    /// Connect to --server in plaintext.
+    #[arg(long, requires = "server")]
+    pub no_tls: bool,
+    /// Verify the server under this name instead of the host in --server.
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+}
+
+/// `openserver bench compare`.
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The load shape, identical for every target.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// TLS for openserver and the echo server (redis is then skipped).
+    #[arg(long)]
+    pub tls: bool,
+    /// Runs per target, alternating between targets.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Leave redis out even if redis-server is installed.
+    #[arg(long)]
+    pub no_redis: bool,
+    /// The redis-server executable [default: redis-server on PATH].
+    #[arg(long, value_name = "PATH")]
+    pub redis_server: Option<PathBuf>,
+}
+
+/// `openserver bench idle`.
+#[derive(Args, Debug)]
+pub struct IdleArgs {
+    /// Sessions to hold.
+    #[arg(long, short = 'c', default_value_t = 1000)]
+    pub connections: usize,
+    /// Seconds to hold them.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub duration: f64,
+    /// Keep-alive interval of the server and the clients, in seconds (lost after three).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub keep_alive_interval: f64,
+    /// TLS sessions.
+    #[arg(long)]
+    pub tls: bool,
+    /// Sessions per process: more are spread over worker processes, each from its own
+    /// 127.0.0.x.
+    #[arg(long, default_value_t = default_per_worker())]
+    pub per_worker: usize,
+    /// Sessions set up at once (per process).
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `openserver bench target` (internal).
+#[derive(Args, Debug)]
+pub struct TargetArgs {
+    /// Which server.
+    #[arg(value_enum)]
+    pub kind: TargetKind,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Serve TLS with the development certificate in this directory (generated if missing).
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Keep-alive interval in milliseconds (openserver target).
+    #[arg(long, value_name = "MS")]
+    pub keep_alive_interval_ms: Option<u64>,
+    /// The user the openserver target accepts.
+    #[arg(long, default_value = "bench")]
+    pub user: String,
+    /// Its password.
+    #[arg(long, default_value = "bench")]
+    pub password: String,
+    /// Stop after this many seconds whatever happens.
+    #[arg(long, value_name = "SECS", default_value_t = 4 * 3600)]
+    pub max_time: u64,
+}
+
+/// Runs `openserver bench` with `args`.
+pub async fn run(args: BenchArgs) -> Result<()> {
+    match args.mode {
+        None => run_bench(args.run).await,
+        Some(BenchMode::Compare(a)) => run_compare(a).await,
+        Some(BenchMode::Idle(a)) => run_idle(a).await,
+        Some(BenchMode::Target(a)) => run_target(a).await,
+        Some(BenchMode::Worker) => crate::worker::run_worker().await,
+    }
+}
+
+fn workload(load: &LoadArgs) -> Workload {
+    match load.kind {
+        Kind::Hello => Workload::Hello,
+        Kind::Echo => Workload::Echo {
+            payload: load.payload,
+        },
+        Kind::Handshake => Workload::Handshake,
+    }
+}
+
+/// A spec with the load shape of `load`; address, login and TLS to be filled in.
+fn spec_of(load: &LoadArgs) -> Result<LoadSpec> {
+    if load.sample_ms == 0 {
+        bail!("--sample-ms must be at least 1");
+    }
+    if load.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        bail!("--rate must be a positive number");
+    }
+    let duration = match (load.duration, load.count) {
+        (_, Some(_)) => None,
+        (Some(d), None) if d > 0.0 && d.is_finite() => Some(Duration::from_secs_f64(d)),
+        (Some(_), None) => bail!("--duration must be a positive number of seconds"),
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    let mut spec = LoadSpec::new(SocketAddr::from(([127, 0, 0, 1], 0)), workload(load));
+    spec.connections = load.connections;
+    spec.depth = load.depth;
+    spec.duration = duration;
+    spec.count = load.count;
+    spec.rate = load.rate;
+    spec.connect_concurrency = load.connect_concurrency.max(1);
+    spec.sample_interval = Duration::from_millis(load.sample_ms);
+    Ok(spec)
+}
+
+/// Resolves `server` and refuses anything but loopback: the bench is a load generator.
+async fn loopback_addr(server: &str) -> Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
+        .await
+        .with_context(|| format!("cannot resolve {server}"))?
+        .collect();
+    match addrs.iter().find(|a| a.ip().is_loopback()) {
+        Some(addr) => Ok(*addr),
+        None => bail!("{server} is not a loopback address: the bench drives local servers only"),
+    }
+}
+
+async fn run_bench(args: RunArgs) -> Result<()> {
+    let load = &args.load;
+    let mut spec = spec_of(load)?;
+    let login = Login {
+        user: args.user.clone(),
+        password: args.password.clone(),
+    };
+    spec.login = Some(login.clone());
+    let launcher = Launcher::current()?;
+    let tls_dir = tempfile::tempdir()?;
+    let mut own = None;
+    match &args.server {
+        Some(server) => {
+            spec.addr = loopback_addr(server).await?;
+            if !args.no_tls {
+                let verify = match (&args.ca, &args.fingerprint) {
+                    (Some(ca), _) => Verify::Ca(ca.clone()),
+                    (None, Some(fp)) => Verify::Fingerprint(fp.clone()),
+                    (None, None) => Verify::SystemRoots,
+                };
+                let host = server.rsplit_once(':').map_or(server.as_str(), |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                spec.tls = Some(ClientTlsSpec {
+                    verify,
+                    server_name: args.server_name.clone().unwrap_or_else(|| host.to_owned()),
+                });
+            }
+        }
+        None => {
+            let mut target = TargetOptions::new(args.target);
+            target.login = login;
+            if args.tls {
+                target.tls_dir = Some(tls_dir.path().to_owned());
+            }
+            let child = ChildTarget::spawn(&launcher, &target).await?;
+            spec.addr = child.addr;
+            if args.tls {
+                let set = crate::tls::dev_certs(tls_dir.path())?;
+                spec.tls = Some(ClientTlsSpec {
+                    verify: Verify::Ca(set.ca),
+                    server_name: args
+                        .server_name
+                        .clone()
+                        .unwrap_or_else(|| child.addr.ip().to_string()),
+                });
+            }
+            own = Some(child);
+        }
+    }
+    let total = spec.duration.unwrap_or(spec.max_time);
+    let result = if spec.connections > load.per_worker && spec.workload != Workload::Handshake {
+        crate::worker::run_load(&spec, &launcher, load.per_worker).await
+    } else {
+        let bar = Bar::new(
+            report::progress_visible(load.quiet || load.json),
+            total,
+            spec.sample_interval,
+        );
+        bar.set_prefix(spec.workload.label());
+        crate::load::run_local(&spec, &bar).await
+    };
+    let rss = own.as_ref().and_then(ChildTarget::rss_kib);
+    if let Some(child) = own {
+        child.stop().await;
+    }
+    let report = result?;
+    let json = BenchJson::of(&report, rss);
+    if load.json {
+        println!("{}", serde_json::to_string(&json)?);
+    } else {
+        report::print_bench(&json);
+    }
+    if let Some(path) = &load.plot {
+        let title = format!(
+            "openserver bench: {}, {} connections x {} in flight",
+            report.workload.label(),
+            report.connections,
+            report.depth
+        );
+        crate::plot::draw(&report, path, &title)?;
+        if !load.json {
+            println!("plot          {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+async fn run_compare(args: CompareArgs) -> Result<()> {
+    let load = &args.load;
+    let spec = spec_of(load)?;
+    let redis = if args.no_redis {
+        None
+    } else {
+        args.redis_server.clone().or_else(crate::target::find_redis)
+    };
+    let options = CompareOptions {
+        load: spec.clone(),
+        tls: args.tls,
+        rounds: args.rounds,
+        redis,
+        launcher: Some(Launcher::current()?),
+        per_worker: load.per_worker,
+    };
+    let visible = report::progress_visible(load.quiet || load.json);
+    let bar = Bar::new(
+        visible,
+        spec.duration.unwrap_or(spec.max_time),
+        spec.sample_interval,
+    );
+    let announce = |name: &str, round: usize| bar.set_prefix(format!("{name} #{round}"));
+    let result = crate::compare::run(&options, &announce, &bar).await?;
+    if load.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        report::print_compare(&result);
+    }
+    if let (Some(path), Some(last)) = (&load.plot, &result.last_openserver) {
+        let title = format!(
+            "openserver (last compare run): {}, {} connections x {} in flight",
+            last.workload.label(),
+            last.connections,
+            last.depth
+        );
+        crate::plot::draw(last, path, &title)?;
+    }
+    Ok(())
+}
+
+async fn run_idle(args: IdleArgs) -> Result<()> {
+    if !(args.duration > 0.0 && args.duration.is_finite()) {
+        bail!("--duration must be a positive number of seconds");
+    }
+    if !(args.keep_alive_interval >= 0.01 && args.keep_alive_interval.is_finite()) {
+        bail!("--keep-alive-interval must be at least 0.01 seconds");
+    }
+    let options = IdleOptions {
+        connections: args.connections,
+        hold: Duration::from_secs_f64(args.duration),
+        keep_alive_interval: Duration::from_secs_f64(args.keep_alive_interval),
+        tls: args.tls,
+        per_worker: args.per_worker,
+        connect_concurrency: args.connect_concurrency.max(1),
+        launcher: Some(Launcher::current()?),
+    };
+    let result = crate::idle::run(&options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        report::print_idle(&result);
+    }
+    Ok(())
+}
+
+async fn run_target(args: TargetArgs) -> Result<()> {
+    let mut options = TargetOptions::new(args.kind);
+    options.listen = args.listen;
+    options.tls_dir = args.tls_dir;
+    options.keep_alive_interval = args.keep_alive_interval_ms.map(Duration::from_millis);
+    options.login = Login {
+        user: args.user,
+        password: args.password,
+    };
+    crate::target::serve_target(&options, Duration::from_secs(args.max_time)).await
+}
+
+/// Runs a load with no output, for tests and embedding.
+pub async fn run_quietly(spec: &LoadSpec) -> Result<crate::load::LoadReport> {
+    crate::load::run_local(spec, &NoProgress).await
+}

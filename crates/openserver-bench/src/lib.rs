@@ -1,0 +1,37 @@
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+//! # openserver-bench
+//!
+//! The load engine behind `openserver bench`: drive a server with N connections each keeping D
+//! requests in flight (closed loop) or at a fixed rate (open loop), compare openserver with a
+//! bare frame-echo server and redis in the same run, and hold idle authenticated sessions to
+//! measure the server's memory per session.
+//!
+//! - [`echo`]: the echo protocol (id [`echo::ECHO_PROTOCOL_ID`]) the bench's own servers
+//!   register.
+//! - [`target`]: the servers the bench starts: openserver, a bare tokio frame echo, redis.
+//! - [`load`]: the engine: connection setup, pipelined requests, latency histograms.
+//! - [`idle`]: held sessions with keep-alive, memory per session.
+//! - [`compare`]: the same load against every target, alternating, with ratios.
+//! - [`cli`]: the `openserver bench` arguments and their entry point.
+//!
+//! The load generator speaks raw frames ([`openserver::wire::FrameCodec`]) on its own
+//! connections rather than through [`openserver::client::Client`]: the client's per-request
+//! channel and task hops would cost more than the server under test, and DNOS answers of one
+//! protocol arrive in order, so a FIFO of send times per connection matches answers.
+
+pub mod cli;
+pub mod compare;
+pub mod echo;
+pub mod idle;
+pub mod load;
+mod plot;
+pub mod procfs;
+mod report;
+pub mod stats;
+mod stream;
+pub mod target;
+pub mod tls;
+mod worker;
+
+pub use load::{LoadReport, LoadSpec, Workload};

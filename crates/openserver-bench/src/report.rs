@@ -1,0 +1,269 @@
+//! What the bench prints: the progress bar, the tables, the JSON objects.
+
+use crate::compare::CompareResult;
+use crate::idle::IdleResult;
+use crate::load::{LoadReport, Progress};
+use crate::stats::Summary;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
+/// Whether to draw progress: stdout is a terminal and `--quiet` was not given.
+pub(crate) fn progress_visible(quiet: bool) -> bool {
+    !quiet && std::io::stdout().is_terminal()
+}
+
+/// A progress bar over the run's duration, with the last interval's rate and p99.
+pub(crate) struct Bar {
+    bar: ProgressBar,
+    interval: Duration,
+}
+
+impl Bar {
+    pub(crate) fn new(visible: bool, total: Duration, interval: Duration) -> Self {
+        let bar = if visible {
+            ProgressBar::with_draw_target(
+                Some(total.as_millis() as u64),
+                ProgressDrawTarget::stderr(),
+            )
+        } else {
+            ProgressBar::hidden()
+        };
+        if let Ok(style) =
+            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {elapsed:>4} {msg}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Bar { bar, interval }
+    }
+
+    pub(crate) fn set_prefix(&self, prefix: String) {
+        self.bar.set_prefix(prefix);
+        self.bar.reset();
+    }
+}
+
+impl Progress for Bar {
+    fn update(&self, elapsed: Duration, completed: u64, errors: u64, last: &Summary) {
+        let rate = last.count as f64 / self.interval.as_secs_f64().max(1e-9);
+        self.bar.set_position(elapsed.as_millis() as u64);
+        self.bar.set_message(format!(
+            "{rate:>9.0} msg/s  p99 {:>8.1} us  total {completed}  errors {errors}",
+            last.p99_us
+        ));
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// `bench --json`: one object.
+#[derive(Debug, Serialize)]
+pub(crate) struct BenchJson {
+    pub workload: String,
+    pub connections: usize,
+    pub connected: usize,
+    pub depth: usize,
+    pub tls: bool,
+    pub rate: Option<f64>,
+    pub elapsed_secs: f64,
+    pub messages: u64,
+    pub messages_per_sec: f64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub errors: u64,
+    pub lost: u64,
+    pub setup_errors: u64,
+    pub first_error: Option<String>,
+    pub setup_secs: f64,
+    pub setup_per_sec: f64,
+    pub connect_p50_us: f64,
+    pub connect_p99_us: f64,
+    pub handshake_p50_us: f64,
+    pub handshake_p99_us: f64,
+    pub login_p50_us: f64,
+    pub login_p99_us: f64,
+    pub server_rss_kib: Option<u64>,
+}
+
+impl BenchJson {
+    pub(crate) fn of(report: &LoadReport, server_rss_kib: Option<u64>) -> Self {
+        let s = report.summary();
+        let connect = report.setup.connect.summary();
+        let handshake = report.setup.handshake.summary();
+        let login = report.setup.login.summary();
+        BenchJson {
+            workload: report.workload.label(),
+            connections: report.connections,
+            connected: report.setup.connected,
+            depth: report.depth,
+            tls: report.tls,
+            rate: report.rate,
+            elapsed_secs: report.elapsed_secs,
+            messages: report.completed,
+            messages_per_sec: report.messages_per_sec(),
+            mean_us: s.mean_us,
+            p50_us: s.p50_us,
+            p90_us: s.p90_us,
+            p99_us: s.p99_us,
+            p999_us: s.p999_us,
+            max_us: s.max_us,
+            errors: report.total_errors(),
+            lost: report.lost,
+            setup_errors: report.setup.errors,
+            first_error: report.setup.first_error.clone(),
+            setup_secs: report.setup.secs,
+            setup_per_sec: report.setup.per_sec(),
+            connect_p50_us: connect.p50_us,
+            connect_p99_us: connect.p99_us,
+            handshake_p50_us: handshake.p50_us,
+            handshake_p99_us: handshake.p99_us,
+            login_p50_us: login.p50_us,
+            login_p99_us: login.p99_us,
+            server_rss_kib,
+        }
+    }
+}
+
+/// The table of one run.
+pub(crate) fn print_bench(j: &BenchJson) {
+    let shape = match j.rate {
+        Some(rate) => format!("open loop at {rate:.0} req/s (cap {} in flight)", j.depth),
+        None => format!("{} in flight", j.depth),
+    };
+    println!(
+        "workload      {}, {} connections, {shape}, {}",
+        j.workload,
+        j.connections,
+        if j.tls { "TLS" } else { "plaintext" }
+    );
+    println!("messages      {} in {:.2} s", j.messages, j.elapsed_secs);
+    println!("messages/s    {:.0}", j.messages_per_sec);
+    println!(
+        "latency (us)  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (mean {:.1})",
+        j.p50_us, j.p90_us, j.p99_us, j.p999_us, j.max_us, j.mean_us
+    );
+    println!(
+        "errors        {} (lost connections {}, setup failures {})",
+        j.errors, j.lost, j.setup_errors
+    );
+    if j.connected > 0 {
+        let mut setup = format!(
+            "setup         {} connections in {:.2} s ({:.0}/s); connect p50 {:.0} us p99 {:.0} us",
+            j.connected, j.setup_secs, j.setup_per_sec, j.connect_p50_us, j.connect_p99_us
+        );
+        if j.tls {
+            setup += &format!(
+                "; TLS handshake p50 {:.0} us p99 {:.0} us",
+                j.handshake_p50_us, j.handshake_p99_us
+            );
+        }
+        if j.login_p50_us > 0.0 {
+            setup += &format!(
+                "; login p50 {:.0} us p99 {:.0} us",
+                j.login_p50_us, j.login_p99_us
+            );
+        }
+        println!("{setup}");
+    }
+    if let Some(rss) = j.server_rss_kib {
+        println!("server RSS    {rss} KiB at the end");
+    }
+    if let Some(e) = &j.first_error {
+        println!("first error   {e}");
+    }
+}
+
+/// The comparison table.
+pub(crate) fn print_compare(c: &CompareResult) {
+    println!(
+        "load: {}, {} connections x {} in flight, {}, {} round(s), medians",
+        c.workload,
+        c.connections,
+        c.depth,
+        if c.tls { "TLS" } else { "plaintext" },
+        c.rounds
+    );
+    println!(
+        "{:<11} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7} {:>11}",
+        "target",
+        "msg/s",
+        "p50 us",
+        "p90 us",
+        "p99 us",
+        "p99.9 us",
+        "max us",
+        "errors",
+        "cpu us/msg"
+    );
+    for t in &c.targets {
+        println!(
+            "{:<11} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>7} {:>11}",
+            t.name,
+            t.messages_per_sec,
+            t.p50_us,
+            t.p90_us,
+            t.p99_us,
+            t.p999_us,
+            t.max_us,
+            t.errors,
+            t.server_cpu_us_per_msg
+                .map_or("-".into(), |c| format!("{c:.2}"))
+        );
+    }
+    println!("openserver / echo:  {:.3}", c.ratio_vs_echo);
+    match (c.ratio_vs_redis, &c.redis_skipped) {
+        (Some(r), _) => println!("openserver / redis: {r:.3}"),
+        (None, Some(why)) => println!("redis: skipped ({why})"),
+        (None, None) => {}
+    }
+}
+
+/// The idle-connection table.
+pub(crate) fn print_idle(r: &IdleResult) {
+    let kib = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} KiB"));
+    println!(
+        "sessions      {} of {} ({}), held {:.1} s, keep-alive every {:.1} s{}",
+        r.connected,
+        r.connections,
+        if r.tls { "TLS" } else { "plaintext" },
+        r.held_secs,
+        r.keep_alive_interval_secs,
+        if r.workers > 0 {
+            format!(", {} worker processes", r.workers)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "setup         {:.0} sessions/s, {} failures",
+        r.setup_per_sec, r.setup_errors
+    );
+    println!("lost          {}", r.lost);
+    println!(
+        "heartbeats    {} received; lateness p50 {:.0} us p99 {:.0} us max {:.0} us",
+        r.heartbeats, r.heartbeat_late.p50_us, r.heartbeat_late.p99_us, r.heartbeat_late.max_us
+    );
+    println!(
+        "server RSS    idle {}, with sessions {} (peak {}), after they left {}",
+        kib(r.idle_rss_kib),
+        kib(r.loaded_rss_kib),
+        kib(r.peak_rss_kib),
+        kib(r.after_rss_kib)
+    );
+    if let Some(b) = r.bytes_per_session {
+        println!("per session   {:.0} bytes ({:.2} KiB)", b, b / 1024.0);
+    }
+    if let Some(a) = r.after_vs_idle {
+        println!("after / idle  {a:.3}");
+    }
+    if let Some(e) = &r.first_error {
+        println!("first error   {e}");
+    }
+}

@@ -1,0 +1,481 @@
+//! The servers the bench runs against: openserver itself, a bare tokio frame echo (the
+//! practical limit), and redis-server (a well-known peer).
+//!
+//! Each runs either in this process (tests) or, for measurements, as a child process of the
+//! same binary (`openserver bench target KIND`), so client and server do not share a runtime
+//! and the server's memory and CPU time can be read from /proc.
+
+use crate::echo::Echo;
+use crate::load::Login;
+use anyhow::{anyhow, bail, Context as _, Result};
+use futures::{SinkExt, StreamExt as _};
+use openserver::auth::{HashParams, PasswordHasher, SqliteUserStore};
+use openserver::protocol::keepalive::KeepAliveConfig;
+use openserver::server::{Server, ServerConfig};
+use openserver::tls::ServerTls;
+use openserver::wire::dbauth::DatabaseAuthMessage;
+use openserver::wire::{protocol_id, Frame, FrameCodec, Message, Secret};
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, BufReader};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+/// Which server a target runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+pub enum TargetKind {
+    /// openserver with DatabaseAuth, Hello and the echo protocol.
+    Openserver,
+    /// A bare tokio server that echoes every frame, parsed with the same `FrameCodec`, with
+    /// no session logic.
+    Echo,
+}
+
+impl TargetKind {
+    /// The name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Openserver => "openserver",
+            TargetKind::Echo => "echo",
+        }
+    }
+}
+
+/// How a target server is set up.
+#[derive(Debug, Clone)]
+pub struct TargetOptions {
+    /// Which server.
+    pub kind: TargetKind,
+    /// Where it listens (port 0: any free port).
+    pub listen: SocketAddr,
+    /// TLS with the development certificate set in this directory (generated if missing).
+    pub tls_dir: Option<PathBuf>,
+    /// Heartbeat interval of the openserver target (its timeout is three intervals).
+    pub keep_alive_interval: Option<Duration>,
+    /// The one user of the openserver target.
+    pub login: Login,
+}
+
+impl TargetOptions {
+    /// A plaintext target of `kind` on 127.0.0.1, any port, user `bench`/`bench`.
+    pub fn new(kind: TargetKind) -> Self {
+        TargetOptions {
+            kind,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_dir: None,
+            keep_alive_interval: None,
+            login: Login {
+                user: "bench".into(),
+                password: "bench".into(),
+            },
+        }
+    }
+}
+
+/// The argon2 parameters of the openserver target: the test suite's, far cheaper than the
+/// production default. Logins are setup, not what the bench measures, and tens of thousands
+/// of them at 19 MiB each would dominate the idle-connection runs.
+pub fn bench_hash_params() -> HashParams {
+    HashParams {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+        max_concurrent: 2,
+    }
+}
+
+/// The openserver target's configuration: every cap raised so that the bench's own load,
+/// all from loopback, is never refused, and keep-alive at `interval` if given.
+pub fn bench_server_config(listen: SocketAddr, interval: Option<Duration>) -> ServerConfig {
+    let mut config = ServerConfig {
+        listen,
+        ..ServerConfig::default()
+    };
+    let limits = &mut config.limits;
+    limits.max_connections = 1_000_000;
+    limits.max_connections_per_ip = 1_000_000;
+    limits.listen_backlog = 4096;
+    limits.auth_timeout = Duration::from_secs(120);
+    limits.idle_timeout = Duration::from_secs(3600);
+    let security = &mut config.security;
+    security.max_unauthenticated = 1_000_000;
+    security.unauthenticated_drop_start = 1_000_000;
+    security.max_unauthenticated_per_ip = 1_000_000;
+    security.penalties = false;
+    if let Some(interval) = interval {
+        config.keep_alive = KeepAliveConfig {
+            interval,
+            timeout: interval * 3,
+            ..KeepAliveConfig::default()
+        };
+    }
+    config
+}
+
+/// A target running in this process.
+pub struct InProcessTarget {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InProcessTarget {
+    /// Starts the target on this runtime.
+    pub async fn start(options: &TargetOptions) -> Result<Self> {
+        let stop = CancellationToken::new();
+        let (addr, task) = match options.kind {
+            TargetKind::Openserver => {
+                let server = openserver_server(options).await?;
+                let addr = server.local_addr();
+                let stop = stop.clone();
+                let task = tokio::spawn(async move {
+                    let _ = server.run_until(stop.cancelled_owned()).await;
+                });
+                (addr, task)
+            }
+            TargetKind::Echo => {
+                let tls = options.tls_dir.as_deref().map(echo_acceptor).transpose()?;
+                let listener = listen(options.listen)?;
+                let addr = listener.local_addr()?;
+                let task = tokio::spawn(run_echo(listener, tls, stop.clone()));
+                (addr, task)
+            }
+        };
+        Ok(InProcessTarget { addr, stop, task })
+    }
+
+    /// Stops it and waits until it has.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// The openserver target, bound and ready to run.
+pub async fn openserver_server(options: &TargetOptions) -> Result<Server> {
+    let hasher = PasswordHasher::new(bench_hash_params())?;
+    let store = SqliteUserStore::open_in_memory(hasher)?;
+    store
+        .add_user(
+            &options.login.user,
+            &Secret::new(options.login.password.clone()),
+            &[],
+        )
+        .await?;
+    let config = bench_server_config(options.listen, options.keep_alive_interval);
+    let mut builder = Server::builder(config)
+        .user_store(Arc::new(store))
+        .hello()
+        .protocol(Echo);
+    if let Some(dir) = &options.tls_dir {
+        let set = crate::tls::dev_certs(dir)?;
+        builder = builder.tls(ServerTls::from_pem_files(&set.cert, &set.key, None)?);
+    }
+    Ok(builder.bind().await?)
+}
+
+fn echo_acceptor(dir: &Path) -> Result<tokio_rustls::TlsAcceptor> {
+    let set = crate::tls::dev_certs(dir)?;
+    crate::tls::acceptor(&set.cert, &set.key)
+}
+
+/// A listener with the same backlog as openserver's (4096).
+fn listen(addr: SocketAddr) -> Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(4096)?)
+}
+
+/// The bare echo server: accept, then per connection read frames and write them back.
+async fn run_echo(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: CancellationToken,
+) {
+    let tasks = tokio_util::task::TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            // Out of descriptors, usually: let connections close.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let tls = tls.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            match tls {
+                None => echo_connection(stream, stop).await,
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        echo_connection(stream, stop).await;
+                    }
+                }
+            }
+        });
+    }
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+}
+
+/// Echoes every frame. The one exception is a DatabaseAuth request, answered with a canned
+/// AUTHENTICATED, so the bench's connections log in the same way against every target.
+/// Frames decoded from one read are written back with one flush, as openserver's writer
+/// batches them.
+async fn echo_connection<S>(stream: S, stop: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut framed = Framed::new(stream, FrameCodec::new(64 * 1024 * 1024));
+    let authenticated = DatabaseAuthMessage::Authenticated { user_id: 1 }.to_frame();
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => return,
+            next = framed.next() => next,
+        };
+        let Some(Ok(mut frame)) = next else { return };
+        loop {
+            let reply = if frame.protocol_id == protocol_id::DATABASE_AUTH {
+                authenticated.clone()
+            } else {
+                frame
+            };
+            if framed.feed(reply).await.is_err() {
+                return;
+            }
+            // Answer everything already buffered before flushing once.
+            match futures::FutureExt::now_or_never(framed.next()) {
+                Some(Some(Ok(more))) => frame = more,
+                Some(_) => {
+                    let _ = SinkExt::<Frame>::flush(&mut framed).await;
+                    return;
+                }
+                None => break,
+            }
+        }
+        if SinkExt::<Frame>::flush(&mut framed).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs a target in this process until stdin closes (the parent bench went away) or
+/// `max_time` passes; prints `listening on ADDR` first.
+pub async fn serve_target(options: &TargetOptions, max_time: Duration) -> Result<()> {
+    use std::io::Write as _;
+    let target = InProcessTarget::start(options).await?;
+    println!("listening on {}", target.addr);
+    std::io::stdout().flush()?;
+    let mut stdin = BufReader::new(tokio::io::stdin());
+    let mut line = String::new();
+    tokio::select! {
+        // EOF or an error: the parent is gone or wants us gone.
+        _ = stdin.read_line(&mut line) => {}
+        () = tokio::time::sleep(max_time) => {}
+    }
+    target.stop().await;
+    Ok(())
+}
+
+/// How to start this program again as a bench helper: the executable and the arguments
+/// that lead to `bench` (so `bench target ...` and `bench worker` can be appended).
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    /// The executable.
+    pub exe: PathBuf,
+    /// Arguments before the helper's own, e.g. `["bench"]`.
+    pub prefix: Vec<OsString>,
+}
+
+impl Launcher {
+    /// This executable, with `bench` before the helper arguments.
+    pub fn current() -> Result<Self> {
+        Ok(Launcher {
+            exe: std::env::current_exe().context("cannot find this executable")?,
+            prefix: vec!["bench".into()],
+        })
+    }
+
+    pub(crate) fn command(&self, args: &[OsString]) -> Command {
+        let mut command = Command::new(&self.exe);
+        command.args(&self.prefix).args(args);
+        // The helpers log only errors unless asked otherwise: a run of thousands of sessions
+        // would otherwise log each one.
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "error");
+        }
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        command
+    }
+}
+
+/// A target running as a child process.
+pub struct ChildTarget {
+    /// Which server.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl ChildTarget {
+    /// Starts `bench target KIND` and waits for its `listening on` line.
+    pub async fn spawn(launcher: &Launcher, options: &TargetOptions) -> Result<Self> {
+        let mut args: Vec<OsString> = vec![
+            "target".into(),
+            options.kind.name().into(),
+            "--listen".into(),
+            options.listen.to_string().into(),
+            "--user".into(),
+            options.login.user.clone().into(),
+            "--password".into(),
+            options.login.password.clone().into(),
+        ];
+        if let Some(dir) = &options.tls_dir {
+            args.push("--tls-dir".into());
+            args.push(dir.into());
+        }
+        if let Some(interval) = options.keep_alive_interval {
+            args.push("--keep-alive-interval-ms".into());
+            args.push(interval.as_millis().to_string().into());
+        }
+        let mut child = launcher
+            .command(&args)
+            .spawn()
+            .with_context(|| format!("cannot start {}", launcher.exe.display()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("target stdout not captured"))?;
+        let stdin = child.stdin.take();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    return Ok(addr.trim().parse::<SocketAddr>()?);
+                }
+            }
+            bail!("the {} target exited before listening", options.kind.name())
+        })
+        .await
+        .map_err(|_| anyhow!("the {} target did not start in 60 s", options.kind.name()))??;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(ChildTarget {
+            name: options.kind.name().into(),
+            addr,
+            child,
+            stdin,
+        })
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Its resident memory in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.pid().and_then(|pid| crate::procfs::rss_kib(Some(pid)))
+    }
+
+    /// Its CPU time so far, in seconds.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        self.pid()
+            .and_then(|pid| crate::procfs::cpu_secs(Some(pid)))
+    }
+
+    /// Asks it to stop (closes its stdin), kills it after 15 s, and waits.
+    pub async fn stop(mut self) {
+        drop(self.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// `redis-server` on a free loopback port, persistence off.
+pub struct RedisTarget {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+/// The `redis-server` executable on `PATH`, if any.
+pub fn find_redis() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("redis-server"))
+        .find(|p| p.is_file())
+}
+
+impl RedisTarget {
+    /// Starts `exe` on 127.0.0.1 and waits until it accepts connections.
+    pub async fn spawn(exe: &Path) -> Result<Self> {
+        // Ask the kernel for a free port; the tiny race with another process is harmless
+        // here (redis would fail to bind, and the error says so).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut child = Command::new(exe)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(RedisTarget { addr, child });
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("redis-server exited ({status}) before listening");
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = child.kill().await;
+                bail!("redis-server did not listen on {addr} within 15 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Its CPU time so far, in seconds.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        self.child
+            .id()
+            .and_then(|pid| crate::procfs::cpu_secs(Some(pid)))
+    }
+
+    /// Stops it.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
