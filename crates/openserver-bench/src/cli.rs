@@ -20,9 +20,9 @@ pub struct BenchArgs {
     /// A mode other than a plain load run.
     #[command(subcommand)]
     pub mode: Option<BenchMode>,
-    /// The plain load run.
+    /// The plain load run (boxed: it is the largest of the `openserver` subcommands' args).
     #[command(flatten)]
-    pub run: RunArgs,
+    pub run: Box<RunArgs>,
 }
 
 /// The modes of `openserver bench`.
@@ -230,7 +230,7 @@ pub struct TargetArgs {
 /// Runs `openserver bench` with `args`.
 pub async fn run(args: BenchArgs) -> Result<()> {
     match args.mode {
-        None => run_bench(args.run).await,
+        None => run_bench(*args.run).await,
         Some(BenchMode::Compare(a)) => run_compare(a).await,
         Some(BenchMode::Idle(a)) => run_idle(a).await,
         Some(BenchMode::Target(a)) => run_target(a).await,
@@ -322,14 +322,11 @@ async fn run_bench(args: RunArgs) -> Result<()> {
             let child = ChildTarget::spawn(&launcher, &target).await?;
             spec.addr = child.addr;
             if args.tls {
-                let set = crate::tls::dev_certs(tls_dir.path())?;
-                spec.tls = Some(ClientTlsSpec {
-                    verify: Verify::Ca(set.ca),
-                    server_name: args
-                        .server_name
-                        .clone()
-                        .unwrap_or_else(|| child.addr.ip().to_string()),
-                });
+                let name = args
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| child.addr.ip().to_string());
+                spec.tls = Some(crate::tls::pinned(tls_dir.path(), &name)?);
             }
             own = Some(child);
         }

@@ -49,10 +49,17 @@ pub struct RunFigures {
     pub errors: u64,
     /// Server CPU time per answer, microseconds (child-process targets only).
     pub server_cpu_us_per_msg: Option<f64>,
+    /// The load generator's CPU time per answer, microseconds (this process, setup
+    /// included): to check the bench is not the bottleneck.
+    pub client_cpu_us_per_msg: Option<f64>,
 }
 
 impl RunFigures {
-    fn of(report: &LoadReport, server_cpu_secs: Option<f64>) -> Self {
+    fn of(report: &LoadReport, server_cpu_secs: Option<f64>, client_cpu_secs: Option<f64>) -> Self {
+        let per_msg = |cpu: Option<f64>| {
+            cpu.filter(|_| report.completed > 0)
+                .map(|cpu| cpu * 1e6 / report.completed as f64)
+        };
         let s = report.summary();
         RunFigures {
             messages_per_sec: report.messages_per_sec(),
@@ -62,9 +69,8 @@ impl RunFigures {
             p999_us: s.p999_us,
             max_us: s.max_us,
             errors: report.total_errors(),
-            server_cpu_us_per_msg: server_cpu_secs
-                .filter(|_| report.completed > 0)
-                .map(|cpu| cpu * 1e6 / report.completed as f64),
+            server_cpu_us_per_msg: per_msg(server_cpu_secs),
+            client_cpu_us_per_msg: per_msg(client_cpu_secs),
         }
     }
 }
@@ -90,6 +96,8 @@ pub struct TargetResult {
     pub errors: u64,
     /// Median server CPU time per answer.
     pub server_cpu_us_per_msg: Option<f64>,
+    /// Median load-generator CPU time per answer.
+    pub client_cpu_us_per_msg: Option<f64>,
     /// Every run, in order.
     pub runs: Vec<RunFigures>,
 }
@@ -97,10 +105,10 @@ pub struct TargetResult {
 impl TargetResult {
     fn of(name: &str, runs: Vec<RunFigures>) -> Self {
         let med = |f: fn(&RunFigures) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
-        let cpu: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| r.server_cpu_us_per_msg)
-            .collect();
+        let med_opt = |f: fn(&RunFigures) -> Option<f64>| {
+            let values: Vec<f64> = runs.iter().filter_map(f).collect();
+            (!values.is_empty()).then(|| median(&values))
+        };
         TargetResult {
             name: name.into(),
             messages_per_sec: med(|r| r.messages_per_sec),
@@ -110,7 +118,8 @@ impl TargetResult {
             p999_us: med(|r| r.p999_us),
             max_us: med(|r| r.max_us),
             errors: runs.iter().map(|r| r.errors).sum(),
-            server_cpu_us_per_msg: (!cpu.is_empty()).then(|| median(&cpu)),
+            server_cpu_us_per_msg: med_opt(|r| r.server_cpu_us_per_msg),
+            client_cpu_us_per_msg: med_opt(|r| r.client_cpu_us_per_msg),
             runs,
         }
     }
@@ -228,15 +237,13 @@ pub async fn run(
             } else {
                 spec.login = Some(login.clone());
                 if options.tls {
-                    let set = crate::tls::dev_certs(tls_dir.path())?;
-                    spec.tls = Some(crate::tls::ClientTlsSpec {
-                        verify: crate::tls::Verify::Ca(set.ca),
-                        server_name: spec.addr.ip().to_string(),
-                    });
+                    let name = spec.addr.ip().to_string();
+                    spec.tls = Some(crate::tls::pinned(tls_dir.path(), &name)?);
                 }
             }
             announce(name, round + 1);
             let cpu_before = server.cpu_secs();
+            let client_before = crate::procfs::cpu_secs(None);
             let report = match run_spec(&spec, options, progress).await {
                 Ok(report) => report,
                 Err(e) => {
@@ -248,7 +255,11 @@ pub async fn run(
                 (Some(a), Some(b)) => Some(b - a),
                 _ => None,
             };
-            runs[i].push(RunFigures::of(&report, cpu));
+            let client = match (client_before, crate::procfs::cpu_secs(None)) {
+                (Some(a), Some(b)) if options.launcher.is_some() => Some(b - a),
+                _ => None,
+            };
+            runs[i].push(RunFigures::of(&report, cpu, client));
             if name == "openserver" {
                 last_openserver = Some(report);
             }

@@ -239,13 +239,13 @@ pub async fn run(options: &IdleOptions) -> Result<IdleResult> {
         target.tls_dir = Some(tls_dir.path().to_owned());
     }
     enum Running {
-        Child(ChildTarget),
+        Child(Box<ChildTarget>),
         Local(InProcessTarget),
     }
     let (addr, running) = match &options.launcher {
         Some(launcher) => {
             let child = ChildTarget::spawn(launcher, &target).await?;
-            (child.addr, Running::Child(child))
+            (child.addr, Running::Child(Box::new(child)))
         }
         None => {
             let local = InProcessTarget::start(&target).await?;
@@ -264,11 +264,7 @@ pub async fn run(options: &IdleOptions) -> Result<IdleResult> {
     load.login = Some(target.login.clone());
     load.connect_concurrency = options.connect_concurrency;
     if options.tls {
-        let set = crate::tls::dev_certs(tls_dir.path())?;
-        load.tls = Some(crate::tls::ClientTlsSpec {
-            verify: crate::tls::Verify::Ca(set.ca),
-            server_name: addr.ip().to_string(),
-        });
+        load.tls = Some(crate::tls::pinned(tls_dir.path(), &addr.ip().to_string())?);
     }
     // Warm-up: one session comes and goes, so one-time allocations (the user store's first
     // query, TLS state) are part of the idle figure, not of the first session's.
@@ -296,7 +292,7 @@ pub async fn run(options: &IdleOptions) -> Result<IdleResult> {
     let stop = CancellationToken::new();
     let mut local: Option<tokio::task::JoinHandle<IdleReport>> = None;
     if use_workers {
-        let launcher = options.launcher.as_ref().map(Clone::clone);
+        let launcher = options.launcher.clone();
         let mut first = 0;
         for (i, &count) in shares.iter().enumerate() {
             let mut spec = spec.clone();
@@ -363,7 +359,7 @@ pub async fn run(options: &IdleOptions) -> Result<IdleResult> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after_rss = rss(&running);
     match running {
-        Running::Child(child) => child.stop().await,
+        Running::Child(child) => (*child).stop().await,
         Running::Local(local) => local.stop().await,
     }
     let connected = report.setup.connected;

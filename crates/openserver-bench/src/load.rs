@@ -882,6 +882,9 @@ async fn probe_once(
     if frame.protocol_id != protocol_id::CAPABILITIES {
         bail!("unexpected answer on protocol {}", frame.protocol_id);
     }
+    // A clean close (TLS close_notify, then FIN), so the server sees an orderly end rather
+    // than a lost connection.
+    conn.stream.shutdown().await?;
     Ok(())
 }
 

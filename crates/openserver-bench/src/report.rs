@@ -31,7 +31,7 @@ impl Bar {
             ProgressBar::hidden()
         };
         if let Ok(style) =
-            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {elapsed:>4} {msg}")
+            ProgressStyle::with_template("{prefix:>14} [{bar:20}] {elapsed:>3} {msg}")
         {
             bar.set_style(style.progress_chars("=> "));
         }
@@ -40,6 +40,7 @@ impl Bar {
 
     pub(crate) fn set_prefix(&self, prefix: String) {
         self.bar.set_prefix(prefix);
+        self.bar.set_message("");
         self.bar.reset();
     }
 }
@@ -49,7 +50,7 @@ impl Progress for Bar {
         let rate = last.count as f64 / self.interval.as_secs_f64().max(1e-9);
         self.bar.set_position(elapsed.as_millis() as u64);
         self.bar.set_message(format!(
-            "{rate:>9.0} msg/s  p99 {:>8.1} us  total {completed}  errors {errors}",
+            "{rate:.0} msg/s, p99 {:.0} us, {errors} errors ({completed} answers)",
             last.p99_us
         ));
     }
@@ -191,7 +192,7 @@ pub(crate) fn print_compare(c: &CompareResult) {
         c.rounds
     );
     println!(
-        "{:<11} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7} {:>11}",
+        "{:<11} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7} {:>12} {:>12}",
         "target",
         "msg/s",
         "p50 us",
@@ -200,11 +201,12 @@ pub(crate) fn print_compare(c: &CompareResult) {
         "p99.9 us",
         "max us",
         "errors",
-        "cpu us/msg"
+        "srv cpu/msg",
+        "cli cpu/msg"
     );
     for t in &c.targets {
         println!(
-            "{:<11} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>7} {:>11}",
+            "{:<11} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>7} {:>12} {:>12}",
             t.name,
             t.messages_per_sec,
             t.p50_us,
@@ -214,7 +216,9 @@ pub(crate) fn print_compare(c: &CompareResult) {
             t.max_us,
             t.errors,
             t.server_cpu_us_per_msg
-                .map_or("-".into(), |c| format!("{c:.2}"))
+                .map_or("-".into(), |c| format!("{c:.2} us")),
+            t.client_cpu_us_per_msg
+                .map_or("-".into(), |c| format!("{c:.2} us"))
         );
     }
     println!("openserver / echo:  {:.3}", c.ratio_vs_echo);

@@ -174,3 +174,19 @@ impl ServerCertVerifier for Pinned {
 pub fn dev_certs(dir: &Path) -> Result<openserver::tls::self_signed::SelfSigned> {
     Ok(openserver::tls::self_signed::ensure(dir, &[])?)
 }
+
+/// How the bench's connections trust its own server (development certificates in `dir`):
+/// pinned by fingerprint, as `hello --fingerprint` does. Pinning skips the certificate chain
+/// walk, which would otherwise add client CPU to every handshake on a machine that client and
+/// server share; the handshake's signature is verified either way.
+pub fn pinned(dir: &Path, server_name: &str) -> Result<ClientTlsSpec> {
+    let set = dev_certs(dir)?;
+    let leaf = load_certs(&set.cert)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("{}: no certificate", set.cert.display()))?;
+    Ok(ClientTlsSpec {
+        verify: Verify::Fingerprint(openserver::tls::fingerprint(&leaf)),
+        server_name: server_name.to_owned(),
+    })
+}

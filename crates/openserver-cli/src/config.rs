@@ -1,6 +1,8 @@
 //! The TOML configuration file of `openserver serve`. Every key is optional; unknown keys are
 //! errors. `docs/CONFIG.md` documents each one.
 
+use crate::alerts::AlertsConfig;
+use crate::metrics::MetricsConfig;
 use anyhow::{Context as _, Result};
 use openserver::auth::HashParams;
 use openserver::server::ServerConfig;
@@ -26,6 +28,31 @@ pub struct FileConfig {
     pub tls: TlsConfig,
     /// Which login protocols are offered.
     pub auth: AuthConfig,
+    /// Session administration (`openserver sessions`).
+    pub admin: AdminConfig,
+    /// The Prometheus endpoint (off by default).
+    pub metrics: MetricsConfig,
+    /// Alerts on lost connections (off by default).
+    pub alerts: AlertsConfig,
+}
+
+/// The Admin protocol (5) of `serve`: list sessions and kick one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Offer it; only users holding `role` may use it.
+    pub enabled: bool,
+    /// The role a user needs.
+    pub role: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            role: "admin".into(),
+        }
+    }
 }
 
 /// Login protocols offered by `serve`, besides WinAuth and DatabaseAuth (always on, for
@@ -86,6 +113,9 @@ impl Default for FileConfig {
             log: LogConfig::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
+            admin: AdminConfig::default(),
+            metrics: MetricsConfig::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -165,6 +195,10 @@ impl FileConfig {
     fn validate(&self) -> Result<()> {
         self.server.validate().map_err(anyhow::Error::msg)?;
         self.check_tls()?;
+        if self.admin.enabled && self.admin.role.trim().is_empty() {
+            anyhow::bail!("admin.role must not be empty while admin.enabled is true");
+        }
+        self.alerts.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level)
         })?;

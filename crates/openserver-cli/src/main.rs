@@ -3,10 +3,13 @@
 //!
 //! Each subcommand lives in `cmd/`; this file only parses arguments and sets up logging.
 
+mod alerts;
 mod cmd;
 mod config;
+mod metrics;
 
 use clap::{Parser, Subcommand};
+use cmd::reload::LogLevel;
 use config::LogFormat;
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -28,6 +31,8 @@ enum Command {
     User(cmd::user::UserArgs),
     /// Log in to a server and say hello: prints the server's answer.
     Hello(cmd::hello::HelloArgs),
+    /// List a running server's sessions, or kick one (needs the admin role).
+    Sessions(cmd::sessions::SessionsArgs),
     /// Check a configuration file and print the configuration it gives.
     Config(cmd::config::ConfigArgs),
     /// Measure a server: throughput and latency under load, baselines, idle sessions.
@@ -56,8 +61,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = cmd::serve::effective_config(&args)?;
-            init_logging(&config.log.level, config.log.format);
-            cmd::serve::run(config).await
+            let log = init_logging(&config.log.level, config.log.format);
+            cmd::serve::run(config, args, log).await
         }
         Command::User(args) => {
             init_logging("warn", LogFormat::Text);
@@ -66,6 +71,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Hello(args) => {
             init_logging("warn", LogFormat::Text);
             cmd::hello::run(args).await
+        }
+        Command::Sessions(args) => {
+            init_logging("warn", LogFormat::Text);
+            cmd::sessions::run(args).await
         }
         Command::Config(args) => {
             init_logging("warn", LogFormat::Text);
@@ -79,17 +88,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Logs to stderr, so stdout carries only what scripts read (the listening address, answers).
-fn init_logging(default_filter: &str, format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+/// Returns what changes the level later (`serve` on SIGHUP); a valid `RUST_LOG` fixes it.
+fn init_logging(default_filter: &str, format: LogFormat) -> LogLevel {
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let fixed = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colour codes only for a person at a terminal, not in journald or a log file.
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
+    // The two formats are different types, and so are their reload handles.
+    let level = match format {
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            LogLevel::reloadable(move |level| Ok(handle.reload(EnvFilter::try_new(level)?)?))
+        }
         // One object per line; the session span's id and peer come along under "span".
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            LogLevel::reloadable(move |level| Ok(handle.reload(EnvFilter::try_new(level)?)?))
+        }
+    };
+    if fixed {
+        LogLevel::fixed()
+    } else {
+        level
     }
 }

@@ -303,6 +303,7 @@ fn every_subcommand_has_help() {
         vec!["--help"],
         vec!["serve", "--help"],
         vec!["hello", "--help"],
+        vec!["sessions", "--help"],
         vec!["user", "--help"],
         vec!["user", "add", "--help"],
         vec!["user", "del", "--help"],
@@ -576,5 +577,228 @@ fn scram_login_through_the_command() {
         "{}",
         stderr(&denied)
     );
+    assert!(serve.terminate().success());
+}
+
+/// The admin password and certificate fingerprint a first start prints.
+fn first_start_secrets(lines: &[String]) -> (String, String) {
+    let password = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("created user admin with password "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("first start prints the admin password")
+        .to_string();
+    let fingerprint = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("tls certificate sha256 "))
+        .expect("serve prints the certificate fingerprint")
+        .to_string();
+    (password, fingerprint)
+}
+
+#[test]
+fn sessions_lists_kicks_and_refuses_non_admins() {
+    use openserver::client::{Client, ClientConfig};
+    use openserver::session::CloseReason;
+    use openserver::tls::{ClientTls, ServerVerification};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let serve = Serve::start(&["--listen", "127.0.0.1:0", "--data-dir", data]);
+    let (lines, addr) = serve.until_listening();
+    let (admin_password, fingerprint) = first_start_secrets(&lines);
+    let add = run(
+        &["user", "add", "bob", "--password-stdin", "--data-dir", data],
+        "pw-bob\n",
+    );
+    assert!(add.status.success(), "{}", stderr(&add));
+
+    // Bob stays connected while the administrator looks.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bob = rt.block_on(async {
+        let tls = ClientTls::new(ServerVerification::Fingerprint(fingerprint.clone()));
+        let client = Client::connect(addr.clone(), ClientConfig::default().with_tls(tls))
+            .await
+            .unwrap();
+        client.authenticate_db("bob", "pw-bob").await.unwrap();
+        assert_eq!(client.hello("x").await.unwrap(), "Hello x");
+        client
+    });
+
+    let sessions = |user: &str, password: &str, extra: &[&str]| {
+        let mut args = vec![
+            "sessions",
+            "--server",
+            &addr,
+            "--fingerprint",
+            &fingerprint,
+            "--user",
+            user,
+            "--password-stdin",
+        ];
+        args.extend_from_slice(extra);
+        run(&args, &format!("{password}\n"))
+    };
+    let listed = sessions("admin", &admin_password, &[]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let table = stdout(&listed);
+    let mut rows = table.lines();
+    let header = rows.next().unwrap_or_default();
+    for column in ["ID", "USER", "PEER", "SINCE", "LAST ACTIVITY", "PROTOCOLS"] {
+        assert!(header.contains(column), "{table}");
+    }
+    let bob_row = table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("bob"))
+        .unwrap_or_else(|| panic!("bob is listed:\n{table}"));
+    assert!(bob_row.contains("127.0.0.1:"), "{bob_row}");
+    assert!(bob_row.contains("database_auth,hello"), "{bob_row}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("admin")),
+        "{table}"
+    );
+    let bob_id = bob_row.split_whitespace().next().unwrap().to_string();
+
+    // Bob is no administrator.
+    let refused = sessions("bob", "pw-bob", &[]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("requires role admin"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(stdout(&refused).is_empty());
+
+    let kicked = sessions("admin", &admin_password, &["--kick", &bob_id]);
+    assert!(kicked.status.success(), "{}", stderr(&kicked));
+    assert_eq!(stdout(&kicked), format!("kicked session {bob_id}\n"));
+    // Bob's client heard QUIT, then the connection closed.
+    let reason = rt.block_on(async { tokio::time::timeout(WAIT, bob.closed()).await });
+    assert_eq!(reason.expect("bob's client closes"), CloseReason::Quit);
+
+    let again = sessions("admin", &admin_password, &["--kick", &bob_id]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("no open session"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(serve.terminate().success());
+}
+
+/// `serve ARGS` with RUST_LOG=info, its stdout lines and its stderr (log) lines on channels.
+fn serve_logging(args: &[&str]) -> (Serve, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn openserver serve");
+    let pipe_lines = |pipe: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    };
+    let logs = pipe_lines(Box::new(child.stderr.take().unwrap()));
+    let lines = pipe_lines(Box::new(child.stdout.take().unwrap()));
+    (Serve { child, lines }, logs)
+}
+
+/// Waits for a log line containing every one of `needles`; returns it.
+fn wait_for_log(logs: &mpsc::Receiver<String>, needles: &[&str]) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = logs
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no log line with {needles:?}"));
+        if needles.iter().all(|n| line.contains(n)) {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn sighup_reloads_what_can_change_and_names_what_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("openserver.toml");
+    let data = dir.path().join("data");
+    let base = format!(
+        "data_dir = {:?}\n[server]\nlisten = \"127.0.0.1:0\"\n",
+        data.to_str().unwrap()
+    );
+    std::fs::write(&path, &base).unwrap();
+    let (serve, logs) = serve_logging(&["--config", path.to_str().unwrap()]);
+    let (lines, addr) = serve.until_listening();
+    let (admin_password, fingerprint) = first_start_secrets(&lines);
+    let hello = |message: &str| {
+        run(
+            &[
+                "hello",
+                "--server",
+                &addr,
+                "--fingerprint",
+                &fingerprint,
+                "--user",
+                "admin",
+                "--password-stdin",
+                message,
+            ],
+            &format!("{admin_password}\n"),
+        )
+    };
+    let big = "x".repeat(3000);
+    let ok = hello(&big);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let hup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &serve.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    };
+
+    // Smaller frames (reloadable) and a realm (needs a restart).
+    std::fs::write(
+        &path,
+        base.replace("[server]\n", "[server]\nrealm = \"CORP\"\n")
+            + "[server.limits]\nmax_frame_unauthenticated = 1024\nmax_frame_authenticated = 2048\n",
+    )
+    .unwrap();
+    hup();
+    wait_for_log(&logs, &["need a restart", "server.realm"]);
+    wait_for_log(
+        &logs,
+        &[
+            "configuration reloaded",
+            "server.limits.max_frame_authenticated",
+        ],
+    );
+    let refused = hello(&big);
+    assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
+    let small = hello("small");
+    assert_eq!(stdout(&small), "Hello small\n", "{}", stderr(&small));
+
+    // A broken file changes nothing.
+    std::fs::write(
+        &path,
+        "[server.limits]\nmax_frame_authenticated = \"lots\"\n",
+    )
+    .unwrap();
+    hup();
+    wait_for_log(&logs, &["configuration reload failed", "nothing changed"]);
+    assert_eq!(hello(&big).status.code(), Some(1));
+    let small = hello("still");
+    assert_eq!(stdout(&small), "Hello still\n", "{}", stderr(&small));
     assert!(serve.terminate().success());
 }

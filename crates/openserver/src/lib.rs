@@ -20,11 +20,12 @@
 //!   push use; `outbound.rs` is the batching writer with its write deadline; `driver.rs` is the
 //!   server's read loop with the auth gate, in-order dispatch and the idle/auth deadlines.
 //! - [`protocol`]: the [`Protocol`](protocol::Protocol) trait and the built-in protocols, one
-//!   file each (keep-alive, WinAuth, DatabaseAuth, ScramAuth, Hello).
+//!   file each (keep-alive, WinAuth, DatabaseAuth, ScramAuth, Admin, Hello).
 //! - [`auth`]: the [`UserStore`](auth::UserStore) trait, the SQLite store, argon2id hashing
 //!   and SCRAM-SHA-256.
 //! - [`tls`]: rustls configuration for both sides, certificate reload, development certificates.
-//! - The public faces: [`server`] (listener, caps, push, shutdown) and [`client`].
+//! - The public faces: [`server`] (listener, caps, push, shutdown, session events and
+//!   Prometheus metrics) and [`client`].
 //!
 //! # A server in a few lines
 //!

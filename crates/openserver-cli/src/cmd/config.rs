@@ -57,6 +57,14 @@ fn check(path: &Path) -> Result<String> {
                 .context("tls.cert / tls.key / tls.client_ca do not load")?;
         }
     }
+    if let Some(url) = &config.alerts.webhook {
+        // Loads alerts.webhook_ca, as serve does at start.
+        crate::alerts::webhook::Webhook::new(
+            url,
+            config.alerts.webhook_ca.as_deref(),
+            config.alerts.timeout,
+        )?;
+    }
     let body = toml::to_string_pretty(&config).context("cannot print the configuration")?;
     Ok(format!(
         "# Effective configuration of {}: every key, defaults filled in.\n{body}",

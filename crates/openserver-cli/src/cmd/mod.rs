@@ -2,8 +2,11 @@
 
 pub mod bench;
 pub mod config;
+pub mod connect;
 pub mod hello;
+pub mod reload;
 pub mod serve;
+pub mod sessions;
 pub mod user;
 
 use anyhow::{bail, Context as _, Result};

@@ -1,5 +1,6 @@
 //! `openserver serve`: run the server.
 
+use crate::cmd::reload::{Hangups, LogLevel, Reloader};
 use crate::config::{FileConfig, LogFormat};
 use anyhow::{Context as _, Result};
 use clap::Args;
@@ -48,6 +49,10 @@ pub struct ServeArgs {
     /// Log line format on stderr [default: `[log] format` of --config, else text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Serve Prometheus metrics on http://ADDR/metrics [default: `[metrics] listen` of
+    /// --config, else off]. No authentication: keep it on loopback or a management network.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Loads the configuration: file first, then flags.
@@ -77,12 +82,16 @@ pub fn effective_config(args: &ServeArgs) -> Result<FileConfig> {
     if let Some(format) = args.log_format {
         config.log.format = format;
     }
+    if let Some(addr) = args.metrics_listen {
+        config.metrics.listen = Some(addr);
+    }
     config.check_tls()?;
     Ok(config)
 }
 
-/// Runs the server until SIGINT or SIGTERM, then drains and returns.
-pub async fn run(config: FileConfig) -> Result<()> {
+/// Runs the server until SIGINT or SIGTERM, then drains and returns. On SIGHUP it reloads
+/// the configuration as `args` load it (`cmd::reload`); `log` changes the log level.
+pub async fn run(config: FileConfig, args: ServeArgs, log: LogLevel) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let hasher = PasswordHasher::new(config.hash.clone()).context("invalid [hash] settings")?;
@@ -99,10 +108,14 @@ pub async fn run(config: FileConfig) -> Result<()> {
     if config.auth.scram {
         builder = builder.scram();
     }
+    if config.admin.enabled {
+        builder = builder.admin(config.admin.role.clone());
+    }
     let tls = server_tls(&config)?;
+    // Registered before `listening on` is printed, so that no SIGHUP is lost.
+    let hangups = Hangups::register()?;
     if let Some(tls) = &tls {
         builder = builder.tls(tls.clone());
-        tokio::spawn(reload_on_sighup(tls.clone())?);
     } else {
         tracing::warn!("TLS is off: passwords cross the network in the clear");
     }
@@ -110,6 +123,22 @@ pub async fn run(config: FileConfig) -> Result<()> {
         .bind()
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    // Subscribed before the server runs, so no session goes unseen.
+    crate::alerts::start(&config.alerts, server.handle().events())?;
+    if let Some(addr) = config.metrics.listen {
+        let (addr, endpoint) = crate::metrics::bind(addr, server.handle().metrics()).await?;
+        tokio::spawn(endpoint);
+        // Before `listening on`, which stays the last startup line scripts wait for.
+        println!("metrics on {addr}");
+    }
+    let reloader = Reloader::new(
+        move || effective_config(&args),
+        config.clone(),
+        server.handle(),
+        tls,
+        log,
+    );
+    tokio::spawn(reloader.run(hangups));
     let shutdown = shutdown_signal()?;
     // Scripts read this line to learn the real port.
     println!("listening on {}", server.local_addr());
@@ -143,33 +172,6 @@ fn server_tls(config: &FileConfig) -> Result<Option<ServerTls>> {
     let server_tls = ServerTls::from_pem_files(&cert, &key, tls.client_ca.as_deref())?;
     println!("tls certificate sha256 {}", server_tls.fingerprint());
     Ok(Some(server_tls))
-}
-
-/// Registers a SIGHUP handler now and returns the task that re-reads the certificate and key
-/// on every SIGHUP; sessions stay up.
-#[cfg(unix)]
-fn reload_on_sighup(tls: ServerTls) -> Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    Ok(async move {
-        while hup.recv().await.is_some() {
-            match tls.reload() {
-                Ok(()) => {
-                    tracing::info!(fingerprint = %tls.fingerprint(), "TLS certificate reloaded")
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "TLS certificate reload failed; keeping the old one")
-                }
-            }
-        }
-    })
-}
-
-/// Certificate reload needs SIGHUP, which only Unix has.
-#[cfg(not(unix))]
-fn reload_on_sighup(tls: ServerTls) -> Result<impl std::future::Future<Output = ()>> {
-    let _ = tls;
-    Ok(async {})
 }
 
 /// On a first start with no users, creates `admin` with a random password and prints it once.

@@ -11,7 +11,7 @@ use crate::wire::{protocol_id, Message};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -44,17 +44,33 @@ impl Default for KeepAliveConfig {
     }
 }
 
-/// The keep-alive protocol.
+/// The keep-alive protocol. Clones share the timing, so [`set_config`](Self::set_config) on
+/// any clone changes it for the server that runs another.
 #[derive(Debug, Clone, Default)]
 pub struct KeepAlive {
-    /// Timing for every session's heartbeat.
-    config: KeepAliveConfig,
+    /// Timing for the heartbeats of sessions that start keep-alive from now on; each running
+    /// heartbeat keeps the copy it started with.
+    config: Arc<RwLock<KeepAliveConfig>>,
 }
 
 impl KeepAlive {
     /// Keep-alive with the given timing.
     pub fn new(config: KeepAliveConfig) -> Self {
-        KeepAlive { config }
+        KeepAlive {
+            config: Arc::new(RwLock::new(config)),
+        }
+    }
+
+    /// The timing sessions get when they start keep-alive.
+    pub fn config(&self) -> KeepAliveConfig {
+        // A plain Copy value: a panicked writer cannot have left it half-written.
+        *self.config.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes the timing for sessions that start keep-alive from now on (including whether
+    /// it starts at login); heartbeats already running keep theirs.
+    pub fn set_config(&self, config: KeepAliveConfig) {
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
     }
 }
 
@@ -68,12 +84,12 @@ impl Protocol for KeepAlive {
     }
 
     fn start_on_login(&self) -> bool {
-        self.config.start_on_login
+        self.config().start_on_login
     }
 
     fn new_handler(&self, session: &Session) -> Box<dyn ProtocolHandler> {
         Box::new(KeepAliveHandler {
-            heartbeat: Heartbeat::start(session.clone(), self.config),
+            heartbeat: Heartbeat::start(session.clone(), self.config()),
         })
     }
 }

@@ -4,8 +4,8 @@
 //! (or the local side starting it) creates the protocol's per-session [`ProtocolHandler`],
 //! which then receives every packet of that id in arrival order.
 //!
-//! Built in, each in its own file: [`keepalive`], [`winauth`], [`dbauth`], [`scram`] and
-//! [`hello`].
+//! Built in, each in its own file: [`keepalive`], [`winauth`], [`dbauth`], [`scram`],
+//! [`admin`] and [`hello`].
 //! Capabilities (id 0) is part of the stack itself (`session::driver`), since it answers for
 //! every other protocol.
 //!
@@ -42,6 +42,7 @@
 //! }
 //! ```
 
+pub mod admin;
 pub mod dbauth;
 pub mod hello;
 pub mod keepalive;
@@ -59,7 +60,7 @@ use std::sync::Arc;
 
 /// A protocol: an id on the wire and a factory of per-session handlers.
 pub trait Protocol: Send + Sync + 'static {
-    /// The protocol id in the first two payload bytes. Ids 0-4 and 10 are the built-ins.
+    /// The protocol id in the first two payload bytes. Ids 0-5 and 10 are the built-ins.
     fn id(&self) -> u16;
 
     /// A short name for logs.

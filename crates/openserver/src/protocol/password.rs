@@ -12,7 +12,7 @@ use crate::wire::Secret;
 /// its own condition (WinAuth's realm) without skipping the hash, so that denial costs the
 /// same time as every other.
 ///
-/// Every denial is recorded with [`Session::record_auth_failure`] (the per-connection limit and
+/// Every denial is recorded with [`Session::record_denied_login`] (the per-connection limit and
 /// the source's penalty). While the source is penalised, every attempt is denied, the right
 /// password included.
 pub(crate) async fn login(
@@ -49,7 +49,7 @@ pub(crate) async fn login(
             Ok(Some(user))
         }
         _ => {
-            let failures = session.record_auth_failure();
+            let failures = session.record_denied_login(name);
             tracing::info!(
                 session = session.id(),
                 peer = %session.peer(),

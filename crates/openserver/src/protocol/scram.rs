@@ -187,7 +187,7 @@ impl ScramHandler {
             // A proof that did not verify (fake credentials never verify), a replayed
             // client-final, or a penalised source.
             (Ok(_) | Err(ScramError::InvalidProof | ScramError::NonceMismatch), _) => {
-                let failures = session.record_auth_failure();
+                let failures = session.record_denied_login(name);
                 tracing::info!(
                     session = session.id(),
                     peer = %session.peer(),

@@ -187,10 +187,10 @@ impl Security {
     }
 }
 
-impl ServerConfig {
+impl Limits {
     /// Checks values that would make the server unusable, naming the setting.
     pub fn validate(&self) -> Result<(), String> {
-        let l = &self.limits;
+        let l = self;
         let positive = [
             ("limits.max_connections", l.max_connections),
             ("limits.max_connections_per_ip", l.max_connections_per_ip),
@@ -222,17 +222,38 @@ impl ServerConfig {
             ("limits.idle_timeout", l.idle_timeout),
             ("limits.auth_timeout", l.auth_timeout),
             ("limits.tls_handshake_timeout", l.tls_handshake_timeout),
-            ("keep_alive.interval", self.keep_alive.interval),
-            ("keep_alive.timeout", self.keep_alive.timeout),
         ];
         for (name, value) in durations {
             if value.is_zero() {
                 return Err(format!("{name} must be longer than zero"));
             }
         }
+        Ok(())
+    }
+}
+
+impl ServerConfig {
+    /// Checks values that would make the server unusable, naming the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        self.limits.validate()?;
+        validate_keep_alive(&self.keep_alive)?;
         self.security.validate()?;
         Ok(())
     }
+}
+
+/// Checks the `[server.keep_alive]` timing, naming the setting at fault.
+pub(crate) fn validate_keep_alive(keep_alive: &KeepAliveConfig) -> Result<(), String> {
+    let durations = [
+        ("keep_alive.interval", keep_alive.interval),
+        ("keep_alive.timeout", keep_alive.timeout),
+    ];
+    for (name, value) in durations {
+        if value.is_zero() {
+            return Err(format!("{name} must be longer than zero"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 use super::config::Security;
 use super::penalty::{PenaltyPolicy, PenaltyTable, Source};
 use crate::session::{lock, SessionId};
+use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -24,6 +25,8 @@ pub(crate) struct Gatekeeper {
     penalties: Mutex<PenaltyTable>,
     /// Connections accepted and not yet logged in.
     pending: Mutex<Pending>,
+    /// Failed logins that started or extended a penalty, for the metrics.
+    penalties_started: Counter,
 }
 
 /// Who holds a pre-login slot. Bounded by `max_unauthenticated`.
@@ -69,6 +72,7 @@ impl Gatekeeper {
             config,
             penalties: Mutex::new(PenaltyTable::new(policy)),
             pending: Mutex::new(Pending::default()),
+            penalties_started: Counter::default(),
         }
     }
 
@@ -93,6 +97,7 @@ impl Gatekeeper {
         let source = Source::of(ip);
         let penalty = lock(&self.penalties).record_failure(source, Instant::now());
         if !penalty.is_zero() {
+            self.penalties_started.inc();
             // One line per failed login at most, and each of those cost a password check:
             // this cannot flood the log faster than hashing allows.
             tracing::warn!(%source, ?penalty, "failed logins: source penalized");
@@ -156,6 +161,17 @@ impl Gatekeeper {
                 pending.per_source.remove(&source);
             }
         }
+    }
+
+    /// The counter of failed logins that started or extended a penalty (shares its value).
+    pub(crate) fn penalties_started(&self) -> Counter {
+        self.penalties_started.clone()
+    }
+
+    /// Sources serving a penalty now. Scans the table (at most `penalty_max_sources`
+    /// entries): for a metrics scrape, not for every connection.
+    pub(crate) fn penalized_sources(&self) -> usize {
+        lock(&self.penalties).penalized(Instant::now())
     }
 
     /// Connections holding a pre-login slot.

@@ -10,16 +10,22 @@
 //! ```
 
 mod config;
+pub(crate) mod events;
 pub(crate) mod gate;
+mod live;
+pub(crate) mod metrics;
 mod penalty;
-mod registry;
+pub(crate) mod registry;
 
 pub use config::{Limits, Security, ServerConfig, DEFAULT_PORT};
+pub use events::{RefusalReason, SessionEvent, EVENT_CAPACITY};
+pub use metrics::Metrics;
 
 use crate::auth::{User, UserStore};
+use crate::protocol::admin::Admin;
 use crate::protocol::dbauth::DatabaseAuth;
 use crate::protocol::hello::Hello;
-use crate::protocol::keepalive::KeepAlive;
+use crate::protocol::keepalive::{KeepAlive, KeepAliveConfig};
 use crate::protocol::scram::ScramAuth;
 use crate::protocol::winauth::WinAuth;
 use crate::protocol::{Protocol, ProtocolSet};
@@ -27,6 +33,8 @@ use crate::session::driver::{self, DriverContext};
 use crate::session::{lock, SendError, Session, SessionId};
 use crate::tls::ServerTls;
 use crate::wire::Frame;
+use live::{ConnectionPermit, LiveLimits, OpenConnections};
+use metrics::{SessionGauge, SessionState};
 use registry::Registry;
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,7 +44,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -54,6 +61,9 @@ pub struct ServerBuilder {
     tls: Option<ServerTls>,
     /// Whether [`scram`](Self::scram) was called; ScramAuth is added at bind, with the store.
     scram: bool,
+    /// The role of [`admin`](Self::admin), if called; Admin is added at bind, with the
+    /// session registry.
+    admin_role: Option<String>,
 }
 
 impl ServerBuilder {
@@ -97,19 +107,37 @@ impl ServerBuilder {
         self
     }
 
+    /// Adds Admin (5): users holding `role` can list every session and kick one (the
+    /// `openserver sessions` command). Others get a Capabilities ERROR `Requires role ROLE.`
+    pub fn admin(mut self, role: impl Into<String>) -> Self {
+        self.admin_role = Some(role.into());
+        self
+    }
+
     /// Binds the listening socket (with the configured backlog) and returns the server, ready
     /// to [`run`](Server::run).
     pub async fn bind(mut self) -> io::Result<Server> {
         self.config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // Kept so that ServerHandle::set_keep_alive can change it; an application's own
+        // keep-alive protocol is the application's to change.
+        let mut keep_alive = None;
         if self
             .protocols
             .get(crate::wire::protocol_id::KEEP_ALIVE)
             .is_none()
         {
+            let built_in = KeepAlive::new(self.config.keep_alive);
+            self.protocols.insert(Arc::new(built_in.clone()));
+            keep_alive = Some(built_in);
+        }
+        // Admin reads the registry directly: holding the registry, not the server, keeps
+        // the protocol set from owning the server that owns it.
+        let registry = Arc::new(Registry::default());
+        if let Some(role) = self.admin_role {
             self.protocols
-                .insert(Arc::new(KeepAlive::new(self.config.keep_alive)));
+                .insert(Arc::new(Admin::new(registry.clone(), role)));
         }
         if self.scram {
             let store = self.store.clone().ok_or_else(|| {
@@ -119,19 +147,22 @@ impl ServerBuilder {
         }
         let listener = listen(self.config.listen, self.config.limits.listen_backlog)?;
         let local_addr = listener.local_addr()?;
-        let limits = self.config.limits.clone();
+        let gate = Arc::new(gate::Gatekeeper::new(self.config.security.clone()));
         Ok(Server {
             listener,
             local_addr,
             shared: Arc::new(Shared {
-                connections: Arc::new(Semaphore::new(limits.max_connections)),
+                connections: Arc::new(OpenConnections::default()),
+                limits: LiveLimits::new(self.config.limits.clone()),
+                keep_alive,
                 ctx: DriverContext {
-                    limits,
                     log_packets: self.config.log_packets,
+                    metrics: Arc::new(metrics::ServerMetrics::new(&self.protocols, &gate)),
                     protocols: self.protocols,
-                    gate: Arc::new(gate::Gatekeeper::new(self.config.security.clone())),
+                    gate,
+                    events: events::EventBus::new(),
                 },
-                registry: Registry::default(),
+                registry,
                 next_id: AtomicU64::new(1),
                 per_ip: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
@@ -156,12 +187,16 @@ pub struct Server {
 struct Shared {
     /// Per-session settings and the protocol set.
     ctx: DriverContext,
-    /// Live sessions, for push and shutdown.
-    registry: Registry,
+    /// Frame sizes, deadlines, queue depth, caps: each connection reads them once, at accept.
+    limits: LiveLimits,
+    /// The built-in keep-alive, whose timing a running server can change.
+    keep_alive: Option<KeepAlive>,
+    /// Live sessions, for push, shutdown and Admin.
+    registry: Arc<Registry>,
     /// Source of session ids.
     next_id: AtomicU64,
-    /// One permit per open connection: the total cap.
-    connections: Arc<Semaphore>,
+    /// Open connections: the total cap.
+    connections: Arc<OpenConnections>,
     /// Open connections per address: the per-address cap.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Cancelled to start a graceful shutdown.
@@ -183,6 +218,7 @@ impl Server {
             store: None,
             tls: None,
             scram: false,
+            admin_role: None,
         }
     }
 
@@ -244,19 +280,26 @@ impl Server {
 impl Shared {
     /// Applies the connection caps and starts the connection's task. Nothing here waits.
     fn admit(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        self.note_accepted();
         // First, as the cheapest: a source penalised for failed logins gets no task, no read
         // and no password check. Debug level, since a flood would otherwise flood the log.
         let penalty = self.ctx.gate.penalty_remaining(peer.ip());
         if !penalty.is_zero() {
             tracing::debug!(%peer, ?penalty, "connection refused: source penalized for failed logins");
+            self.note_refused(peer, RefusalReason::Penalized);
             return;
         }
-        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+        // Read once: the connection keeps these limits for its whole life.
+        let limits = self.limits.current();
+        let Some(permit) = self.connections.try_open(limits.max_connections) else {
             tracing::warn!(%peer, "connection refused: max_connections reached");
+            self.note_refused(peer, RefusalReason::MaxConnections);
             return;
         };
-        let Some(mut ip_slot) = IpSlot::take(&self, peer.ip()) else {
+        let Some(mut ip_slot) = IpSlot::take(&self, peer.ip(), limits.max_connections_per_ip)
+        else {
             tracing::warn!(%peer, "connection refused: max_connections_per_ip reached");
+            self.note_refused(peer, RefusalReason::MaxConnectionsPerIp);
             return;
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -264,6 +307,7 @@ impl Shared {
             Ok(pending) => ip_slot.pending = Some(pending),
             Err(refusal) => {
                 tracing::debug!(%peer, %refusal, "connection refused before login");
+                self.note_refused(peer, refusal.into());
                 return;
             }
         }
@@ -271,7 +315,7 @@ impl Shared {
         let shared = self.clone();
         self.tasks.spawn(
             shared
-                .serve(stream, peer, id, permit, ip_slot)
+                .serve(stream, peer, id, permit, ip_slot, limits)
                 .instrument(span),
         );
     }
@@ -281,30 +325,39 @@ impl Shared {
         stream: TcpStream,
         peer: SocketAddr,
         id: SessionId,
-        _permit: OwnedSemaphorePermit,
+        _permit: ConnectionPermit,
         _ip_slot: IpSlot,
+        limits: Arc<Limits>,
     ) {
         let accepted = tokio::time::Instant::now();
         // Interactive request/response traffic: don't let Nagle hold small frames back.
         let _ = stream.set_nodelay(true);
         let Some(tls) = self.tls.clone() else {
-            return self.run_session(stream, peer, id, None, accepted).await;
+            return self
+                .run_session(stream, peer, id, None, &limits, accepted)
+                .await;
         };
+        // Until the session starts, with its own count in the gauges.
+        let handshaking = SessionGauge::new(self.ctx.metrics.clone(), SessionState::Handshaking);
         // The handshake runs here, in the connection's own task, never in the accept loop.
-        let deadline = self.ctx.limits.tls_handshake_timeout;
+        let deadline = limits.tls_handshake_timeout;
         let stream = match tokio::time::timeout(deadline, tls.acceptor().accept(stream)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 tracing::info!(error = %e, "TLS handshake failed");
+                self.note_refused(peer, RefusalReason::TlsHandshake);
                 return;
             }
             Err(_) => {
                 tracing::info!(?deadline, "TLS handshake timed out");
+                self.note_refused(peer, RefusalReason::TlsHandshake);
                 return;
             }
         };
         let user = self.certificate_login(&stream).await;
-        self.run_session(stream, peer, id, user, accepted).await
+        drop(handshaking);
+        self.run_session(stream, peer, id, user, &limits, accepted)
+            .await
     }
 
     /// Maps a verified client certificate to a user: the subject's common name is the user
@@ -342,11 +395,12 @@ impl Shared {
         peer: SocketAddr,
         id: SessionId,
         user: Option<User>,
+        limits: &Limits,
         accepted: tokio::time::Instant,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
-        let (session, queue) = Session::new(id, peer, self.ctx.limits.outbound_queue);
+        let (session, queue) = Session::new(id, peer, limits.outbound_queue);
         if let Some(user) = user {
             session.authenticate(user);
         }
@@ -356,8 +410,11 @@ impl Shared {
             session.shut_down();
         }
         tracing::info!("session opened");
-        let reason = driver::drive(stream, session.clone(), queue, &self.ctx, accepted).await;
+        self.note_opened(&session);
+        let reason =
+            driver::drive(stream, session.clone(), queue, &self.ctx, limits, accepted).await;
         self.registry.remove(id);
+        self.note_closed(&session, &reason, accepted.elapsed());
         let user = session.user().map(|u| u.name).unwrap_or_default();
         if reason.is_lost() {
             tracing::warn!(%user, %reason, "session closed: connection lost");
@@ -374,7 +431,7 @@ impl Shared {
             session.shut_down();
         }
         self.tasks.close();
-        let grace = self.ctx.limits.shutdown_grace;
+        let grace = self.limits.current().shutdown_grace;
         if tokio::time::timeout(grace, self.tasks.wait())
             .await
             .is_err()
@@ -400,10 +457,10 @@ struct IpSlot {
 }
 
 impl IpSlot {
-    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
+    fn take(shared: &Arc<Shared>, ip: IpAddr, max_per_ip: usize) -> Option<IpSlot> {
         let mut per_ip = lock(&shared.per_ip);
         let count = per_ip.entry(ip).or_insert(0);
-        if *count >= shared.ctx.limits.max_connections_per_ip {
+        if *count >= max_per_ip {
             return None;
         }
         *count += 1;
@@ -467,6 +524,49 @@ impl ServerHandle {
         self.shared
             .registry
             .push_where(&frame, Session::is_authenticated)
+    }
+
+    /// Kicks the session with this id: QUIT, then close as
+    /// [`CloseReason::Kicked`](crate::session::CloseReason::Kicked). Returns the session, or
+    /// `None` if no session with this id is open.
+    pub fn kick(&self, id: SessionId) -> Option<Session> {
+        let session = self.shared.registry.get(id)?;
+        session.kick();
+        Some(session)
+    }
+
+    /// The limits connections accepted now get.
+    pub fn limits(&self) -> Limits {
+        Limits::clone(&self.shared.limits.current())
+    }
+
+    /// Changes the limits for connections accepted from now on; open sessions keep theirs.
+    /// A lower `max_connections` or `max_connections_per_ip` refuses new connections until
+    /// enough have closed, and closes none. `shutdown_grace` applies to the next shutdown.
+    /// `listen_backlog` has no effect: the socket is already listening. Invalid limits are
+    /// refused with the setting named, and nothing changes.
+    pub fn set_limits(&self, limits: Limits) -> Result<(), String> {
+        limits.validate()?;
+        self.shared.limits.replace(limits);
+        Ok(())
+    }
+
+    /// The keep-alive timing of sessions that start keep-alive now; `None` if the
+    /// application registered its own keep-alive protocol.
+    pub fn keep_alive(&self) -> Option<KeepAliveConfig> {
+        self.shared.keep_alive.as_ref().map(KeepAlive::config)
+    }
+
+    /// Changes the keep-alive timing for sessions that start keep-alive from now on;
+    /// heartbeats already running keep theirs. Fails if the timing is invalid or if the
+    /// application registered its own keep-alive protocol (change that one directly).
+    pub fn set_keep_alive(&self, config: KeepAliveConfig) -> Result<(), String> {
+        config::validate_keep_alive(&config)?;
+        let keep_alive = self.shared.keep_alive.as_ref().ok_or_else(|| {
+            "keep-alive is the application's own protocol; change it there".to_string()
+        })?;
+        keep_alive.set_config(config);
+        Ok(())
     }
 
     /// Starts a graceful shutdown; [`Server::run`] returns once it is done.

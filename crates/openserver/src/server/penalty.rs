@@ -142,6 +142,11 @@ impl PenaltyTable {
         penalty
     }
 
+    /// Sources penalised at `now`.
+    pub(crate) fn penalized(&self, now: Instant) -> usize {
+        self.entries.values().filter(|e| e.until > now).count()
+    }
+
     /// Sources remembered now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -293,6 +298,25 @@ mod tests {
         }
         t.record_failure(Source::V4(99), now + S(3600));
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn penalized_counts_only_running_penalties() {
+        let mut t = PenaltyTable::new(policy(1, 16));
+        let now = Instant::now();
+        t.record_failure(ip("192.0.2.1"), now);
+        assert_eq!(
+            t.penalized(now),
+            0,
+            "a free failure is remembered, not penalised"
+        );
+        t.record_failure(ip("192.0.2.1"), now);
+        t.record_failure(ip("192.0.2.2"), now);
+        t.record_failure(ip("192.0.2.2"), now);
+        t.record_failure(ip("192.0.2.2"), now);
+        assert_eq!(t.penalized(now), 2);
+        assert_eq!(t.penalized(now + S(1)), 1);
+        assert_eq!(t.penalized(now + S(2)), 0);
     }
 
     #[test]

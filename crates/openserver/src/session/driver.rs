@@ -6,8 +6,10 @@
 
 use super::outbound::{self, WriterOptions};
 use super::{CloseReason, Session};
-use crate::protocol::{HandlerError, ProtocolHandler, ProtocolSet};
+use crate::protocol::{HandlerError, Protocol, ProtocolHandler, ProtocolSet};
+use crate::server::events::{EventBus, SessionEvent};
 use crate::server::gate::Gatekeeper;
+use crate::server::metrics::{ServerMetrics, SessionGauge, SessionState};
 use crate::server::Limits;
 use crate::wire::capabilities::CapabilitiesMessage;
 use crate::wire::{protocol_id, Frame, FrameCodec, FrameError, Message};
@@ -20,53 +22,58 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, Instant};
 use tokio_util::codec::FramedRead;
 
-/// What every session of a server shares.
+/// What every session of a server shares. (The limits are not here: each session gets its
+/// own copy, read at accept, so that a reload never changes them under it.)
 pub(crate) struct DriverContext {
-    /// Frame sizes, deadlines, queue depth.
-    pub limits: Limits,
     /// Log every packet in hex.
     pub log_packets: bool,
     /// The protocols this server speaks.
     pub protocols: ProtocolSet,
     /// Failed-login limits and penalties, pre-login connection slots.
     pub gate: Arc<Gatekeeper>,
+    /// Where session events go to subscribers.
+    pub events: EventBus,
+    /// The server's metrics.
+    pub metrics: Arc<ServerMetrics>,
 }
 
-/// Runs a session until it closes and returns why it closed. `accepted` is when the TCP
-/// connection was accepted: the authentication deadline counts from then.
+/// Runs a session until it closes and returns why it closed. `limits` are the session's for
+/// its whole life. `accepted` is when the TCP connection was accepted: the authentication
+/// deadline counts from then.
 pub(crate) async fn drive<S>(
     stream: S,
     session: Session,
     queue: mpsc::Receiver<Frame>,
     ctx: &DriverContext,
+    limits: &Limits,
     accepted: Instant,
 ) -> CloseReason
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     session.attach_gate(ctx.gate.clone());
+    session.attach_metrics(ctx.metrics.clone());
+    let mut gauge = SessionGauge::new(ctx.metrics.clone(), SessionState::Authenticating);
     let (reader, writer) = tokio::io::split(stream);
     let writer = tokio::spawn(outbound::write_loop(
         writer,
         queue,
         session.clone(),
         WriterOptions {
-            write_timeout: ctx.limits.write_timeout,
+            write_timeout: limits.write_timeout,
             log_packets: ctx.log_packets,
         },
     ));
-    let mut frames = FramedRead::new(
-        reader,
-        FrameCodec::new(ctx.limits.max_frame_unauthenticated),
-    );
+    let mut frames = FramedRead::new(reader, FrameCodec::new(limits.max_frame_unauthenticated));
     let mut handlers: HashMap<u16, Box<dyn ProtocolHandler>> = HashMap::new();
     if session.is_authenticated() {
         // Logged in before the first frame (client certificate).
-        on_login(ctx, &session, &mut handlers, frames.decoder_mut());
+        on_login(ctx, limits, &session, &mut handlers, frames.decoder_mut());
+        report_login(ctx, &session, &mut gauge, CERTIFICATE_LOGIN);
     }
     // Counted from accept, so a slow TLS handshake does not extend it.
-    let auth_deadline = tokio::time::sleep_until(accepted + ctx.limits.auth_timeout);
-    let idle = sleep(ctx.limits.idle_timeout);
+    let auth_deadline = tokio::time::sleep_until(accepted + limits.auth_timeout);
+    let idle = sleep(limits.idle_timeout);
     tokio::pin!(auth_deadline, idle);
 
     loop {
@@ -85,14 +92,20 @@ where
                     session.close(CloseReason::ProtocolError(e.to_string()));
                 }
                 Some(Ok(frame)) => {
-                    idle.as_mut().reset(Instant::now() + ctx.limits.idle_timeout);
+                    let now = Instant::now();
+                    session.touch(now);
+                    ctx.metrics.protocol(frame.protocol_id).received(frame.wire_len());
+                    idle.as_mut().reset(now + limits.idle_timeout);
                     if ctx.log_packets {
                         log_inbound(&frame);
                     }
                     let was_authenticated = session.is_authenticated();
+                    let (protocol, failures) = (frame.protocol_id, session.auth_failures());
                     dispatch(ctx, &session, &mut handlers, frame).await;
+                    report_denials(ctx, &session, protocol, failures);
                     if !was_authenticated && session.is_authenticated() {
-                        on_login(ctx, &session, &mut handlers, frames.decoder_mut());
+                        on_login(ctx, limits, &session, &mut handlers, frames.decoder_mut());
+                        report_login(ctx, &session, &mut gauge, protocol_name(ctx, protocol));
                     } else if !session.is_authenticated()
                         && session.auth_failures() >= ctx.gate.max_auth_failures()
                     {
@@ -114,18 +127,25 @@ where
 /// server starts itself.
 fn on_login(
     ctx: &DriverContext,
+    limits: &Limits,
     session: &Session,
     handlers: &mut HashMap<u16, Box<dyn ProtocolHandler>>,
     codec: &mut FrameCodec,
 ) {
     // The session no longer counts toward the pre-login caps.
     ctx.gate.logged_in(session.id());
-    codec.set_max_payload(ctx.limits.max_frame_authenticated);
+    codec.set_max_payload(limits.max_frame_authenticated);
     for protocol in ctx.protocols.started_on_login() {
         handlers
             .entry(protocol.id())
-            .or_insert_with(|| protocol.new_handler(session));
+            .or_insert_with(|| start_handler(protocol.as_ref(), session));
     }
+}
+
+/// Creates `protocol`'s handler for the session, and records the protocol as in use there.
+fn start_handler(protocol: &dyn Protocol, session: &Session) -> Box<dyn ProtocolHandler> {
+    session.record_protocol(protocol.id());
+    protocol.new_handler(session)
 }
 
 /// Routes one frame: Capabilities to the stack, everything else through the auth gate to its
@@ -153,8 +173,11 @@ async fn dispatch(
     }
     let handler = handlers
         .entry(id)
-        .or_insert_with(|| protocol.new_handler(session));
-    match handler.on_packet(session, frame.body).await {
+        .or_insert_with(|| start_handler(protocol.as_ref(), session));
+    let started = std::time::Instant::now();
+    let handled = handler.on_packet(session, frame.body).await;
+    ctx.metrics.protocol(id).handled(started.elapsed());
+    match handled {
         Ok(()) | Err(HandlerError::Closed) => {}
         Err(e) => {
             tracing::debug!(session = session.id(), protocol = protocol.name(), error = ?e, "handler failed");
@@ -219,5 +242,57 @@ fn log_inbound(frame: &Frame) {
         Err(e) => {
             tracing::info!(direction = "in", protocol_id = frame.protocol_id, error = %e, "packet")
         }
+    }
+}
+
+/// The `protocol` of certificate logins in events and metrics.
+const CERTIFICATE_LOGIN: &str = "client_certificate";
+
+/// The name of protocol `id`, for events and metrics about logins through it.
+fn protocol_name(ctx: &DriverContext, id: u16) -> &'static str {
+    ctx.protocols.get(id).map_or("unknown", |p| p.name())
+}
+
+/// Reports a login through `protocol`: gauges, metrics and the Authenticated event. The one
+/// place for it, so login protocols only call `Session::authenticate`.
+fn report_login(
+    ctx: &DriverContext,
+    session: &Session,
+    gauge: &mut SessionGauge,
+    protocol: &'static str,
+) {
+    gauge.enter(SessionState::Authenticated);
+    ctx.metrics.auth_succeeded(protocol);
+    if !ctx.events.is_observed() {
+        return;
+    }
+    if let Some(user) = session.user() {
+        ctx.events.publish(|| SessionEvent::Authenticated {
+            id: session.id(),
+            peer: session.peer(),
+            user,
+            protocol,
+        });
+    }
+}
+
+/// Reports the logins protocol `id` denied while handling one packet (the session's failure
+/// count went up from `before`): metrics and AuthFailed events. Login protocols only record
+/// the denial on the session.
+fn report_denials(ctx: &DriverContext, session: &Session, id: u16, before: u32) {
+    let denied = session.auth_failures().saturating_sub(before);
+    if denied == 0 {
+        return;
+    }
+    let protocol = protocol_name(ctx, id);
+    let user = session.take_denied_login().unwrap_or_default();
+    for _ in 0..denied {
+        ctx.metrics.auth_failed(protocol);
+        ctx.events.publish(|| SessionEvent::AuthFailed {
+            id: session.id(),
+            peer: session.peer(),
+            user: user.clone(),
+            protocol,
+        });
     }
 }

@@ -9,16 +9,18 @@
 
 pub(crate) mod driver;
 pub(crate) mod outbound;
+mod telemetry;
 
 use crate::auth::User;
 use crate::server::gate::Gatekeeper;
 use crate::wire::keepalive::KeepAliveMessage;
 use crate::wire::{Frame, Message};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Identifies a session for the lifetime of the process.
@@ -32,8 +34,10 @@ pub enum CloseReason {
     Quit,
     /// The peer closed the TCP connection.
     PeerClosed,
-    /// This side closed the session on purpose (client `quit`, an administrator's kick).
+    /// This side closed the session on purpose (client `quit`, the application).
     Local,
+    /// An administrator closed the session ([`Session::kick`], the Admin protocol).
+    Kicked,
     /// No frame arrived within the idle timeout.
     Idle,
     /// The peer did not authenticate within the deadline.
@@ -60,6 +64,7 @@ impl CloseReason {
             CloseReason::Quit => "quit",
             CloseReason::PeerClosed => "peer_closed",
             CloseReason::Local => "local",
+            CloseReason::Kicked => "kicked",
             CloseReason::Idle => "idle",
             CloseReason::AuthTimeout => "auth_timeout",
             CloseReason::AuthFailures => "auth_failures",
@@ -115,6 +120,14 @@ struct Inner {
     peer: SocketAddr,
     /// When the connection was accepted.
     since: SystemTime,
+    /// `since` on the monotonic clock: the base of `last_frame_ms`.
+    started: Instant,
+    /// Milliseconds from `started` to the last frame from the peer: one relaxed store per
+    /// frame, so the read loop pays almost nothing for it.
+    last_frame_ms: AtomicU64,
+    /// Ids of the protocols whose handler runs on this session, ascending. Written only when
+    /// the driver creates a handler, a few times per session.
+    protocols: Mutex<Vec<u16>>,
     /// Set once authentication succeeds; gates application protocols.
     user: Mutex<Option<User>>,
     /// Denied logins so far, counted by [`Session::record_auth_failure`].
@@ -128,6 +141,8 @@ struct Inner {
     closing: CancellationToken,
     /// The first close reason recorded.
     reason: Mutex<Option<CloseReason>>,
+    /// The server's metrics, and the name of the last denied login for its events.
+    telemetry: telemetry::Telemetry,
 }
 
 impl Session {
@@ -143,12 +158,16 @@ impl Session {
                 id,
                 peer,
                 since: SystemTime::now(),
+                started: Instant::now(),
+                last_frame_ms: AtomicU64::new(0),
+                protocols: Mutex::new(Vec::new()),
                 user: Mutex::new(None),
                 auth_failures: AtomicU32::new(0),
                 gate: OnceLock::new(),
                 outbound: tx,
                 closing: CancellationToken::new(),
                 reason: Mutex::new(None),
+                telemetry: telemetry::Telemetry::default(),
             }),
         };
         (session, rx)
@@ -169,6 +188,36 @@ impl Session {
         self.inner.since
     }
 
+    /// When the last frame arrived from the peer, to the millisecond; the accept time until
+    /// one has. Kept by the server's read loop (a client session always answers `since`).
+    pub fn last_activity(&self) -> SystemTime {
+        let ms = self.inner.last_frame_ms.load(Ordering::Relaxed);
+        self.inner.since + Duration::from_millis(ms)
+    }
+
+    /// Records that a frame arrived at `now`.
+    pub(crate) fn touch(&self, now: Instant) {
+        // u64 milliseconds outlast any session; the cast cannot truncate in practice.
+        let ms = now
+            .saturating_duration_since(self.inner.started)
+            .as_millis() as u64;
+        self.inner.last_frame_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The protocols in use: the ids of those the server has started for this session (on
+    /// their first packet, or at login), ascending. Capabilities is not listed.
+    pub fn protocols(&self) -> Vec<u16> {
+        lock(&self.inner.protocols).clone()
+    }
+
+    /// Records that the protocol `id` now runs on this session.
+    pub(crate) fn record_protocol(&self, id: u16) {
+        let mut protocols = lock(&self.inner.protocols);
+        if let Err(at) = protocols.binary_search(&id) {
+            protocols.insert(at, id);
+        }
+    }
+
     /// The authenticated user, if any.
     pub fn user(&self) -> Option<User> {
         lock(&self.inner.user).clone()
@@ -185,9 +234,10 @@ impl Session {
         *lock(&self.inner.user) = Some(user);
     }
 
-    /// Records one denied login. **Every login protocol calls this once per denied attempt,
-    /// before sending the denial**, whatever the cause (unknown user, wrong password, bad
-    /// proof, penalised source). It
+    /// Records one denied login. **Every login protocol calls this (or
+    /// [`record_denied_login`](Self::record_denied_login), which also names the user tried in
+    /// the server's events) once per denied attempt, before sending the denial**, whatever
+    /// the cause (unknown user, wrong password, bad proof, penalised source). It
     ///
     /// - counts toward `security.max_auth_failures`: when the handler returns, the server
     ///   closes a session that has reached the limit ([`CloseReason::AuthFailures`]), after
@@ -281,8 +331,18 @@ impl Session {
 
     /// Announces the end to the peer with QUIT, then closes as [`CloseReason::Shutdown`].
     pub fn shut_down(&self) {
+        self.quit_and_close(CloseReason::Shutdown);
+    }
+
+    /// An administrator's kick: QUIT to the peer, then close as [`CloseReason::Kicked`].
+    pub fn kick(&self) {
+        self.quit_and_close(CloseReason::Kicked);
+    }
+
+    fn quit_and_close(&self, reason: CloseReason) {
+        // Without waiting: a full queue means the peer is not reading, and it loses the QUIT.
         let _ = self.try_send(KeepAliveMessage::Quit.to_frame());
-        self.close(CloseReason::Shutdown);
+        self.close(reason);
     }
 
     /// Whether the session is closing or closed.
@@ -332,6 +392,34 @@ mod tests {
         s.close(CloseReason::Shutdown);
         assert_eq!(s.close_reason(), Some(CloseReason::Idle));
         assert_eq!(s.try_send(Frame::new(1, vec![1u8])), Err(SendError::Closed));
+    }
+
+    #[test]
+    fn kick_sends_quit_then_closes() {
+        let (s, mut rx) = session(4);
+        s.kick();
+        assert_eq!(s.close_reason(), Some(CloseReason::Kicked));
+        assert_eq!(CloseReason::Kicked.label(), "kicked");
+        assert!(!CloseReason::Kicked.is_lost());
+        assert_eq!(rx.try_recv().unwrap(), KeepAliveMessage::Quit.to_frame());
+    }
+
+    #[test]
+    fn protocols_are_kept_sorted_once_each() {
+        let (s, _rx) = session(1);
+        for id in [10, 3, 10, 1] {
+            s.record_protocol(id);
+        }
+        assert_eq!(s.protocols(), vec![1, 3, 10]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn last_activity_follows_touches() {
+        let (s, _rx) = session(1);
+        assert_eq!(s.last_activity(), s.since());
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        s.touch(Instant::now());
+        assert_eq!(s.last_activity(), s.since() + Duration::from_millis(1500));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! the peer stopped reading: the session closes as a slow consumer instead of buffering more.
 
 use super::{CloseReason, Session};
+use crate::server::metrics::ServerMetrics;
 use crate::wire::Frame;
 use bytes::BytesMut;
 use std::time::Duration;
@@ -33,6 +34,9 @@ pub(crate) async fn write_loop<W>(
     W: AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::with_capacity(8 * 1024);
+    // Server sessions count what they send; the driver attached the metrics before this task.
+    let metrics = session.metrics().cloned();
+    let metrics = metrics.as_deref();
     loop {
         let first = tokio::select! {
             biased;
@@ -40,14 +44,14 @@ pub(crate) async fn write_loop<W>(
             () = session.closed() => None,
         };
         let Some(first) = first else { break };
-        if let Err(reason) = encode(&mut buf, first, &options) {
+        if let Err(reason) = encode(&mut buf, first, &options, metrics) {
             session.close(reason);
             break;
         }
         while buf.len() < BATCH_BYTES {
             match queue.try_recv() {
                 Ok(frame) => {
-                    if let Err(reason) = encode(&mut buf, frame, &options) {
+                    if let Err(reason) = encode(&mut buf, frame, &options, metrics) {
                         session.close(reason);
                         break;
                     }
@@ -62,7 +66,7 @@ pub(crate) async fn write_loop<W>(
     }
     // Closing: what was queued before the close (a QUIT, a last answer) still goes out.
     while let Ok(frame) = queue.try_recv() {
-        if encode(&mut buf, frame, &options).is_err() {
+        if encode(&mut buf, frame, &options, metrics).is_err() {
             break;
         }
     }
@@ -74,11 +78,19 @@ pub(crate) async fn write_loop<W>(
     }
 }
 
-fn encode(buf: &mut BytesMut, frame: Frame, options: &WriterOptions) -> Result<(), CloseReason> {
+fn encode(
+    buf: &mut BytesMut,
+    frame: Frame,
+    options: &WriterOptions,
+    metrics: Option<&ServerMetrics>,
+) -> Result<(), CloseReason> {
     let start = buf.len();
     frame
         .encode_into(buf)
         .map_err(|e| CloseReason::ProtocolError(e.to_string()))?;
+    if let Some(metrics) = metrics {
+        metrics.protocol(frame.protocol_id).sent(buf.len() - start);
+    }
     if options.log_packets {
         tracing::info!(
             direction = "out",

@@ -5,10 +5,11 @@
 //! - [`primitives`]: the .NET `BinaryWriter` conventions every message body uses
 //!   (little-endian integers, 7-bit-length UTF-8 strings, arrays, ticks).
 //! - One file per built-in protocol with its typed messages: [`capabilities`], [`keepalive`],
-//!   [`winauth`], [`dbauth`], [`scram`] and [`hello`].
+//!   [`winauth`], [`dbauth`], [`scram`], [`admin`] and [`hello`].
 //!
 //! `docs/PROTOCOL.md` describes the same format for client authors.
 
+pub mod admin;
 pub mod capabilities;
 pub mod codec;
 pub mod dbauth;
@@ -35,6 +36,8 @@ pub mod protocol_id {
     pub const DATABASE_AUTH: u16 = 0x0003;
     /// SCRAM-SHA-256 login, the password never sent ("ScramAuth"). Not registered by default.
     pub const SCRAM_AUTH: u16 = 0x0004;
+    /// Session administration: list sessions, kick one (openserver only; admin role).
+    pub const ADMIN: u16 = 0x0005;
     /// The sample application protocol: the server answers `"Hello " + s`.
     pub const HELLO: u16 = 0x000A;
 }

@@ -1,0 +1,369 @@
+//! Alerts on lost connections: the administrator hears about a lost client before the
+//! application notices.
+//!
+//! A task follows the server's [`SessionEvent`]s. A session that closes for a reason in
+//! `alerts.on` (by default the two that mean a lost connection: `keep_alive_lost` and
+//! `io_error`), for a user in `alerts.users` or holding a role in `alerts.roles` (both empty:
+//! everybody), becomes an [`Alert`]. The [`limiter`] lets `max_per_minute` of them through
+//! and folds the rest into one summary per `summary_interval`. Each sink (`webhook.rs`,
+//! `command.rs`) has its own task and bounded queue, so a slow sink delays neither the
+//! server nor the other sink.
+
+pub mod command;
+pub mod limiter;
+pub mod payload;
+pub mod webhook;
+
+use anyhow::{bail, Result};
+use command::CommandSink;
+use limiter::{Limiter, Verdict};
+use openserver::auth::User;
+use openserver::server::SessionEvent;
+use openserver::session::CloseReason;
+use payload::{Alert, SessionAlert};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use webhook::Webhook;
+
+/// Alerts waiting for one sink. Alerts are rate-limited, so this many means the sink has
+/// been stuck for minutes; more are dropped (and logged).
+const SINK_QUEUE: usize = 64;
+
+/// The close reasons `alerts.on` accepts: [`CloseReason::label`] of each.
+pub const CLOSE_REASONS: [&str; 12] = [
+    "quit",
+    "peer_closed",
+    "local",
+    "kicked",
+    "idle",
+    "auth_timeout",
+    "auth_failures",
+    "keep_alive_lost",
+    "slow_consumer",
+    "protocol_error",
+    "io_error",
+    "shutdown",
+];
+
+/// `[alerts]`: where alerts go, about what, how many.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// `http://` or `https://` URL that each alert is POSTed to as JSON; absent: none.
+    pub webhook: Option<String>,
+    /// CA certificates (PEM) trusted for an `https` webhook instead of the system's.
+    pub webhook_ca: Option<PathBuf>,
+    /// Program and arguments run once per alert; empty: none.
+    pub command: Vec<String>,
+    /// Close reasons that alert.
+    pub on: Vec<String>,
+    /// Only sessions of these users (with `roles`: of these users or roles).
+    pub users: Vec<String>,
+    /// Only sessions of users holding one of these roles.
+    pub roles: Vec<String>,
+    /// Single alerts in any 60 seconds; the rest go into summaries. 0: summaries only.
+    pub max_per_minute: u32,
+    /// How long a summary gathers what the rate limit holds back.
+    #[serde(with = "humantime_serde")]
+    pub summary_interval: Duration,
+    /// Bound on one webhook attempt, and on one run of the command.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhook: None,
+            webhook_ca: None,
+            command: Vec::new(),
+            on: vec!["keep_alive_lost".into(), "io_error".into()],
+            users: Vec::new(),
+            roles: Vec::new(),
+            max_per_minute: 10,
+            summary_interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// Checks the values; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(url) = &self.webhook {
+            webhook::parse_url(url)?;
+        }
+        if self.webhook_ca.is_some() && self.webhook.is_none() {
+            bail!("alerts.webhook_ca is set but alerts.webhook is not");
+        }
+        if self.command.first().is_some_and(|p| p.trim().is_empty()) {
+            bail!("alerts.command must start with a program");
+        }
+        if let Some(bad) = self
+            .on
+            .iter()
+            .find(|r| !CLOSE_REASONS.contains(&r.as_str()))
+        {
+            bail!(
+                "alerts.on: unknown close reason {bad:?} (known: {})",
+                CLOSE_REASONS.join(", ")
+            );
+        }
+        if self.summary_interval.is_zero() {
+            bail!("alerts.summary_interval must be longer than zero");
+        }
+        if self.timeout.is_zero() {
+            bail!("alerts.timeout must be longer than zero");
+        }
+        Ok(())
+    }
+
+    /// Whether any sink is configured.
+    pub fn enabled(&self) -> bool {
+        self.webhook.is_some() || !self.command.is_empty()
+    }
+}
+
+/// Which closed sessions alert.
+#[derive(Debug, Clone)]
+struct Filter {
+    on: HashSet<String>,
+    users: HashSet<String>,
+    roles: HashSet<String>,
+}
+
+impl Filter {
+    fn new(config: &AlertsConfig) -> Self {
+        Filter {
+            on: config.on.iter().cloned().collect(),
+            users: config.users.iter().cloned().collect(),
+            roles: config.roles.iter().cloned().collect(),
+        }
+    }
+
+    fn matches(&self, reason: &CloseReason, user: Option<&User>) -> bool {
+        if !self.on.contains(reason.label()) {
+            return false;
+        }
+        if self.users.is_empty() && self.roles.is_empty() {
+            return true;
+        }
+        user.is_some_and(|u| {
+            self.users.contains(&u.name) || u.roles.iter().any(|r| self.roles.contains(r))
+        })
+    }
+}
+
+/// Starts the alert tasks on `events` if a sink is configured. Call before the server runs,
+/// so no event is missed. Fails on a configuration that cannot work (an unreadable
+/// `webhook_ca`).
+pub fn start(config: &AlertsConfig, events: broadcast::Receiver<SessionEvent>) -> Result<()> {
+    if !config.enabled() {
+        return Ok(());
+    }
+    let mut sinks = Vec::new();
+    if let Some(url) = &config.webhook {
+        let hook = Webhook::new(url, config.webhook_ca.as_deref(), config.timeout)?;
+        let (tx, rx) = mpsc::channel(SINK_QUEUE);
+        tokio::spawn(hook.run(rx));
+        sinks.push(("webhook", tx));
+    }
+    if !config.command.is_empty() {
+        let command = CommandSink::new(config.command.clone(), config.timeout);
+        let (tx, rx) = mpsc::channel(SINK_QUEUE);
+        tokio::spawn(command.run(rx));
+        sinks.push(("command", tx));
+    }
+    let dispatcher = Dispatcher {
+        filter: Filter::new(config),
+        limiter: Limiter::new(config.max_per_minute, config.summary_interval),
+        sinks,
+    };
+    tokio::spawn(dispatcher.run(events));
+    tracing::info!(
+        webhook = config.webhook.as_deref().unwrap_or(""),
+        command = config.command.first().map_or("", String::as_str),
+        on = ?config.on,
+        "alerts on"
+    );
+    Ok(())
+}
+
+/// Turns events into alerts and hands them to the sinks.
+struct Dispatcher {
+    filter: Filter,
+    limiter: Limiter,
+    sinks: Vec<(&'static str, mpsc::Sender<Alert>)>,
+}
+
+impl Dispatcher {
+    async fn run(mut self, mut events: broadcast::Receiver<SessionEvent>) {
+        loop {
+            let due = self.limiter.due();
+            // Far enough to never fire; the branch is disabled without a due summary anyway.
+            let wake = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(event) => self.on_event(event),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "alerts fell behind the server's session events; the next summary counts them");
+                        self.limiter.missed(Instant::now(), n);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                () = tokio::time::sleep_until(wake), if due.is_some() => self.flush(),
+            }
+        }
+        // The server is gone: what was held still goes out.
+        self.flush();
+    }
+
+    fn on_event(&mut self, event: SessionEvent) {
+        let SessionEvent::Closed {
+            id,
+            peer,
+            user,
+            reason,
+            duration,
+            ..
+        } = event
+        else {
+            return;
+        };
+        if !self.filter.matches(&reason, user.as_ref()) {
+            return;
+        }
+        let name = user.as_ref().map(|u| u.name.as_str());
+        match self.limiter.offer(Instant::now(), reason.label(), name) {
+            Verdict::Send => {
+                let alert = SessionAlert::new(
+                    id,
+                    peer,
+                    user.as_ref(),
+                    &reason,
+                    duration,
+                    SystemTime::now(),
+                );
+                self.dispatch(Alert::Session(alert));
+            }
+            Verdict::Held => {}
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(summary) = self.limiter.take_summary(Instant::now(), SystemTime::now()) {
+            self.dispatch(Alert::Summary(summary));
+        }
+    }
+
+    fn dispatch(&self, alert: Alert) {
+        for (sink, queue) in &self.sinks {
+            if queue.try_send(alert.clone()).is_err() {
+                tracing::error!(
+                    sink,
+                    alert = alert.describe(),
+                    "alert sink is stuck (queue full); alert dropped"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, roles: &[&str]) -> User {
+        User {
+            id: 1,
+            name: name.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_alert_on_lost_connections_for_everybody() {
+        let config = AlertsConfig::default();
+        assert!(!config.enabled());
+        config.validate().unwrap();
+        let f = Filter::new(&config);
+        assert!(f.matches(&CloseReason::KeepAliveLost, None));
+        assert!(f.matches(&CloseReason::Io("reset".into()), Some(&user("a", &[]))));
+        assert!(!f.matches(&CloseReason::Quit, Some(&user("a", &[]))));
+        assert!(!f.matches(&CloseReason::Idle, None));
+    }
+
+    #[test]
+    fn users_and_roles_narrow_it_down() {
+        let config = AlertsConfig {
+            users: vec!["alice".into()],
+            roles: vec!["field".into()],
+            ..AlertsConfig::default()
+        };
+        let f = Filter::new(&config);
+        let lost = CloseReason::KeepAliveLost;
+        assert!(f.matches(&lost, Some(&user("alice", &[]))));
+        assert!(f.matches(&lost, Some(&user("bob", &["ops", "field"]))));
+        assert!(!f.matches(&lost, Some(&user("bob", &["ops"]))));
+        assert!(!f.matches(&lost, None));
+    }
+
+    #[test]
+    fn every_close_reason_label_is_known() {
+        let reasons = [
+            CloseReason::Quit,
+            CloseReason::PeerClosed,
+            CloseReason::Local,
+            CloseReason::Kicked,
+            CloseReason::Idle,
+            CloseReason::AuthTimeout,
+            CloseReason::AuthFailures,
+            CloseReason::KeepAliveLost,
+            CloseReason::SlowConsumer,
+            CloseReason::ProtocolError(String::new()),
+            CloseReason::Io(String::new()),
+            CloseReason::Shutdown,
+        ];
+        assert_eq!(reasons.map(|r| r.label()), CLOSE_REASONS);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let check = |config: AlertsConfig, key: &str| {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        };
+        check(
+            AlertsConfig {
+                on: vec!["keepalive_lost".into()],
+                ..AlertsConfig::default()
+            },
+            "alerts.on",
+        );
+        check(
+            AlertsConfig {
+                webhook: Some("ftp://x".into()),
+                ..AlertsConfig::default()
+            },
+            "alerts.webhook",
+        );
+        check(
+            AlertsConfig {
+                summary_interval: Duration::ZERO,
+                ..AlertsConfig::default()
+            },
+            "alerts.summary_interval",
+        );
+        check(
+            AlertsConfig {
+                command: vec![String::new()],
+                ..AlertsConfig::default()
+            },
+            "alerts.command",
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! `openserver sessions`: list a running server's sessions, or kick one, over the Admin
+//! protocol (5) as a user holding the server's admin role.
+
+use crate::cmd::connect::{connect_and_login, ConnectArgs};
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use openserver::client::{Client, ClientError};
+use openserver::wire::admin::{AdminMessage, SessionInfo};
+use openserver::wire::{protocol_id, Message};
+use std::time::{Duration, SystemTime};
+
+/// Arguments of `openserver sessions`.
+#[derive(Args, Debug)]
+pub struct SessionsArgs {
+    /// Where to connect and how to log in (as a user with the server's admin role).
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Close the session with this id instead of listing: it gets QUIT, then the connection
+    /// closes (reason `kicked`).
+    #[arg(long, value_name = "ID")]
+    pub kick: Option<u64>,
+}
+
+/// Lists the sessions as a table, or kicks one.
+pub async fn run(args: SessionsArgs) -> Result<()> {
+    let client = connect_and_login(&args.connect).await?;
+    let outcome = match args.kick {
+        None => list(&client, &args.connect).await,
+        Some(id) => kick(&client, &args.connect, id).await,
+    };
+    client.quit().await;
+    outcome
+}
+
+async fn list(client: &Client, connect: &ConnectArgs) -> Result<()> {
+    match request(client, connect, AdminMessage::List).await? {
+        AdminMessage::Sessions(sessions) => {
+            print!("{}", table(&sessions, SystemTime::now()));
+            Ok(())
+        }
+        other => bail!("unexpected answer from the server: {other:?}"),
+    }
+}
+
+async fn kick(client: &Client, connect: &ConnectArgs, id: u64) -> Result<()> {
+    match request(client, connect, AdminMessage::Kick { session_id: id }).await? {
+        AdminMessage::Kicked { .. } => {
+            println!("kicked session {id}");
+            Ok(())
+        }
+        AdminMessage::NotFound { .. } => bail!("no open session with id {id}"),
+        other => bail!("unexpected answer from the server: {other:?}"),
+    }
+}
+
+/// One Admin request; the server's refusals become errors an operator can act on.
+async fn request(
+    client: &Client,
+    connect: &ConnectArgs,
+    message: AdminMessage,
+) -> Result<AdminMessage> {
+    match client
+        .request(protocol_id::ADMIN, message.to_frame().body)
+        .await
+    {
+        Ok(body) => AdminMessage::decode(&body).context("malformed answer from the server"),
+        Err(ClientError::Remote { message, .. }) if message.starts_with("Requires role") => {
+            // "Requires role admin." -> "requires role admin"
+            let reason = message.trim_end_matches('.').replacen('R', "r", 1);
+            bail!(
+                "user {:?} may not administer sessions on {}: {reason}",
+                connect.user,
+                connect.server
+            )
+        }
+        Err(ClientError::Remote { message, .. }) if message.starts_with("Protocol ") => bail!(
+            "{} does not offer session administration (protocol 5; `[admin] enabled` in its \
+             configuration)",
+            connect.server
+        ),
+        Err(e) => Err(e).context("admin request failed"),
+    }
+}
+
+/// The sessions as an aligned table, one line per session under a header.
+fn table(sessions: &[SessionInfo], now: SystemTime) -> String {
+    let header = ["ID", "USER", "PEER", "SINCE", "LAST ACTIVITY", "PROTOCOLS"].map(String::from);
+    let rows: Vec<[String; 6]> = sessions
+        .iter()
+        .map(|s| {
+            [
+                s.id.to_string(),
+                if s.user.is_empty() {
+                    "-".into()
+                } else {
+                    s.user.clone()
+                },
+                s.peer.clone(),
+                humantime::format_rfc3339_seconds(s.since).to_string(),
+                ago(s.last_activity, now),
+                s.protocols
+                    .iter()
+                    .map(|id| protocol_name(*id))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// How long before `now` `then` was, in whole seconds ("0s ago" for a clock behind the
+/// server's).
+fn ago(then: SystemTime, now: SystemTime) -> String {
+    let secs = now.duration_since(then).unwrap_or_default().as_secs();
+    format!(
+        "{} ago",
+        humantime::format_duration(Duration::from_secs(secs))
+    )
+}
+
+/// The name the server's logs use for a built-in protocol; other ids as numbers.
+fn protocol_name(id: u16) -> String {
+    match id {
+        protocol_id::KEEP_ALIVE => "keep_alive".into(),
+        protocol_id::WIN_AUTH => "win_auth".into(),
+        protocol_id::DATABASE_AUTH => "database_auth".into(),
+        protocol_id::SCRAM_AUTH => "scram_auth".into(),
+        protocol_id::ADMIN => "admin".into(),
+        protocol_id::HELLO => "hello".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_aligned() {
+        let since = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let sessions = [
+            SessionInfo {
+                id: 1,
+                user: "admin".into(),
+                peer: "127.0.0.1:50000".into(),
+                since,
+                last_activity: since + Duration::from_secs(50),
+                protocols: vec![3, 5],
+            },
+            SessionInfo {
+                id: 12,
+                user: String::new(),
+                peer: "[::1]:6".into(),
+                since,
+                last_activity: since,
+                protocols: vec![0x0100],
+            },
+        ];
+        let text = table(&sessions, since + Duration::from_secs(125));
+        assert_eq!(
+            text,
+            "ID  USER   PEER             SINCE                 LAST ACTIVITY  PROTOCOLS\n\
+             1   admin  127.0.0.1:50000  2023-11-14T22:13:20Z  1m 15s ago     database_auth,admin\n\
+             12  -      [::1]:6          2023-11-14T22:13:20Z  2m 5s ago      256\n"
+        );
+        assert_eq!(ago(since + Duration::from_secs(9), since), "0s ago");
+    }
+}

@@ -1,0 +1,604 @@
+//! Prometheus metrics of a server: sessions by state, connections accepted, refused and
+//! closed, logins, traffic and handler latency per protocol, penalties, outbound queues.
+//!
+//! [`ServerHandle::metrics`] returns a [`Metrics`] that renders them in the Prometheus text
+//! format or in OpenMetrics; `docs/OPERATIONS.md` lists every metric.
+//!
+//! The per-frame path is a few relaxed atomic adds on handles resolved when the server was
+//! built: a binary search over the registered protocol ids picks them, no label is hashed and
+//! no lock taken. Values that would cost every frame to keep (queue depths, penalised
+//! sources) are sampled when scraped instead.
+
+use super::events::RefusalReason;
+use super::gate::Gatekeeper;
+use super::{ServerHandle, Shared};
+use crate::protocol::ProtocolSet;
+use crate::session::CloseReason;
+use crate::wire::protocol_id;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Registry, Unit};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One static label, such as `reason="quit"`.
+type Label = [(&'static str, &'static str); 1];
+/// One label computed at build time, such as `protocol_id="10"`.
+type OwnedLabel = [(&'static str, String); 1];
+
+/// Close reasons shown from the start, at zero (others appear when first seen).
+const CLOSE_REASONS: [&str; 12] = [
+    "quit",
+    "peer_closed",
+    "local",
+    "kicked",
+    "idle",
+    "auth_timeout",
+    "auth_failures",
+    "keep_alive_lost",
+    "slow_consumer",
+    "protocol_error",
+    "io_error",
+    "shutdown",
+];
+
+/// Where a session is on its way in; each open connection counts in exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionState {
+    /// Accepted, TLS handshake under way.
+    Handshaking,
+    /// A session, not logged in yet.
+    Authenticating,
+    /// Logged in.
+    Authenticated,
+}
+
+impl SessionState {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The server's metrics and the registry that renders them.
+pub(crate) struct ServerMetrics {
+    registry: Registry,
+    /// Indexed by [`SessionState::index`].
+    sessions: [Gauge; 3],
+    accepted: Counter,
+    refused: Family<Label, Counter>,
+    closed: Family<Label, Counter>,
+    auth_successes: Family<Label, Counter>,
+    auth_failures: Family<Label, Counter>,
+    /// Sorted by id, for binary search.
+    protocols: Box<[(u16, ProtocolMetrics)]>,
+    /// Frames of ids the server has not registered: one series, whatever a peer sends.
+    other: ProtocolMetrics,
+    /// Sampled at scrape.
+    penalized_sources: Gauge,
+    queued_frames: Gauge,
+    deepest_queue: Gauge,
+}
+
+/// One protocol id's traffic and handler latency.
+pub(crate) struct ProtocolMetrics {
+    frames_in: Counter,
+    bytes_in: Counter,
+    frames_out: Counter,
+    bytes_out: Counter,
+    handler: LatencyHistogram,
+}
+
+impl ProtocolMetrics {
+    /// A frame of `wire_len` bytes (header included) arrived.
+    pub(crate) fn received(&self, wire_len: usize) {
+        self.frames_in.inc();
+        self.bytes_in.inc_by(wire_len as u64);
+    }
+
+    /// A frame of `wire_len` bytes (header included) was queued for the socket.
+    pub(crate) fn sent(&self, wire_len: usize) {
+        self.frames_out.inc();
+        self.bytes_out.inc_by(wire_len as u64);
+    }
+
+    /// The protocol's handler took `elapsed` over one packet.
+    pub(crate) fn handled(&self, elapsed: Duration) {
+        self.handler.observe(elapsed);
+    }
+}
+
+impl ServerMetrics {
+    /// Metrics for a server speaking `protocols`, with `gate`'s penalties.
+    pub(crate) fn new(protocols: &ProtocolSet, gate: &Gatekeeper) -> Self {
+        let mut registry = Registry::with_prefix("openserver");
+
+        let states: Family<Label, Gauge> = Family::default();
+        let sessions = ["handshaking", "authenticating", "authenticated"]
+            .map(|state| states.get_or_create_owned(&[("state", state)]));
+        registry.register(
+            "sessions",
+            "Open connections by state: handshaking (TLS), authenticating (not logged in yet), authenticated",
+            states,
+        );
+
+        let accepted = Counter::default();
+        registry.register(
+            "connections_accepted",
+            "TCP connections accepted, before any cap is checked",
+            accepted.clone(),
+        );
+        let refused = Family::<Label, Counter>::default();
+        for reason in RefusalReason::ALL {
+            refused.get_or_create_owned(&[("reason", reason.label())]);
+        }
+        registry.register(
+            "connections_refused",
+            "Connections closed before becoming a session, by the cap or check that refused them",
+            refused.clone(),
+        );
+        let closed = Family::<Label, Counter>::default();
+        for reason in CLOSE_REASONS {
+            closed.get_or_create_owned(&[("reason", reason)]);
+        }
+        registry.register(
+            "sessions_closed",
+            "Sessions closed, by reason",
+            closed.clone(),
+        );
+
+        let auth_successes = Family::<Label, Counter>::default();
+        let auth_failures = Family::<Label, Counter>::default();
+        let login_protocols = protocols
+            .ids()
+            .into_iter()
+            .filter_map(|id| protocols.get(id))
+            .filter(|p| !p.requires_auth() && p.id() != protocol_id::KEEP_ALIVE);
+        for protocol in login_protocols {
+            auth_successes.get_or_create_owned(&[("protocol", protocol.name())]);
+            auth_failures.get_or_create_owned(&[("protocol", protocol.name())]);
+        }
+        registry.register(
+            "auth_successes",
+            "Successful logins, by login protocol (or client_certificate)",
+            auth_successes.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Denied logins, by login protocol",
+            auth_failures.clone(),
+        );
+
+        let frames_in = Family::<OwnedLabel, Counter>::default();
+        let bytes_in = Family::<OwnedLabel, Counter>::default();
+        let frames_out = Family::<OwnedLabel, Counter>::default();
+        let bytes_out = Family::<OwnedLabel, Counter>::default();
+        let handler = Family::<OwnedLabel, LatencyHistogram>::default();
+        // Capabilities and unknown ids never reach a protocol handler: their latency
+        // histogram is kept out of the registry rather than shown empty.
+        let handles = |label: String, has_handler: bool| {
+            let label = [("protocol_id", label)];
+            ProtocolMetrics {
+                frames_in: frames_in.get_or_create_owned(&label),
+                bytes_in: bytes_in.get_or_create_owned(&label),
+                frames_out: frames_out.get_or_create_owned(&label),
+                bytes_out: bytes_out.get_or_create_owned(&label),
+                handler: if has_handler {
+                    handler.get_or_create_owned(&label)
+                } else {
+                    LatencyHistogram::default()
+                },
+            }
+        };
+        // Capabilities is the stack's own protocol, never in the set.
+        let mut ids = protocols.ids();
+        ids.push(protocol_id::CAPABILITIES);
+        ids.sort_unstable();
+        ids.dedup();
+        let per_protocol: Box<[(u16, ProtocolMetrics)]> = ids
+            .into_iter()
+            .map(|id| (id, handles(id.to_string(), id != protocol_id::CAPABILITIES)))
+            .collect();
+        let other = handles("other".to_string(), false);
+        registry.register(
+            "frames_received",
+            "Frames received, by protocol id (ids the server does not speak count as other)",
+            frames_in,
+        );
+        registry.register_with_unit(
+            "received",
+            "Bytes of frames received (frame header included, TLS excluded), by protocol id",
+            Unit::Bytes,
+            bytes_in,
+        );
+        registry.register("frames_sent", "Frames sent, by protocol id", frames_out);
+        registry.register_with_unit(
+            "sent",
+            "Bytes of frames sent (frame header included, TLS excluded), by protocol id",
+            Unit::Bytes,
+            bytes_out,
+        );
+        registry.register_with_unit(
+            "handler_duration",
+            "Time a protocol handler took over one packet, waits for a full outbound queue included",
+            Unit::Seconds,
+            handler,
+        );
+
+        registry.register(
+            "penalties_started",
+            "Failed logins that started or extended a source's penalty",
+            gate.penalties_started(),
+        );
+        let penalized_sources = Gauge::default();
+        registry.register(
+            "penalized_sources",
+            "Sources (IPv4 addresses, IPv6 /64s) serving a failed-login penalty now",
+            penalized_sources.clone(),
+        );
+        let queued_frames = Gauge::default();
+        registry.register(
+            "outbound_queued_frames",
+            "Frames waiting in the outbound queues of all sessions",
+            queued_frames.clone(),
+        );
+        let deepest_queue = Gauge::default();
+        registry.register(
+            "outbound_queue_max_frames",
+            "Frames waiting in the fullest outbound queue of one session",
+            deepest_queue.clone(),
+        );
+
+        ServerMetrics {
+            registry,
+            sessions,
+            accepted,
+            refused,
+            closed,
+            auth_successes,
+            auth_failures,
+            protocols: per_protocol,
+            other,
+            penalized_sources,
+            queued_frames,
+            deepest_queue,
+        }
+    }
+
+    /// The traffic handles of protocol `id`: a binary search over a handful of ids.
+    pub(crate) fn protocol(&self, id: u16) -> &ProtocolMetrics {
+        match self.protocols.binary_search_by_key(&id, |(id, _)| *id) {
+            Ok(at) => &self.protocols[at].1,
+            Err(_) => &self.other,
+        }
+    }
+
+    pub(crate) fn accepted(&self) {
+        self.accepted.inc();
+    }
+
+    pub(crate) fn refused(&self, reason: RefusalReason) {
+        self.refused
+            .get_or_create(&[("reason", reason.label())])
+            .inc();
+    }
+
+    pub(crate) fn closed(&self, reason: &CloseReason) {
+        self.closed
+            .get_or_create(&[("reason", reason.label())])
+            .inc();
+    }
+
+    pub(crate) fn auth_succeeded(&self, protocol: &'static str) {
+        self.auth_successes
+            .get_or_create(&[("protocol", protocol)])
+            .inc();
+    }
+
+    pub(crate) fn auth_failed(&self, protocol: &'static str) {
+        self.auth_failures
+            .get_or_create(&[("protocol", protocol)])
+            .inc();
+    }
+
+    fn gauge(&self, state: SessionState) -> &Gauge {
+        &self.sessions[state.index()]
+    }
+}
+
+/// Counts one connection in [`SessionState`] gauges from accept to close: it moves between
+/// states with [`enter`](Self::enter) and leaves the last one when dropped, so every way out
+/// of a connection's task is counted.
+pub(crate) struct SessionGauge {
+    metrics: Arc<ServerMetrics>,
+    state: SessionState,
+}
+
+impl SessionGauge {
+    pub(crate) fn new(metrics: Arc<ServerMetrics>, state: SessionState) -> Self {
+        metrics.gauge(state).inc();
+        SessionGauge { metrics, state }
+    }
+
+    /// Moves the connection to `state`.
+    pub(crate) fn enter(&mut self, state: SessionState) {
+        if state != self.state {
+            self.metrics.gauge(self.state).dec();
+            self.metrics.gauge(state).inc();
+            self.state = state;
+        }
+    }
+}
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        self.metrics.gauge(self.state).dec();
+    }
+}
+
+/// Upper bounds of the handler latency buckets, in seconds: 100 µs to 10 s.
+const LATENCY_BOUNDS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// A histogram of durations kept in atomics only. prometheus-client's own histogram takes a
+/// lock per observation, which every session would contend for on every packet.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LatencyHistogram {
+    cells: Arc<HistogramCells>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramCells {
+    /// Observations per bucket (not cumulative); the last is above every bound.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    /// Sum of all observations in nanoseconds: 584 years of handler time before it wraps.
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub(crate) fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        // Buckets are "less than or equal": the first bound not below the value.
+        let at = LATENCY_BOUNDS.partition_point(|bound| *bound < seconds);
+        self.cells.buckets[at].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts = self.cells.buckets.iter().map(|b| b.load(Ordering::Relaxed));
+        let bounds = LATENCY_BOUNDS.iter().copied().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds.zip(counts).collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.cells.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A server's metrics, ready to render for a scrape. Cheap to clone; keeps the server's
+/// shared state alive like a [`ServerHandle`].
+#[derive(Clone)]
+pub struct Metrics {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// The `Content-Type` of [`encode_prometheus`](Self::encode_prometheus).
+    pub const PROMETHEUS_CONTENT_TYPE: &'static str = "text/plain; version=0.0.4; charset=utf-8";
+    /// The `Content-Type` of [`encode_openmetrics`](Self::encode_openmetrics).
+    pub const OPENMETRICS_CONTENT_TYPE: &'static str =
+        "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+    /// Every metric in the Prometheus text exposition format 0.0.4.
+    pub fn encode_prometheus(&self) -> String {
+        to_prometheus_text(&self.encode(false))
+    }
+
+    /// Every metric in the OpenMetrics 1.0 text format, `# EOF` included. Prometheus asks
+    /// for it in its `Accept` header.
+    pub fn encode_openmetrics(&self) -> String {
+        self.encode(true)
+    }
+
+    fn encode(&self, eof: bool) -> String {
+        let metrics = &self.shared.ctx.metrics;
+        self.sample();
+        let mut out = String::with_capacity(16 * 1024);
+        let encoded =
+            prometheus_client::encoding::text::encode_registry(&mut out, &metrics.registry)
+                .and_then(|()| {
+                    if eof {
+                        prometheus_client::encoding::text::encode_eof(&mut out)
+                    } else {
+                        Ok(())
+                    }
+                });
+        if encoded.is_err() {
+            // Writing to a String cannot fail and none of these metrics refuses to encode.
+            tracing::error!("metrics encoding failed");
+        }
+        out
+    }
+
+    /// Sets the gauges that are read from the server's state rather than kept per event.
+    fn sample(&self) {
+        let shared = &self.shared;
+        let metrics = &shared.ctx.metrics;
+        // One pass over the open sessions, once per scrape, instead of two atomic updates
+        // per frame on a counter every session shares.
+        let (mut queued, mut deepest) = (0usize, 0usize);
+        for session in shared.registry.snapshot() {
+            let depth = session.queued_frames();
+            queued += depth;
+            deepest = deepest.max(depth);
+        }
+        metrics.queued_frames.set(clamp(queued));
+        metrics.deepest_queue.set(clamp(deepest));
+        metrics
+            .penalized_sources
+            .set(clamp(shared.ctx.gate.penalized_sources()));
+    }
+}
+
+fn clamp(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl ServerHandle {
+    /// The server's metrics, to render for Prometheus (`openserver serve --metrics-listen`
+    /// serves them over HTTP). `docs/OPERATIONS.md` lists them.
+    pub fn metrics(&self) -> Metrics {
+        Metrics {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Turns OpenMetrics text into the Prometheus 0.0.4 format: OpenMetrics names a counter
+/// family without the `_total` its samples carry, 0.0.4 names it as its samples are named;
+/// and 0.0.4 has no `# UNIT` or `# EOF` lines.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 64 * counters.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|tag| Some((tag, line.strip_prefix(tag)?)));
+        match descriptor {
+            Some((tag, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(tag);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_inclusive_and_the_sum_is_in_seconds() {
+        let h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(100));
+        h.observe(Duration::from_micros(101));
+        h.observe(Duration::from_secs(60));
+        let cells = &h.cells;
+        assert_eq!(cells.buckets[0].load(Ordering::Relaxed), 1);
+        assert_eq!(cells.buckets[1].load(Ordering::Relaxed), 1);
+        assert_eq!(
+            cells.buckets[LATENCY_BOUNDS.len()].load(Ordering::Relaxed),
+            1
+        );
+        let mut registry = Registry::default();
+        registry.register_with_unit("h", "A histogram", Unit::Seconds, h);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("h_seconds_bucket{le=\"0.0001\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("h_seconds_bucket{le=\"0.00025\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("h_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
+        assert!(text.contains("h_seconds_count 3\n"), "{text}");
+        assert!(text.contains("h_seconds_sum 60.000201\n"), "{text}");
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_with_total() {
+        let open = "# HELP x_frames Frames.\n# TYPE x_frames counter\nx_frames_total{a=\"1\"} 2\n\
+                    # HELP x_sent Bytes.\n# TYPE x_sent_bytes counter\n# UNIT x_sent_bytes bytes\n\
+                    x_sent_bytes_total 5\n# HELP x_open Open.\n# TYPE x_open gauge\nx_open 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(open),
+            "# HELP x_frames_total Frames.\n# TYPE x_frames_total counter\nx_frames_total{a=\"1\"} 2\n\
+             # HELP x_sent Bytes.\n# TYPE x_sent_bytes_total counter\nx_sent_bytes_total 5\n\
+             # HELP x_open Open.\n# TYPE x_open gauge\nx_open 1\n"
+        );
+    }
+
+    #[test]
+    fn the_session_gauge_follows_one_connection() {
+        let gate = Gatekeeper::new(crate::server::Security::default());
+        let metrics = Arc::new(ServerMetrics::new(&ProtocolSet::new(), &gate));
+        let count = |s: SessionState| metrics.gauge(s).get();
+        let mut g = SessionGauge::new(metrics.clone(), SessionState::Handshaking);
+        assert_eq!(count(SessionState::Handshaking), 1);
+        g.enter(SessionState::Authenticating);
+        g.enter(SessionState::Authenticated);
+        g.enter(SessionState::Authenticated);
+        assert_eq!(
+            [
+                SessionState::Handshaking,
+                SessionState::Authenticating,
+                SessionState::Authenticated
+            ]
+            .map(count),
+            [0, 0, 1]
+        );
+        drop(g);
+        assert_eq!(count(SessionState::Authenticated), 0);
+    }
+
+    #[test]
+    fn unregistered_ids_share_one_series() {
+        let gate = Gatekeeper::new(crate::server::Security::default());
+        let mut set = ProtocolSet::new();
+        set.insert(Arc::new(crate::protocol::hello::Hello));
+        let metrics = ServerMetrics::new(&set, &gate);
+        metrics.protocol(10).received(9);
+        metrics.protocol(0).received(9);
+        metrics.protocol(777).received(10);
+        metrics.protocol(778).received(10);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry).unwrap();
+        for line in [
+            "openserver_frames_received_total{protocol_id=\"10\"} 1\n",
+            "openserver_frames_received_total{protocol_id=\"0\"} 1\n",
+            "openserver_frames_received_total{protocol_id=\"other\"} 2\n",
+            "openserver_received_bytes_total{protocol_id=\"other\"} 20\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}
