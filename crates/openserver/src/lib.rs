@@ -24,8 +24,11 @@
 //! - [`auth`]: the [`UserStore`](auth::UserStore) trait, the SQLite store, argon2id hashing
 //!   and SCRAM-SHA-256.
 //! - [`tls`]: rustls configuration for both sides, certificate reload, development certificates.
-//! - The public faces: [`server`] (listener, caps, push, shutdown, session events and
-//!   Prometheus metrics) and [`client`].
+//! - The public faces: [`server`] and [`client`]. In `server/`: `mod.rs` is the listener,
+//!   per-connection task (TLS handshake, certificate login) and shutdown; `config.rs` the
+//!   limits; `gate.rs` and `penalty.rs` the pre-login caps and per-source login penalties;
+//!   `registry.rs` the live sessions for push and administration; `live.rs` the limits that
+//!   SIGHUP can swap; `events.rs` and `metrics.rs` what operators observe.
 //!
 //! # A server in a few lines
 //!
