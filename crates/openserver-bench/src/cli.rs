@@ -86,7 +86,7 @@ pub struct LoadArgs {
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub sample_ms: u64,
     /// Connections per process: more are spread over worker processes, each connecting from
-    /// its own 127.0.0.x.
+    /// its own loopback addresses (127.B.W.x).
     #[arg(long, default_value_t = default_per_worker())]
     pub per_worker: usize,
     /// Print one JSON object instead of the table.
@@ -163,6 +163,10 @@ pub struct CompareArgs {
     /// TLS for openserver and the echo server (redis is then skipped).
     #[arg(long)]
     pub tls: bool,
+    /// Also run openserver over TLS as a further target, for TLS against plaintext in the
+    /// same alternating runs (prints ratio_tls_vs_plain).
+    #[arg(long, conflicts_with = "tls")]
+    pub with_tls: bool,
     /// Runs per target, alternating between targets.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
@@ -190,7 +194,7 @@ pub struct IdleArgs {
     #[arg(long)]
     pub tls: bool,
     /// Sessions per process: more are spread over worker processes, each from its own
-    /// 127.0.0.x.
+    /// loopback addresses (127.B.W.x).
     #[arg(long, default_value_t = default_per_worker())]
     pub per_worker: usize,
     /// Sessions set up at once (per process).
@@ -380,6 +384,7 @@ async fn run_compare(args: CompareArgs) -> Result<()> {
     let options = CompareOptions {
         load: spec.clone(),
         tls: args.tls,
+        with_tls: args.with_tls,
         rounds: args.rounds,
         redis,
         launcher: Some(Launcher::current()?),

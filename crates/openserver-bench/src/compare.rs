@@ -20,6 +20,9 @@ pub struct CompareOptions {
     pub load: LoadSpec,
     /// TLS for openserver and the echo server (redis is then skipped).
     pub tls: bool,
+    /// Also run openserver over TLS as a further target (`openserver_tls`), for TLS against
+    /// plaintext in the same alternating runs (ignored with `tls`).
+    pub with_tls: bool,
     /// Runs per target.
     pub rounds: usize,
     /// redis-server to start, if any.
@@ -144,6 +147,9 @@ pub struct CompareResult {
     pub ratio_vs_echo: f64,
     /// openserver's median messages/s over redis's, when redis ran.
     pub ratio_vs_redis: Option<f64>,
+    /// With `--with-tls`: openserver over TLS, median messages/s, over openserver in
+    /// plaintext.
+    pub ratio_tls_vs_plain: Option<f64>,
     /// Why redis did not run, if it did not.
     pub redis_skipped: Option<String>,
     /// Errors over every run.
@@ -195,17 +201,25 @@ pub async fn run(
         bail!("--rounds must be at least 1");
     }
     let tls_dir = tempfile::tempdir()?;
-    let mut servers: Vec<(String, Server)> = Vec::new();
-    for kind in [TargetKind::Openserver, TargetKind::Echo] {
+    // (name, server, whether it speaks TLS), in the order the runs alternate.
+    let mut servers: Vec<(String, Server, bool)> = Vec::new();
+    let mut kinds = vec![
+        ("openserver", TargetKind::Openserver, options.tls),
+        ("echo", TargetKind::Echo, options.tls),
+    ];
+    if options.with_tls && !options.tls {
+        kinds.push(("openserver_tls", TargetKind::Openserver, true));
+    }
+    for (name, kind, tls) in kinds {
         let mut target = TargetOptions::new(kind);
-        if options.tls {
+        if tls {
             target.tls_dir = Some(tls_dir.path().to_owned());
         }
         let server = match &options.launcher {
             Some(launcher) => Server::Child(ChildTarget::spawn(launcher, &target).await?),
             None => Server::Local(InProcessTarget::start(&target).await?),
         };
-        servers.push((kind.name().into(), server));
+        servers.push((name.into(), server, tls));
     }
     let redis_skipped = if options.tls {
         Some("TLS runs compare openserver and echo only".to_owned())
@@ -216,7 +230,7 @@ pub async fn run(
             None => Some("redis-server not found on PATH (apt-get install redis-server)".into()),
             Some(exe) => match RedisTarget::spawn(exe).await {
                 Ok(redis) => {
-                    servers.push(("redis".into(), Server::Redis(redis)));
+                    servers.push(("redis".into(), Server::Redis(redis), false));
                     None
                 }
                 Err(e) => Some(format!("redis-server did not start: {e:#}")),
@@ -228,7 +242,7 @@ pub async fn run(
     let mut last_openserver = None;
     let mut outcome = Ok(());
     'rounds: for round in 0..options.rounds {
-        for (i, (name, server)) in servers.iter().enumerate() {
+        for (i, (name, server, tls)) in servers.iter().enumerate() {
             let mut spec = options.load.clone();
             spec.addr = server.addr();
             if name == "redis" {
@@ -236,7 +250,7 @@ pub async fn run(
                 spec.tls = None;
             } else {
                 spec.login = Some(login.clone());
-                if options.tls {
+                if *tls {
                     let name = spec.addr.ip().to_string();
                     spec.tls = Some(crate::tls::pinned(tls_dir.path(), &name)?);
                 }
@@ -265,30 +279,33 @@ pub async fn run(
             }
         }
     }
-    for (_, server) in servers.drain(..).rev() {
+    let names: Vec<String> = servers.iter().map(|(name, _, _)| name.clone()).collect();
+    for (_, server, _) in servers.drain(..).rev() {
         server.stop().await;
     }
     outcome?;
-    let names = ["openserver", "echo", "redis"];
     let targets: Vec<TargetResult> = runs
         .into_iter()
-        .enumerate()
-        .map(|(i, r)| TargetResult::of(names[i], r))
+        .zip(&names)
+        .map(|(r, name)| TargetResult::of(name, r))
         .collect();
-    let ratio = |j: usize| {
+    let mps = |name: &str| {
         targets
-            .get(j)
-            .filter(|t| t.messages_per_sec > 0.0)
-            .map(|t| targets[0].messages_per_sec / t.messages_per_sec)
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.messages_per_sec)
+            .filter(|m| *m > 0.0)
     };
+    let ratio = |a: &str, b: &str| Some(mps(a)? / mps(b)?);
     Ok(CompareResult {
         workload: options.load.workload.label(),
         connections: options.load.connections,
         depth: options.load.depth,
         tls: options.tls,
         rounds: options.rounds,
-        ratio_vs_echo: ratio(1).unwrap_or(0.0),
-        ratio_vs_redis: ratio(2),
+        ratio_vs_echo: ratio("openserver", "echo").unwrap_or(0.0),
+        ratio_vs_redis: ratio("openserver", "redis"),
+        ratio_tls_vs_plain: ratio("openserver_tls", "openserver"),
         redis_skipped,
         errors: targets.iter().map(|t| t.errors).sum(),
         targets,

@@ -288,6 +288,7 @@ pub async fn run(options: &IdleOptions) -> Result<IdleResult> {
     };
     let shares = worker::split(options.connections, options.per_worker);
     let use_workers = options.launcher.is_some() && shares.len() > 1;
+    let run = worker::run_octet();
     let mut workers = Vec::new();
     let stop = CancellationToken::new();
     let mut local: Option<tokio::task::JoinHandle<IdleReport>> = None;
@@ -296,7 +297,7 @@ pub async fn run(options: &IdleOptions) -> Result<IdleResult> {
         let mut first = 0;
         for (i, &count) in shares.iter().enumerate() {
             let mut spec = spec.clone();
-            spec.load.sources = vec![worker::worker_source(i)];
+            spec.load.sources = worker::sources(run, i, count);
             if let Some(launcher) = &launcher {
                 workers.push(Worker::spawn(launcher, &Job::Idle { spec, first, count }).await?);
             }
@@ -311,7 +312,7 @@ pub async fn run(options: &IdleOptions) -> Result<IdleResult> {
     } else {
         let mut spec = spec.clone();
         if addr.ip().is_loopback() && addr.is_ipv4() && options.launcher.is_some() {
-            spec.load.sources = vec![worker::worker_source(0)];
+            spec.load.sources = worker::sources(run, 0, options.connections);
         }
         let (conns, setup) = crate::load::setup(&spec.load, options.connections, 0).await;
         let stop = stop.clone();

@@ -75,7 +75,9 @@ pub(crate) fn draw(report: &LoadReport, path: &Path, title: &str) -> Result<()> 
     chart
         .configure_mesh()
         .x_desc("seconds")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .y_desc("latency (us)")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style(("sans-serif", 12))
         .draw()?;
     type Pick = fn(&crate::stats::Summary) -> f64;
@@ -111,7 +113,9 @@ pub(crate) fn draw(report: &LoadReport, path: &Path, title: &str) -> Result<()> 
     chart
         .configure_mesh()
         .x_desc("seconds")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .y_desc("messages/s")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style(("sans-serif", 12))
         .draw()?;
     chart.draw_series(LineSeries::new(

@@ -222,6 +222,9 @@ pub(crate) fn print_compare(c: &CompareResult) {
         );
     }
     println!("openserver / echo:  {:.3}", c.ratio_vs_echo);
+    if let Some(r) = c.ratio_tls_vs_plain {
+        println!("openserver TLS / plaintext: {r:.3}");
+    }
     match (c.ratio_vs_redis, &c.redis_skipped) {
         (Some(r), _) => println!("openserver / redis: {r:.3}"),
         (None, Some(why)) => println!("redis: skipped ({why})"),

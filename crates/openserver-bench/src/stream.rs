@@ -17,7 +17,7 @@ pub(crate) enum BenchStream {
 }
 
 /// Opens a TCP connection to `addr`, from `source` (port chosen by the kernel) if given.
-/// Binding distinct 127.0.0.x sources gives each its own range of ephemeral ports.
+/// Binding distinct 127.x.y.z sources gives each its own range of ephemeral ports.
 pub(crate) async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
     let stream = match source {
         None => TcpStream::connect(addr).await?,

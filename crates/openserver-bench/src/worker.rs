@@ -1,6 +1,6 @@
 //! Worker processes: a share of the connections in a child process of the same binary
 //! (`openserver bench worker`), so a run can hold more connections than one process may open
-//! (`ulimit -n`). Each worker connects from its own source address 127.0.0.x, which gives it
+//! (`ulimit -n`). Each worker connects from its own source addresses 127.B.W.x, which gives it
 //! its own range of ephemeral ports.
 //!
 //! The parent writes one JSON [`Job`] line to the worker's stdin. The worker sets up its
@@ -43,11 +43,23 @@ pub(crate) enum Event {
     Idle(Box<IdleReport>),
 }
 
-/// The source address of worker `index`: 127.0.0.2, 127.0.0.3, ... (127.0.0.1 stays the
-/// server's).
-pub(crate) fn worker_source(index: usize) -> IpAddr {
-    let n = 2 + index % 250;
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, n as u8))
+/// Connections per source address: a third of Linux's default ephemeral port range.
+const PER_SOURCE: usize = 5_000;
+
+/// Source addresses for one process's `count` connections: 127.B.W.2, 127.B.W.3, ..., one per
+/// [`PER_SOURCE`] connections, W the worker's index and B picked at random per run (never 0,
+/// so 127.0.0.1 stays the server's). A fresh B each run keeps the ports still in TIME_WAIT
+/// from an earlier run off this run's addresses, where they would slow every bind down.
+pub(crate) fn sources(run: u8, worker: usize, count: usize) -> Vec<IpAddr> {
+    let n = count.div_ceil(PER_SOURCE).clamp(1, 250);
+    (0..n)
+        .map(|k| IpAddr::V4(Ipv4Addr::new(127, run, (worker % 256) as u8, 2 + k as u8)))
+        .collect()
+}
+
+/// A random second octet for [`sources`].
+pub(crate) fn run_octet() -> u8 {
+    rand::random::<u8>().max(1)
 }
 
 /// Splits `total` connections into shares of at most `per_worker`.
@@ -121,12 +133,13 @@ pub(crate) async fn run_load(
     per_worker: usize,
 ) -> Result<LoadReport> {
     let shares = split(spec.connections, per_worker);
+    let run = run_octet();
     let mut workers = Vec::new();
     let mut first = 0;
     for (i, &count) in shares.iter().enumerate() {
         let mut spec = spec.clone();
         if spec.sources.is_empty() && spec.addr.ip().is_loopback() && spec.addr.is_ipv4() {
-            spec.sources = vec![worker_source(i)];
+            spec.sources = sources(run, i, count);
         }
         spec.connections = count;
         // Each worker sends its share of a count or rate.
@@ -217,6 +230,11 @@ mod tests {
         assert_eq!(split(25_000, 10_000), vec![8334, 8333, 8333]);
         assert_eq!(split(10, 10_000), vec![10]);
         assert_eq!(split(0, 10), vec![0]);
-        assert_eq!(worker_source(0).to_string(), "127.0.0.2");
+        let s = sources(7, 3, 12_000);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].to_string(), "127.7.3.2");
+        assert_eq!(s[2].to_string(), "127.7.3.4");
+        assert_eq!(sources(7, 0, 10).len(), 1);
+        assert!(run_octet() > 0);
     }
 }

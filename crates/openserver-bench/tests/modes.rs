@@ -132,6 +132,7 @@ async fn compare_runs_every_target_in_turn() {
     let options = CompareOptions {
         load,
         tls: false,
+        with_tls: true,
         rounds: 2,
         redis: None,
         launcher: None,
@@ -141,7 +142,9 @@ async fn compare_runs_every_target_in_turn() {
         .await
         .unwrap();
     assert_eq!(result.errors, 0);
-    assert_eq!(result.targets.len(), 2);
+    assert_eq!(result.targets.len(), 3);
+    assert_eq!(result.targets[2].name, "openserver_tls");
+    assert!(result.ratio_tls_vs_plain.unwrap() > 0.0);
     assert!(result.targets.iter().all(|t| t.runs.len() == 2));
     assert!(result.ratio_vs_echo > 0.0);
     assert!(result.ratio_vs_redis.is_none() && result.redis_skipped.is_some());
