@@ -1,110 +1,11 @@
 //! The `openserver` binary as an operator and a script use it, over 127.0.0.1.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Output, Stdio};
+mod support;
+
+use std::process::Command;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_openserver");
-const WAIT: Duration = Duration::from_secs(30);
-
-/// A running `openserver serve`, its stdout lines arriving on a channel.
-struct Serve {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Serve {
-    fn start(args: &[&str]) -> Serve {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn openserver serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Serve { child, lines }
-    }
-
-    /// Stdout lines up to and including `listening on ADDR`; returns them and ADDR.
-    fn until_listening(&self) -> (Vec<String>, String) {
-        let mut seen = Vec::new();
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(WAIT)
-                .expect("server printed `listening on`");
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let addr = addr.to_string();
-                seen.push(line);
-                return (seen, addr);
-            }
-            seen.push(line);
-        }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs `openserver ARGS` with `stdin` piped in.
-fn run(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn openserver");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use std::time::Instant;
+use support::{run, stderr, stdout, Serve, WAIT};
 
 #[test]
 fn first_start_users_hello_and_sigterm() {
@@ -458,41 +359,15 @@ fn config_check_names_the_key_and_its_line() {
 #[test]
 fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--log-format",
-            "json",
-            "--no-tls",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn openserver serve");
-    let (err_tx, err_lines) = mpsc::channel();
-    let stderr_pipe = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
-            if err_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let stdout_pipe = child.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout_pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let serve = Serve { child, lines };
+    let (serve, err_lines) = Serve::start_logging(&[
+        "--log-format",
+        "json",
+        "--no-tls",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     let (_, addr) = serve.until_listening();
 
     let conn = std::net::TcpStream::connect(&addr).unwrap();
@@ -688,32 +563,6 @@ fn sessions_lists_kicks_and_refuses_non_admins() {
     assert!(serve.terminate().success());
 }
 
-/// `serve ARGS` with RUST_LOG=info, its stdout lines and its stderr (log) lines on channels.
-fn serve_logging(args: &[&str]) -> (Serve, mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn openserver serve");
-    let pipe_lines = |pipe: Box<dyn std::io::Read + Send>| {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        rx
-    };
-    let logs = pipe_lines(Box::new(child.stderr.take().unwrap()));
-    let lines = pipe_lines(Box::new(child.stdout.take().unwrap()));
-    (Serve { child, lines }, logs)
-}
-
 /// Waits for a log line containing every one of `needles`; returns it.
 fn wait_for_log(logs: &mpsc::Receiver<String>, needles: &[&str]) -> String {
     let deadline = Instant::now() + WAIT;
@@ -738,7 +587,7 @@ fn sighup_reloads_what_can_change_and_names_what_cannot() {
         data.to_str().unwrap()
     );
     std::fs::write(&path, &base).unwrap();
-    let (serve, logs) = serve_logging(&["--config", path.to_str().unwrap()]);
+    let (serve, logs) = Serve::start_logging(&["--config", path.to_str().unwrap()]);
     let (lines, addr) = serve.until_listening();
     let (admin_password, fingerprint) = first_start_secrets(&lines);
     let hello = |message: &str| {

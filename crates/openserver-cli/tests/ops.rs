@@ -8,84 +8,15 @@ use openserver::wire::Message;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_openserver");
-const WAIT: Duration = Duration::from_secs(30);
+mod support;
+
+use support::{run, Serve, WAIT};
 
 /// Cheap password hashes, so that dozens of logins take no time in a debug build.
 const FAST_HASH: &str = "[hash]\nmemory_kib = 64\niterations = 1\nparallelism = 1\n";
-
-/// A running `openserver serve`, its stdout lines arriving on a channel.
-struct Serve {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Serve {
-    fn start(args: &[&str]) -> Serve {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn openserver serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Serve { child, lines }
-    }
-
-    /// Stdout lines up to and including `listening on ADDR`; returns them and ADDR.
-    fn until_listening(&self) -> (Vec<String>, String) {
-        let mut seen = Vec::new();
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(WAIT)
-                .unwrap_or_else(|_| panic!("no `listening on` after {seen:?}"));
-            seen.push(line.clone());
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                return (seen, addr.to_string());
-            }
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs `openserver ARGS` with `stdin` piped in.
-fn run(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn openserver");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
 
 /// Writes a configuration file (data in `dir`) and adds `users` (password "pw-NAME").
 fn setup(dir: &Path, extra: &str, users: &[&str]) -> String {
