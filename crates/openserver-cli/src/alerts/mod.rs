@@ -33,21 +33,8 @@ use webhook::Webhook;
 /// been stuck for minutes; more are dropped (and logged).
 const SINK_QUEUE: usize = 64;
 
-/// The close reasons `alerts.on` accepts: [`CloseReason::label`] of each.
-pub const CLOSE_REASONS: [&str; 12] = [
-    "quit",
-    "peer_closed",
-    "local",
-    "kicked",
-    "idle",
-    "auth_timeout",
-    "auth_failures",
-    "keep_alive_lost",
-    "slow_consumer",
-    "protocol_error",
-    "io_error",
-    "shutdown",
-];
+/// The close reasons `alerts.on` accepts: every [`CloseReason::label`].
+pub const CLOSE_REASONS: [&str; 12] = CloseReason::LABELS;
 
 /// `[alerts]`: where alerts go, about what, how many.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,22 +31,6 @@ type Label = [(&'static str, &'static str); 1];
 /// One label computed at build time, such as `protocol_id="10"`.
 type OwnedLabel = [(&'static str, String); 1];
 
-/// Close reasons shown from the start, at zero (others appear when first seen).
-const CLOSE_REASONS: [&str; 12] = [
-    "quit",
-    "peer_closed",
-    "local",
-    "kicked",
-    "idle",
-    "auth_timeout",
-    "auth_failures",
-    "keep_alive_lost",
-    "slow_consumer",
-    "protocol_error",
-    "io_error",
-    "shutdown",
-];
-
 /// Where a session is on its way in; each open connection counts in exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SessionState {
@@ -142,7 +126,8 @@ impl ServerMetrics {
             refused.clone(),
         );
         let closed = Family::<Label, Counter>::default();
-        for reason in CLOSE_REASONS {
+        // Shown from the start, at zero.
+        for reason in CloseReason::LABELS {
             closed.get_or_create_owned(&[("reason", reason)]);
         }
         registry.register(

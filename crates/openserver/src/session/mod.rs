@@ -58,6 +58,23 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every [`label`](Self::label), in declaration order: what metrics pre-register and what
+    /// alert filters accept.
+    pub const LABELS: [&'static str; 12] = [
+        "quit",
+        "peer_closed",
+        "local",
+        "kicked",
+        "idle",
+        "auth_timeout",
+        "auth_failures",
+        "keep_alive_lost",
+        "slow_consumer",
+        "protocol_error",
+        "io_error",
+        "shutdown",
+    ];
+
     /// A short stable label for logs and metrics.
     pub fn label(&self) -> &'static str {
         match self {
