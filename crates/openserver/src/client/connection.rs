@@ -1,20 +1,19 @@
-//! One client connection: the read loop that routes server packets to waiting requests and
-//! subscriptions, and the shared writer.
+//! One client connection, on the session [engine](crate::session::engine): routes server
+//! packets to waiting requests and subscriptions.
 
 use super::ClientError;
 use crate::protocol::keepalive::Heartbeat;
-use crate::session::outbound::{self, WriterOptions};
+use crate::session::engine::{Engine, EngineOptions};
 use crate::session::{lock, CloseReason, Session};
 use crate::wire::capabilities::CapabilitiesMessage;
 use crate::wire::keepalive::KeepAliveMessage;
-use crate::wire::{protocol_id, Frame, FrameCodec, FrameError, Message};
+use crate::wire::{protocol_id, Frame, Message};
 use bytes::Bytes;
-use futures::StreamExt;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::FramedRead;
 
 /// A packet delivered to a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,61 +76,53 @@ pub(crate) type Subscriptions = Mutex<HashMap<u16, mpsc::Sender<Incoming>>>;
 /// What the read loop needs besides the socket.
 pub(crate) struct ConnectionParts {
     pub session: Session,
-    pub queue: mpsc::Receiver<Frame>,
     pub pending: Arc<Pending>,
     pub subscriptions: Arc<Subscriptions>,
     /// Refreshed on every packet from the server, once keep-alive runs.
     pub heartbeat: Arc<Mutex<Option<Heartbeat>>>,
     pub max_frame: usize,
-    pub writer: WriterOptions,
+    pub write_timeout: Duration,
+    pub log_packets: bool,
 }
 
 /// Runs one connection until it closes; returns why.
 pub(crate) async fn run<S>(stream: S, parts: ConnectionParts) -> CloseReason
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let ConnectionParts {
         session,
-        queue,
         pending,
         subscriptions,
         heartbeat,
         max_frame,
-        writer,
+        write_timeout,
+        log_packets,
     } = parts;
-    let (reader, write_half) = tokio::io::split(stream);
-    let writer_task = tokio::spawn(outbound::write_loop(
-        write_half,
-        queue,
+    let mut engine = Engine::new(
+        stream,
         session.clone(),
-        writer,
-    ));
-    let mut frames = FramedRead::new(reader, FrameCodec::new(max_frame));
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = session.closed() => break,
-            next = frames.next() => next,
-        };
-        match next {
-            None => session.close(CloseReason::PeerClosed),
-            Some(Err(FrameError::Io(e))) => session.close(CloseReason::Io(e.to_string())),
-            Some(Err(e)) => session.close(CloseReason::ProtocolError(e.to_string())),
-            Some(Ok(frame)) => {
-                if writer.log_packets {
-                    tracing::info!(direction = "in", protocol_id = frame.protocol_id, body = %hex::encode(&frame.body), "packet");
-                }
-                if let Some(hb) = lock(&heartbeat).as_ref() {
-                    hb.seen();
-                }
-                route(&session, &pending, &subscriptions, frame).await;
-            }
+        EngineOptions {
+            max_frame,
+            write_timeout,
+            idle_timeout: None,
+            auth_deadline: None,
+        },
+    );
+    while let Some(frame) = engine.next_frame().await {
+        if log_packets {
+            tracing::info!(direction = "in", protocol_id = frame.protocol_id, body = %hex::encode(&frame.body), "packet");
         }
+        if let Some(hb) = lock(&heartbeat).as_ref() {
+            hb.seen();
+        }
+        engine
+            .run(route(&session, &pending, &subscriptions, frame))
+            .await;
     }
     let reason = session.close_reason().unwrap_or(CloseReason::Local);
     pending.fail_all(&reason);
-    let _ = writer_task.await;
+    engine.finish().await;
     reason
 }
 

@@ -22,7 +22,6 @@ pub use config::{ClientConfig, ReconnectPolicy};
 pub use connection::Incoming;
 
 use crate::auth::scram::ClientExchange;
-use crate::session::outbound::WriterOptions;
 use crate::session::{lock, CloseReason, Session};
 use crate::wire::capabilities::CapabilitiesMessage;
 use crate::wire::dbauth::DatabaseAuthMessage;
@@ -415,22 +414,19 @@ fn start_connection<S>(
     heartbeat: &Arc<Mutex<Option<Heartbeat>>>,
 ) -> Conn
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (session, queue) = Session::new(0, peer, config.queue_depth);
+    let session = Session::new(0, peer, config.queue_depth, config.log_packets);
     let pending = Arc::new(Pending::default());
     let (done_tx, done) = watch::channel(None);
     let parts = ConnectionParts {
         session: session.clone(),
-        queue,
         pending: pending.clone(),
         subscriptions: subscriptions.clone(),
         heartbeat: heartbeat.clone(),
         max_frame: config.max_frame,
-        writer: WriterOptions {
-            write_timeout: config.write_timeout,
-            log_packets: config.log_packets,
-        },
+        write_timeout: config.write_timeout,
+        log_packets: config.log_packets,
     };
     tokio::spawn(async move {
         let reason = connection::run(stream, parts).await;

@@ -5,15 +5,14 @@
 //! first keep-alive packet arrives (as the original does), and only after authentication.
 
 use super::{HandlerError, Protocol, ProtocolHandler};
-use crate::session::{lock, CloseReason, Session};
+use crate::session::{CloseReason, Session};
 use crate::wire::keepalive::KeepAliveMessage;
 use crate::wire::{protocol_id, Message};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// Heartbeat timing. The defaults are the original's: every 10 s, lost after 30 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,53 +109,25 @@ impl ProtocolHandler for KeepAliveHandler {
     }
 }
 
-/// A running heartbeat: a task that sends KEEP_ALIVE and watches for silence. It stops when
-/// the session closes.
+/// A running heartbeat: the session's engine sends KEEP_ALIVE every `interval` and closes
+/// the session as [`CloseReason::KeepAliveLost`] when the peer was not heard from for
+/// `timeout`. It runs until the session closes; it needs no task of its own.
 #[derive(Debug, Clone)]
 pub struct Heartbeat {
-    /// When the peer was last heard from; the task reads it, the receiving side updates it.
-    last_seen: Arc<Mutex<Instant>>,
+    /// The session whose engine beats.
+    session: Session,
 }
 
 impl Heartbeat {
-    /// Starts heartbeating on `session`.
+    /// Starts heartbeating on `session` (a second start on the same session replaces the
+    /// timing).
     pub fn start(session: Session, config: KeepAliveConfig) -> Heartbeat {
-        let last_seen = Arc::new(Mutex::new(Instant::now()));
-        tokio::spawn(run(session, config, last_seen.clone()));
-        Heartbeat { last_seen }
+        session.start_heartbeat(config.interval, config.timeout);
+        Heartbeat { session }
     }
 
     /// Records that the peer was heard from.
     pub fn seen(&self) {
-        *lock(&self.last_seen) = Instant::now();
-    }
-}
-
-async fn run(session: Session, config: KeepAliveConfig, last_seen: Arc<Mutex<Instant>>) {
-    let mut next_send = Instant::now() + config.interval;
-    loop {
-        let lost_at = *lock(&last_seen) + config.timeout;
-        tokio::select! {
-            () = session.closed() => return,
-            () = tokio::time::sleep_until(next_send.min(lost_at)) => {}
-        }
-        let now = Instant::now();
-        if now >= *lock(&last_seen) + config.timeout {
-            tracing::warn!(
-                session = session.id(),
-                peer = %session.peer(),
-                user = session.user().map(|u| u.name).unwrap_or_default(),
-                silent_for = ?config.timeout,
-                "connection lost: no keep-alive from peer"
-            );
-            session.close(CloseReason::KeepAliveLost);
-            return;
-        }
-        if now >= next_send {
-            // A full queue already carries traffic the peer must read; skipping one beat is
-            // harmless, and the write deadline deals with a peer that reads nothing.
-            let _ = session.try_send(KeepAliveMessage::KeepAlive.to_frame());
-            next_send = now + config.interval;
-        }
+        self.session.heartbeat_seen();
     }
 }

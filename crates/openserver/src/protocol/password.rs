@@ -95,7 +95,7 @@ mod tests {
     }
 
     fn session(id: u64, peer: &str, gate: &Arc<Gatekeeper>) -> Session {
-        let (session, _queue) = Session::new(id, peer.parse().unwrap(), 4);
+        let session = Session::new(id, peer.parse().unwrap(), 4, false);
         session.attach_gate(gate.clone());
         session
     }

@@ -337,6 +337,21 @@ impl Shared {
                 .run_session(stream, peer, id, None, &limits, accepted)
                 .await;
         };
+        // Boxed: a plaintext session's task then does not carry the TLS futures, the larger
+        // by far, inline.
+        Box::pin(self.serve_tls(tls, stream, peer, id, limits, accepted)).await
+    }
+
+    /// The TLS part of [`serve`](Self::serve): the handshake, a certificate login, the session.
+    async fn serve_tls(
+        &self,
+        tls: ServerTls,
+        stream: TcpStream,
+        peer: SocketAddr,
+        id: SessionId,
+        limits: Arc<Limits>,
+        accepted: tokio::time::Instant,
+    ) {
         // Until the session starts, with its own count in the gauges.
         let handshaking = SessionGauge::new(self.ctx.metrics.clone(), SessionState::Handshaking);
         // The handshake runs here, in the connection's own task, never in the accept loop.
@@ -398,9 +413,9 @@ impl Shared {
         limits: &Limits,
         accepted: tokio::time::Instant,
     ) where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let (session, queue) = Session::new(id, peer, limits.outbound_queue);
+        let session = Session::new(id, peer, limits.outbound_queue, self.ctx.log_packets);
         if let Some(user) = user {
             session.authenticate(user);
         }
@@ -411,8 +426,7 @@ impl Shared {
         }
         tracing::info!("session opened");
         self.note_opened(&session);
-        let reason =
-            driver::drive(stream, session.clone(), queue, &self.ctx, limits, accepted).await;
+        let reason = driver::drive(stream, session.clone(), &self.ctx, limits, accepted).await;
         self.registry.remove(id);
         self.note_closed(&session, &reason, accepted.elapsed());
         let user = session.user().map(|u| u.name).unwrap_or_default();

@@ -1,10 +1,12 @@
-//! The server side of one connection: framing, the auth gate, dispatch and deadlines.
+//! The server side of one connection, on top of the [engine](super::engine): the auth gate,
+//! dispatch to protocol handlers, logins.
 //!
-//! Frames are read and handled one at a time, so a session's packets are processed in arrival
-//! order. Writing happens in a separate task (`outbound`), so a slow handler never stops
-//! queued replies from leaving, and a peer that does not read cannot stall the reader forever.
+//! Frames are handled one at a time, so a session's packets are processed in arrival order.
+//! While a handler waits, the engine keeps writing what is queued, so a slow handler never
+//! stops replies or pushes from leaving, and a peer that does not read meets the write
+//! deadline.
 
-use super::outbound::{self, WriterOptions};
+use super::engine::{Engine, EngineOptions};
 use super::{CloseReason, Session};
 use crate::protocol::{HandlerError, Protocol, ProtocolHandler, ProtocolSet};
 use crate::server::events::{EventBus, SessionEvent};
@@ -12,15 +14,11 @@ use crate::server::gate::Gatekeeper;
 use crate::server::metrics::{ServerMetrics, SessionGauge, SessionState};
 use crate::server::Limits;
 use crate::wire::capabilities::CapabilitiesMessage;
-use crate::wire::{protocol_id, Frame, FrameCodec, FrameError, Message};
+use crate::wire::{protocol_id, Frame, FrameCodec, Message};
 use bytes::Bytes;
-use futures::StreamExt;
-use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
-use tokio::time::{sleep, Instant};
-use tokio_util::codec::FramedRead;
+use tokio::time::Instant;
 
 /// What every session of a server shares. (The limits are not here: each session gets its
 /// own copy, read at accept, so that a reload never changes them under it.)
@@ -37,89 +35,94 @@ pub(crate) struct DriverContext {
     pub metrics: Arc<ServerMetrics>,
 }
 
+/// The handlers of one session's protocols, by id: a handful, so a vector beats a map.
+#[derive(Default)]
+struct Handlers(Vec<(u16, Box<dyn ProtocolHandler>)>);
+
+impl Handlers {
+    fn get_mut(&mut self, id: u16) -> Option<&mut Box<dyn ProtocolHandler>> {
+        self.0.iter_mut().find(|(i, _)| *i == id).map(|(_, h)| h)
+    }
+
+    /// `protocol`'s handler, created (and recorded on the session) on first use.
+    fn get_or_start(
+        &mut self,
+        protocol: &dyn Protocol,
+        session: &Session,
+    ) -> &mut Box<dyn ProtocolHandler> {
+        let id = protocol.id();
+        let at = match self.0.iter().position(|(i, _)| *i == id) {
+            Some(at) => at,
+            None => {
+                session.record_protocol(id);
+                self.0.push((id, protocol.new_handler(session)));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[at].1
+    }
+}
+
 /// Runs a session until it closes and returns why it closed. `limits` are the session's for
 /// its whole life. `accepted` is when the TCP connection was accepted: the authentication
 /// deadline counts from then.
 pub(crate) async fn drive<S>(
     stream: S,
     session: Session,
-    queue: mpsc::Receiver<Frame>,
     ctx: &DriverContext,
     limits: &Limits,
     accepted: Instant,
 ) -> CloseReason
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     session.attach_gate(ctx.gate.clone());
     session.attach_metrics(ctx.metrics.clone());
     let mut gauge = SessionGauge::new(ctx.metrics.clone(), SessionState::Authenticating);
-    let (reader, writer) = tokio::io::split(stream);
-    let writer = tokio::spawn(outbound::write_loop(
-        writer,
-        queue,
+    let mut engine = Engine::new(
+        stream,
         session.clone(),
-        WriterOptions {
+        EngineOptions {
+            max_frame: limits.max_frame_unauthenticated,
             write_timeout: limits.write_timeout,
-            log_packets: ctx.log_packets,
+            idle_timeout: Some(limits.idle_timeout),
+            // Counted from accept, so a slow TLS handshake does not extend it.
+            auth_deadline: Some(accepted + limits.auth_timeout),
         },
-    ));
-    let mut frames = FramedRead::new(reader, FrameCodec::new(limits.max_frame_unauthenticated));
-    let mut handlers: HashMap<u16, Box<dyn ProtocolHandler>> = HashMap::new();
+    );
+    let mut handlers = Handlers::default();
     if session.is_authenticated() {
         // Logged in before the first frame (client certificate).
-        on_login(ctx, limits, &session, &mut handlers, frames.decoder_mut());
+        on_login(ctx, limits, &session, &mut handlers, engine.codec_mut());
         report_login(ctx, &session, &mut gauge, CERTIFICATE_LOGIN);
     }
-    // Counted from accept, so a slow TLS handshake does not extend it.
-    let auth_deadline = tokio::time::sleep_until(accepted + limits.auth_timeout);
-    let idle = sleep(limits.idle_timeout);
-    tokio::pin!(auth_deadline, idle);
-
-    loop {
-        tokio::select! {
-            biased;
-            () = session.closed() => break,
-            () = &mut auth_deadline, if !session.is_authenticated() => {
-                session.close(CloseReason::AuthTimeout);
-            }
-            () = &mut idle => session.close(CloseReason::Idle),
-            next = frames.next() => match next {
-                None => session.close(CloseReason::PeerClosed),
-                Some(Err(FrameError::Io(e))) => session.close(CloseReason::Io(e.to_string())),
-                Some(Err(e)) => {
-                    tracing::warn!(session = session.id(), peer = %session.peer(), error = %e, "framing violation");
-                    session.close(CloseReason::ProtocolError(e.to_string()));
-                }
-                Some(Ok(frame)) => {
-                    let now = Instant::now();
-                    session.touch(now);
-                    ctx.metrics.protocol(frame.protocol_id).received(frame.wire_len());
-                    idle.as_mut().reset(now + limits.idle_timeout);
-                    if ctx.log_packets {
-                        log_inbound(&frame);
-                    }
-                    let was_authenticated = session.is_authenticated();
-                    let (protocol, failures) = (frame.protocol_id, session.auth_failures());
-                    dispatch(ctx, &session, &mut handlers, frame).await;
-                    report_denials(ctx, &session, protocol, failures);
-                    if !was_authenticated && session.is_authenticated() {
-                        on_login(ctx, limits, &session, &mut handlers, frames.decoder_mut());
-                        report_login(ctx, &session, &mut gauge, protocol_name(ctx, protocol));
-                    } else if !session.is_authenticated()
-                        && session.auth_failures() >= ctx.gate.max_auth_failures()
-                    {
-                        // Here, not in the login protocols, so that every protocol gets the
-                        // limit; the denial is already queued and is written before the close.
-                        session.close(CloseReason::AuthFailures);
-                    }
-                }
-            },
+    while let Some(frame) = engine.next_frame().await {
+        ctx.metrics
+            .protocol(frame.protocol_id)
+            .received(frame.wire_len());
+        if ctx.log_packets {
+            log_inbound(&frame);
+        }
+        let was_authenticated = session.is_authenticated();
+        let (protocol, failures) = (frame.protocol_id, session.auth_failures());
+        engine
+            .run(dispatch(ctx, &session, &mut handlers, frame))
+            .await;
+        report_denials(ctx, &session, protocol, failures);
+        if !was_authenticated && session.is_authenticated() {
+            on_login(ctx, limits, &session, &mut handlers, engine.codec_mut());
+            report_login(ctx, &session, &mut gauge, protocol_name(ctx, protocol));
+        } else if !session.is_authenticated()
+            && session.auth_failures() >= ctx.gate.max_auth_failures()
+        {
+            // Here, not in the login protocols, so that every protocol gets the limit; the
+            // denial is already queued and is written before the close.
+            session.close(CloseReason::AuthFailures);
         }
     }
     drop(handlers);
-    // The writer drains what was queued, bounded by the write deadline, then ends.
-    let _ = writer.await;
+    // What was queued (a QUIT, a last answer) still goes out, within the write deadline.
+    engine.finish().await;
     session.close_reason().unwrap_or(CloseReason::Local)
 }
 
@@ -129,33 +132,20 @@ fn on_login(
     ctx: &DriverContext,
     limits: &Limits,
     session: &Session,
-    handlers: &mut HashMap<u16, Box<dyn ProtocolHandler>>,
+    handlers: &mut Handlers,
     codec: &mut FrameCodec,
 ) {
     // The session no longer counts toward the pre-login caps.
     ctx.gate.logged_in(session.id());
     codec.set_max_payload(limits.max_frame_authenticated);
     for protocol in ctx.protocols.started_on_login() {
-        handlers
-            .entry(protocol.id())
-            .or_insert_with(|| start_handler(protocol.as_ref(), session));
+        handlers.get_or_start(protocol.as_ref(), session);
     }
-}
-
-/// Creates `protocol`'s handler for the session, and records the protocol as in use there.
-fn start_handler(protocol: &dyn Protocol, session: &Session) -> Box<dyn ProtocolHandler> {
-    session.record_protocol(protocol.id());
-    protocol.new_handler(session)
 }
 
 /// Routes one frame: Capabilities to the stack, everything else through the auth gate to its
 /// protocol's handler, created on first use.
-async fn dispatch(
-    ctx: &DriverContext,
-    session: &Session,
-    handlers: &mut HashMap<u16, Box<dyn ProtocolHandler>>,
-    frame: Frame,
-) {
+async fn dispatch(ctx: &DriverContext, session: &Session, handlers: &mut Handlers, frame: Frame) {
     let id = frame.protocol_id;
     if id == protocol_id::CAPABILITIES {
         return capabilities(ctx, session, handlers, frame.body).await;
@@ -171,9 +161,7 @@ async fn dispatch(
             return refuse(session, id, format!("Requires role {role}.")).await;
         }
     }
-    let handler = handlers
-        .entry(id)
-        .or_insert_with(|| start_handler(protocol.as_ref(), session));
+    let handler = handlers.get_or_start(protocol.as_ref(), session);
     let started = std::time::Instant::now();
     let handled = handler.on_packet(session, frame.body).await;
     ctx.metrics.protocol(id).handled(started.elapsed());
@@ -189,7 +177,7 @@ async fn dispatch(
 async fn capabilities(
     ctx: &DriverContext,
     session: &Session,
-    handlers: &mut HashMap<u16, Box<dyn ProtocolHandler>>,
+    handlers: &mut Handlers,
     body: Bytes,
 ) {
     match CapabilitiesMessage::decode(&body) {
@@ -203,7 +191,7 @@ async fn capabilities(
         Ok(CapabilitiesMessage::Error {
             protocol_id,
             message,
-        }) => match handlers.get_mut(&protocol_id) {
+        }) => match handlers.get_mut(protocol_id) {
             Some(handler) => handler.on_error(session, &message).await,
             None => {
                 tracing::debug!(

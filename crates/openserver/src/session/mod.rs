@@ -2,26 +2,28 @@
 //!
 //! - [`Session`]: a cheap, clonable handle to one connection: its id, peer, user, outbound
 //!   queue and close signal. Protocol handlers and server push use it.
-//! - `outbound`: the writer task that drains the bounded queue, batching frames into one write
-//!   and disconnecting a peer that does not read (slow consumer).
-//! - `driver`: the server-side read loop: framing, the auth gate, dispatch to protocol
-//!   handlers in arrival order, idle and authentication deadlines.
+//! - `outbox`: the bounded queue of encoded frames waiting for the socket.
+//! - `engine`: the one task per connection that reads frames, writes the outbox in batches,
+//!   and keeps the deadlines (write, idle, authentication) and the heartbeat.
+//! - `driver`: the server side on top of the engine: the auth gate, dispatch to protocol
+//!   handlers in arrival order, logins.
 
 pub(crate) mod driver;
-pub(crate) mod outbound;
+pub(crate) mod engine;
+mod outbox;
 mod telemetry;
 
 use crate::auth::User;
 use crate::server::gate::Gatekeeper;
 use crate::wire::keepalive::KeepAliveMessage;
 use crate::wire::{Frame, Message};
+use outbox::{Outbox, PushError};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Identifies a session for the lifetime of the process.
 pub type SessionId = u64;
@@ -137,40 +139,53 @@ struct Inner {
     peer: SocketAddr,
     /// When the connection was accepted.
     since: SystemTime,
-    /// `since` on the monotonic clock: the base of `last_frame_ms`.
+    /// `since` on the monotonic clock: the base of `last_frame_ms` and `heartbeat_seen_ms`.
     started: Instant,
     /// Milliseconds from `started` to the last frame from the peer: one relaxed store per
-    /// frame, so the read loop pays almost nothing for it.
+    /// read, so the read loop pays almost nothing for it.
     last_frame_ms: AtomicU64,
     /// Ids of the protocols whose handler runs on this session, ascending. Written only when
     /// the driver creates a handler, a few times per session.
     protocols: Mutex<Vec<u16>>,
     /// Set once authentication succeeds; gates application protocols.
     user: Mutex<Option<User>>,
+    /// `user.is_some()`, readable on every frame without the lock.
+    authenticated: AtomicBool,
     /// Denied logins so far, counted by [`Session::record_auth_failure`].
     auth_failures: AtomicU32,
     /// The server's penalties and pre-login caps; set by the server's driver, absent on the
     /// client side.
     gate: OnceLock<Arc<Gatekeeper>>,
-    /// The bounded outbound queue drained by the writer task.
-    outbound: mpsc::Sender<Frame>,
-    /// Cancelled when the session starts closing; every task of the session watches it.
-    closing: CancellationToken,
+    /// The bounded queue of encoded frames that the engine writes.
+    outbox: Outbox,
+    /// Log every outbound frame in hex.
+    log_packets: bool,
+    /// Set when the session starts closing.
+    closing: AtomicBool,
+    /// Wakes those waiting in [`Session::closed`].
+    closed_notify: Notify,
     /// The first close reason recorded.
     reason: Mutex<Option<CloseReason>>,
+    /// A heartbeat the engine should start: (interval, timeout).
+    heartbeat_request: Mutex<Option<(Duration, Duration)>>,
+    /// Whether `heartbeat_request` holds one, checked by the engine without the lock.
+    heartbeat_requested: AtomicBool,
+    /// Milliseconds from `started` to when the peer was last heard from by the heartbeat.
+    heartbeat_seen_ms: AtomicU64,
     /// The server's metrics, and the name of the last denied login for its events.
     telemetry: telemetry::Telemetry,
 }
 
 impl Session {
-    /// Creates a session and the receiving end of its outbound queue.
+    /// Creates a session whose outbound queue holds at most `queue_depth` frames; with
+    /// `log_packets`, every frame queued is logged in hex.
     pub(crate) fn new(
         id: SessionId,
         peer: SocketAddr,
         queue_depth: usize,
-    ) -> (Session, mpsc::Receiver<Frame>) {
-        let (tx, rx) = mpsc::channel(queue_depth.max(1));
-        let session = Session {
+        log_packets: bool,
+    ) -> Session {
+        Session {
             inner: Arc::new(Inner {
                 id,
                 peer,
@@ -179,15 +194,20 @@ impl Session {
                 last_frame_ms: AtomicU64::new(0),
                 protocols: Mutex::new(Vec::new()),
                 user: Mutex::new(None),
+                authenticated: AtomicBool::new(false),
                 auth_failures: AtomicU32::new(0),
                 gate: OnceLock::new(),
-                outbound: tx,
-                closing: CancellationToken::new(),
+                outbox: Outbox::new(queue_depth),
+                log_packets,
+                closing: AtomicBool::new(false),
+                closed_notify: Notify::new(),
                 reason: Mutex::new(None),
+                heartbeat_request: Mutex::new(None),
+                heartbeat_requested: AtomicBool::new(false),
+                heartbeat_seen_ms: AtomicU64::new(0),
                 telemetry: telemetry::Telemetry::default(),
             }),
-        };
-        (session, rx)
+        }
     }
 
     /// The session id.
@@ -214,11 +234,50 @@ impl Session {
 
     /// Records that a frame arrived at `now`.
     pub(crate) fn touch(&self, now: Instant) {
+        self.inner
+            .last_frame_ms
+            .store(self.ms_at(now), Ordering::Relaxed);
+    }
+
+    /// Milliseconds from the session's start to `at`.
+    fn ms_at(&self, at: Instant) -> u64 {
         // u64 milliseconds outlast any session; the cast cannot truncate in practice.
-        let ms = now
-            .saturating_duration_since(self.inner.started)
-            .as_millis() as u64;
-        self.inner.last_frame_ms.store(ms, Ordering::Relaxed);
+        at.saturating_duration_since(self.inner.started).as_millis() as u64
+    }
+
+    /// Asks the engine to start a heartbeat: KEEP_ALIVE every `interval`, and the session
+    /// lost after `timeout` without [`heartbeat_seen`](Self::heartbeat_seen). A second call
+    /// replaces the timing.
+    pub(crate) fn start_heartbeat(&self, interval: Duration, timeout: Duration) {
+        self.heartbeat_seen();
+        *lock(&self.inner.heartbeat_request) = Some((interval, timeout));
+        self.inner
+            .heartbeat_requested
+            .store(true, Ordering::Release);
+        self.inner.outbox.wake_engine();
+    }
+
+    /// For the engine: the heartbeat asked for since it last looked.
+    pub(crate) fn take_heartbeat_request(&self) -> Option<(Duration, Duration)> {
+        if !self.inner.heartbeat_requested.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.inner
+            .heartbeat_requested
+            .store(false, Ordering::Relaxed);
+        lock(&self.inner.heartbeat_request).take()
+    }
+
+    /// Records that the peer was heard from, for the heartbeat's loss detection.
+    pub(crate) fn heartbeat_seen(&self) {
+        let ms = self.ms_at(Instant::now());
+        self.inner.heartbeat_seen_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the peer was last heard from, for the heartbeat.
+    pub(crate) fn heartbeat_seen_at(&self) -> Instant {
+        let ms = self.inner.heartbeat_seen_ms.load(Ordering::Relaxed);
+        self.inner.started + Duration::from_millis(ms)
     }
 
     /// The protocols in use: the ids of those the server has started for this session (on
@@ -242,13 +301,14 @@ impl Session {
 
     /// Whether the session has authenticated.
     pub fn is_authenticated(&self) -> bool {
-        lock(&self.inner.user).is_some()
+        self.inner.authenticated.load(Ordering::Acquire)
     }
 
     /// Marks the session authenticated as `user`. Authentication protocols call this once the
     /// credentials check out; application protocols become reachable from the next packet on.
     pub fn authenticate(&self, user: User) {
         *lock(&self.inner.user) = Some(user);
+        self.inner.authenticated.store(true, Ordering::Release);
     }
 
     /// Records one denied login. **Every login protocol calls this (or
@@ -299,29 +359,97 @@ impl Session {
     /// Queues a frame, waiting while the queue is full. Waiting is the back-pressure that keeps
     /// a handler from outrunning its peer; the write deadline bounds it.
     pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
-        if self.is_closing() {
-            return Err(SendError::Closed);
-        }
-        tokio::select! {
-            sent = self.inner.outbound.send(frame) => sent.map_err(|_| SendError::Closed),
-            () = self.inner.closing.cancelled() => Err(SendError::Closed),
-        }
+        self.send_with(frame.protocol_id, |dst| {
+            frame.encode_into(dst)?;
+            Ok(frame.wire_len())
+        })
+        .await
     }
 
-    /// Queues a typed message, waiting while the queue is full.
+    /// Queues a typed message, waiting while the queue is full. The message is encoded
+    /// straight into the queue.
     pub async fn send_message<M: Message>(&self, message: &M) -> Result<(), SendError> {
-        self.send(message.to_frame()).await
+        self.send_with(M::PROTOCOL_ID, |dst| {
+            Frame::encode_with(M::PROTOCOL_ID, dst, |body| message.encode(body))
+        })
+        .await
     }
 
     /// Queues a frame without waiting.
     pub fn try_send(&self, frame: Frame) -> Result<(), SendError> {
+        self.push_encoded(false, frame.protocol_id, &|dst| {
+            frame.encode_into(dst)?;
+            Ok(frame.wire_len())
+        })
+    }
+
+    /// Queues the frame `encode` writes, waiting for room while the queue is full or until the
+    /// session closes.
+    async fn send_with(
+        &self,
+        protocol_id: u16,
+        encode: impl Fn(&mut bytes::BytesMut) -> Result<usize, crate::wire::FrameError>,
+    ) -> Result<(), SendError> {
+        match self.push_encoded(false, protocol_id, &encode) {
+            Err(SendError::Full) => {}
+            sent => return sent,
+        }
+        let outbox = &self.inner.outbox;
+        loop {
+            // Registered before the retry, so that a take in between still wakes us.
+            let room = outbox.room().notified();
+            let mut room = std::pin::pin!(room);
+            room.as_mut().enable();
+            match self.push_encoded(true, protocol_id, &encode) {
+                Err(SendError::Full) => {}
+                sent => return sent,
+            }
+            // The push registered this sender; unregister however the wait ends.
+            let _waiting = Unregister(outbox);
+            if self.is_closing() {
+                return Err(SendError::Closed);
+            }
+            room.await;
+        }
+    }
+
+    /// One attempt at queueing; see [`Outbox::push`].
+    fn push_encoded(
+        &self,
+        register: bool,
+        protocol_id: u16,
+        encode: &dyn Fn(&mut bytes::BytesMut) -> Result<usize, crate::wire::FrameError>,
+    ) -> Result<(), SendError> {
         if self.is_closing() {
             return Err(SendError::Closed);
         }
-        self.inner.outbound.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })
+        let log_packets = self.inner.log_packets;
+        let pushed = self.inner.outbox.push(register, |dst| {
+            let start = dst.len();
+            let len = encode(dst)?;
+            if log_packets {
+                tracing::info!(
+                    direction = "out",
+                    protocol_id,
+                    bytes = %hex::encode(&dst[start..]),
+                    "packet"
+                );
+            }
+            Ok(len)
+        });
+        match pushed {
+            Ok(len) => {
+                if let Some(metrics) = self.metrics() {
+                    metrics.protocol(protocol_id).sent(len);
+                }
+                Ok(())
+            }
+            Err(PushError::Full) => Err(SendError::Full),
+            Err(PushError::Encode(e)) => {
+                self.close(CloseReason::ProtocolError(e.to_string()));
+                Err(SendError::Closed)
+            }
+        }
     }
 
     /// Queues a frame for server push: a full queue means the peer is not keeping up, so the
@@ -343,7 +471,10 @@ impl Session {
                 *slot = Some(reason);
             }
         }
-        self.inner.closing.cancel();
+        if !self.inner.closing.swap(true, Ordering::AcqRel) {
+            self.inner.closed_notify.notify_waiters();
+            self.inner.outbox.wake_all();
+        }
     }
 
     /// Announces the end to the peer with QUIT, then closes as [`CloseReason::Shutdown`].
@@ -364,12 +495,21 @@ impl Session {
 
     /// Whether the session is closing or closed.
     pub fn is_closing(&self) -> bool {
-        self.inner.closing.is_cancelled()
+        self.inner.closing.load(Ordering::Acquire)
     }
 
     /// Resolves once the session starts closing.
     pub async fn closed(&self) {
-        self.inner.closing.cancelled().await
+        loop {
+            let notified = self.inner.closed_notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a close in between is not missed.
+            notified.as_mut().enable();
+            if self.is_closing() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Why the session closed, once it has.
@@ -389,6 +529,15 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// Takes a waiting sender off the outbox's count when its wait ends, however it ends.
+struct Unregister<'a>(&'a Outbox);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0.unregister();
+    }
+}
+
 /// Locks a mutex whose data stays valid even if a holder panicked (plain field updates).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -398,8 +547,19 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn session(depth: usize) -> (Session, mpsc::Receiver<Frame>) {
-        Session::new(1, "127.0.0.1:1".parse().unwrap(), depth)
+    fn session(depth: usize) -> (Session, ()) {
+        (
+            Session::new(1, "127.0.0.1:1".parse().unwrap(), depth, false),
+            (),
+        )
+    }
+
+    /// The frames queued on `s`, decoded.
+    fn queued(s: &Session) -> Vec<Frame> {
+        use tokio_util::codec::Decoder;
+        let mut bytes = s.inner.outbox.peek();
+        let mut codec = crate::wire::FrameCodec::default();
+        std::iter::from_fn(|| codec.decode(&mut bytes).unwrap()).collect()
     }
 
     #[test]
@@ -413,12 +573,12 @@ mod tests {
 
     #[test]
     fn kick_sends_quit_then_closes() {
-        let (s, mut rx) = session(4);
+        let (s, _) = session(4);
         s.kick();
         assert_eq!(s.close_reason(), Some(CloseReason::Kicked));
         assert_eq!(CloseReason::Kicked.label(), "kicked");
         assert!(!CloseReason::Kicked.is_lost());
-        assert_eq!(rx.try_recv().unwrap(), KeepAliveMessage::Quit.to_frame());
+        assert_eq!(queued(&s), vec![KeepAliveMessage::Quit.to_frame()]);
     }
 
     #[test]
@@ -445,5 +605,42 @@ mod tests {
         s.push(Frame::new(1, vec![1u8])).unwrap();
         assert_eq!(s.push(Frame::new(1, vec![1u8])), Err(SendError::Full));
         assert_eq!(s.close_reason(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[tokio::test]
+    async fn a_full_send_waits_for_room_and_a_close_ends_the_wait() {
+        let (s, _) = session(1);
+        s.send(Frame::new(1, vec![1u8])).await.unwrap();
+        let waiting = tokio::spawn({
+            let s = s.clone();
+            async move { s.send_message(&KeepAliveMessage::KeepAlive).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // The engine takes the queue: the waiting sender gets its room.
+        let waker = futures::task::noop_waker();
+        assert!(s.inner.outbox.take(&mut bytes::BytesMut::new(), &waker));
+        waiting.await.unwrap().unwrap();
+        assert_eq!(queued(&s), vec![KeepAliveMessage::KeepAlive.to_frame()]);
+        let blocked = tokio::spawn({
+            let s = s.clone();
+            async move { s.send(Frame::new(1, vec![2u8])).await }
+        });
+        tokio::task::yield_now().await;
+        s.close(CloseReason::Local);
+        assert_eq!(blocked.await.unwrap(), Err(SendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn closed_resolves_for_waiters_and_after_the_fact() {
+        let (s, _) = session(1);
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.closed().await }
+        });
+        tokio::task::yield_now().await;
+        s.close(CloseReason::Quit);
+        waiter.await.unwrap();
+        s.closed().await;
     }
 }

@@ -31,8 +31,7 @@ impl Session {
 
     /// Frames waiting in the outbound queue now.
     pub fn queued_frames(&self) -> usize {
-        let outbound = &self.inner.outbound;
-        outbound.max_capacity() - outbound.capacity()
+        self.inner.outbox.len()
     }
 
     /// Connects the session to its server's metrics; the driver calls this first thing.

@@ -66,6 +66,34 @@ impl Frame {
         Ok(())
     }
 
+    /// Appends a frame of `protocol_id` whose body `body` writes straight into `dst`, so a
+    /// message needs no buffer of its own before it is framed. Returns the frame's wire length.
+    /// On error (a body too long for the length field) `dst` is left as it was.
+    pub fn encode_with(
+        protocol_id: u16,
+        dst: &mut BytesMut,
+        body: impl FnOnce(&mut BytesMut),
+    ) -> Result<usize, FrameError> {
+        let start = dst.len();
+        dst.reserve(HEADER_LEN + MIN_PAYLOAD);
+        dst.put_u16_le(MAGIC);
+        // The length is patched in once the body is written.
+        dst.put_i32_le(0);
+        dst.put_u16_le(protocol_id);
+        body(dst);
+        let wire_len = dst.len() - start;
+        let payload = wire_len - HEADER_LEN;
+        let Ok(len) = i32::try_from(payload) else {
+            dst.truncate(start);
+            return Err(FrameError::TooLarge {
+                len: payload as u64,
+                max: i32::MAX as usize,
+            });
+        };
+        dst[start + 2..start + HEADER_LEN].copy_from_slice(&len.to_le_bytes());
+        Ok(wire_len)
+    }
+
     /// The whole frame as bytes, header included.
     pub fn to_bytes(&self) -> Result<Bytes, FrameError> {
         let mut dst = BytesMut::with_capacity(self.wire_len());
@@ -287,6 +315,18 @@ mod tests {
         let bytes = [0x53, 0x55, 0x03, 0, 0, 0, 0x01];
         let err = decode_all(&mut FrameCodec::default(), &bytes).unwrap_err();
         assert!(matches!(err, FrameError::Truncated(7)));
+    }
+
+    #[test]
+    fn encode_with_matches_encode_into() {
+        let mut direct = BytesMut::from(&b"xy"[..]);
+        let len = Frame::encode_with(0x0a, &mut direct, |dst| dst.put_slice(b"\x02m0")).unwrap();
+        assert_eq!(len, 11);
+        let mut framed = BytesMut::from(&b"xy"[..]);
+        Frame::new(0x0a, &b"\x02m0"[..])
+            .encode_into(&mut framed)
+            .unwrap();
+        assert_eq!(direct, framed);
     }
 
     #[test]

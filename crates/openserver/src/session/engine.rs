@@ -1,0 +1,443 @@
+//! The engine of one connection: a single task reads frames, writes what the session queued,
+//! and keeps the session's deadlines and heartbeat. The server's driver and the client's
+//! connection both run on it.
+//!
+//! Reading, writing and timers share one task, so an answer needs no hand-over to a writer
+//! task: the frames of one read are handled in order, their answers gather in the
+//! [outbox](super::outbox), and they leave in one write once the read buffer holds no further
+//! complete frame, the way a bare echo server batches. Frames queued by other tasks (server
+//! push, administration) wake the engine through the outbox. While a handler waits (for the
+//! user store, for room in the queue), the engine keeps writing and keeps the heartbeat going.
+//!
+//! An idle session holds no buffers: reads land on the stack and only a partial frame is kept,
+//! the write buffer is released after each write, and one timer stands for every deadline. The
+//! idle deadline moves lazily: a frame only records its arrival, and the timer, when it fires
+//! early, re-arms itself for the real deadline.
+
+use super::{CloseReason, Session};
+use crate::wire::keepalive::KeepAliveMessage;
+use crate::wire::{Frame, FrameCodec, FrameError, Message};
+use bytes::{Buf, BytesMut};
+use std::future::{poll_fn, Future};
+use std::mem::MaybeUninit;
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+use tokio_util::codec::Decoder;
+
+/// The most one read takes from the socket: the size of the stack buffer it reads into.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A deadline far enough away to mean "none".
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How an engine behaves; the server's limits or the client's configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EngineOptions {
+    /// The largest frame payload accepted (the server raises it at login).
+    pub max_frame: usize,
+    /// How long queued bytes may wait for a peer that does not read: past it the session
+    /// closes as a slow consumer.
+    pub write_timeout: Duration,
+    /// Close after this long without a frame from the peer (server sessions).
+    pub idle_timeout: Option<Duration>,
+    /// Close if the session is not authenticated by then (server sessions).
+    pub auth_deadline: Option<Instant>,
+}
+
+/// A running heartbeat: KEEP_ALIVE every `interval`; silence for `timeout` loses the session.
+#[derive(Debug, Clone, Copy)]
+struct Beat {
+    interval: Duration,
+    timeout: Duration,
+    next_send: Instant,
+}
+
+/// One connection's I/O and timers; see the [module docs](self).
+pub(crate) struct Engine<S> {
+    /// The connection, read and written by this task only.
+    stream: S,
+    /// The session the connection carries.
+    session: Session,
+    /// Frames the peer's bytes; its limit changes at login.
+    codec: FrameCodec,
+    /// Received bytes not yet handed out as frames: a partial frame, or the rest of a read.
+    /// Released whenever it empties, so an idle session keeps none.
+    read_buf: BytesMut,
+    /// Bytes taken from the outbox that the socket has not accepted yet.
+    write_buf: BytesMut,
+    /// Bytes were written since the last flush (TLS keeps records until flushed).
+    flush_owed: bool,
+    /// When the socket first refused more of the current write: the write deadline counts
+    /// from here.
+    write_blocked_since: Option<Instant>,
+    options: EngineOptions,
+    /// When the bytes of the last read arrived.
+    read_at: Instant,
+    /// When the last whole frame arrived: the idle deadline counts from here.
+    last_frame: Instant,
+    /// `last_frame` as last given to [`Session::touch`].
+    touched: Instant,
+    /// The heartbeat, once the session starts one.
+    heartbeat: Option<Beat>,
+    /// One timer for every deadline, armed at the earliest.
+    timer: Pin<Box<Sleep>>,
+    /// What `timer` is armed for.
+    armed: Instant,
+    /// Stands for "no deadline".
+    never: Instant,
+    /// The idle or authentication deadline passed while a handler ran; those two are acted
+    /// on only between frames, so a login in progress is not cut short.
+    frame_deadline_due: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
+    /// An engine for `session` on `stream`.
+    pub(crate) fn new(stream: S, session: Session, options: EngineOptions) -> Self {
+        let now = Instant::now();
+        let never = now + NEVER;
+        let mut engine = Engine {
+            stream,
+            session,
+            codec: FrameCodec::new(options.max_frame),
+            read_buf: BytesMut::new(),
+            write_buf: BytesMut::new(),
+            flush_owed: false,
+            write_blocked_since: None,
+            options,
+            read_at: now,
+            last_frame: now,
+            touched: now,
+            heartbeat: None,
+            timer: Box::pin(tokio::time::sleep_until(never)),
+            armed: never,
+            never,
+            frame_deadline_due: false,
+        };
+        engine.rearm();
+        engine
+    }
+
+    /// The frame codec, to change its limit.
+    pub(crate) fn codec_mut(&mut self) -> &mut FrameCodec {
+        &mut self.codec
+    }
+
+    /// The next frame from the peer, writing what is queued while it waits; `None` once the
+    /// session is closing (the reason is recorded on the session).
+    pub(crate) async fn next_frame(&mut self) -> Option<Frame> {
+        poll_fn(|cx| self.poll_next_frame(cx)).await
+    }
+
+    /// Runs `handler` (one packet's handling) to completion while the queued frames keep
+    /// leaving and the heartbeat keeps beating. Packets are not read meanwhile: a session's
+    /// packets are handled one at a time, in order.
+    pub(crate) async fn run<F: Future>(&mut self, handler: F) -> F::Output {
+        let mut handler = pin!(handler);
+        poll_fn(|cx| {
+            if let Poll::Ready(out) = handler.as_mut().poll(cx) {
+                return Poll::Ready(out);
+            }
+            while !self.session.is_closing() {
+                if let Err(reason) = self.poll_write(cx) {
+                    self.session.close(reason);
+                    break;
+                }
+                match self.poll_timers(cx, false) {
+                    None => break,
+                    Some(Ok(())) => continue,
+                    Some(Err(reason)) => self.session.close(reason),
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Once the session is closing: writes what is still queued (a QUIT, a last answer) and
+    /// shuts the connection down, each within the write deadline.
+    pub(crate) async fn finish(mut self) {
+        let deadline = self.options.write_timeout;
+        let drained = tokio::time::timeout(
+            deadline,
+            poll_fn(|cx| match self.poll_write(cx) {
+                Ok(true) => Poll::Ready(true),
+                Ok(false) => Poll::Pending,
+                Err(_) => Poll::Ready(false),
+            }),
+        )
+        .await;
+        if drained == Ok(true) {
+            let shutdown = poll_fn(|cx| Pin::new(&mut self.stream).poll_shutdown(cx));
+            let _ = tokio::time::timeout(deadline, shutdown).await;
+        }
+    }
+
+    fn poll_next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        loop {
+            if self.session.is_closing() {
+                return Poll::Ready(None);
+            }
+            if self.frame_deadline_due {
+                self.frame_deadline_due = false;
+                if let Some(reason) = self.frame_deadline(Instant::now()) {
+                    self.session.close(reason);
+                    continue;
+                }
+                self.rearm();
+            }
+            if !self.read_buf.is_empty() {
+                match self.codec.decode(&mut self.read_buf) {
+                    Ok(Some(frame)) => {
+                        self.frame_arrived();
+                        return Poll::Ready(Some(frame));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.framing_violation(&e);
+                        continue;
+                    }
+                }
+            }
+            // No whole frame left: the answers to the frames so far leave now, together.
+            if let Err(reason) = self.poll_write(cx) {
+                self.session.close(reason);
+                continue;
+            }
+            match self.poll_read(cx) {
+                Poll::Ready(Ok(true)) => continue,
+                Poll::Ready(Ok(false)) => {
+                    if self.read_buf.is_empty() {
+                        self.session.close(CloseReason::PeerClosed);
+                    } else {
+                        self.framing_violation(&FrameError::Truncated(self.read_buf.len()));
+                    }
+                    continue;
+                }
+                Poll::Ready(Err(e)) => {
+                    self.session.close(CloseReason::Io(e.to_string()));
+                    continue;
+                }
+                Poll::Pending => {}
+            }
+            match self.poll_timers(cx, true) {
+                None => {}
+                Some(Ok(())) => continue,
+                Some(Err(reason)) => {
+                    self.session.close(reason);
+                    continue;
+                }
+            }
+            // Waiting for the peer: keep no empty buffer meanwhile.
+            if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+                self.read_buf = BytesMut::new();
+            }
+            return Poll::Pending;
+        }
+    }
+
+    fn frame_arrived(&mut self) {
+        self.last_frame = self.read_at;
+        if self.touched != self.read_at {
+            self.touched = self.read_at;
+            self.session.touch(self.read_at);
+        }
+    }
+
+    fn framing_violation(&self, e: &FrameError) {
+        let session = &self.session;
+        tracing::warn!(session = session.id(), peer = %session.peer(), error = %e, "framing violation");
+        session.close(CloseReason::ProtocolError(e.to_string()));
+    }
+
+    /// Reads what the socket has: `Ok(true)` if bytes arrived, `Ok(false)` at end of stream.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        let got = if self.read_buf.capacity() - self.read_buf.len() >= READ_CHUNK {
+            // A large frame in progress (the codec reserved room for all of it): read in place.
+            let stream = Pin::new(&mut self.stream);
+            ready!(tokio_util::io::poll_read_buf(
+                stream,
+                cx,
+                &mut self.read_buf
+            ))? > 0
+        } else {
+            let mut scratch = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut scratch);
+            ready!(Pin::new(&mut self.stream).poll_read(cx, &mut buf))?;
+            self.read_buf.extend_from_slice(buf.filled());
+            !buf.filled().is_empty()
+        };
+        if got {
+            self.read_at = Instant::now();
+            // The answers to what arrived are this task's own: they need no wake-up.
+            self.session.inner.outbox.disarm();
+        }
+        Poll::Ready(Ok(got))
+    }
+
+    /// Writes what is queued as far as the socket takes it. `Ok(true)`: everything is written
+    /// and the outbox is empty (its next frame wakes this task); `Ok(false)`: the socket is
+    /// full, and its readiness wakes this task.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, CloseReason> {
+        let io = |e: std::io::Error| CloseReason::Io(e.to_string());
+        loop {
+            while !self.write_buf.is_empty() {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.write_buf) {
+                    Poll::Ready(Ok(0)) => {
+                        return Err(CloseReason::Io(
+                            "the connection accepts no more bytes".into(),
+                        ))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.write_buf.advance(n);
+                        self.flush_owed = true;
+                    }
+                    Poll::Ready(Err(e)) => return Err(io(e)),
+                    Poll::Pending => {
+                        self.write_blocked();
+                        return Ok(false);
+                    }
+                }
+            }
+            if self.flush_owed {
+                match Pin::new(&mut self.stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.flush_owed = false,
+                    Poll::Ready(Err(e)) => return Err(io(e)),
+                    Poll::Pending => {
+                        self.write_blocked();
+                        return Ok(false);
+                    }
+                }
+            }
+            self.write_blocked_since = None;
+            // The next batch comes in the outbox's own buffer; this one is freed.
+            self.write_buf = BytesMut::new();
+            if !self
+                .session
+                .inner
+                .outbox
+                .take(&mut self.write_buf, cx.waker())
+            {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn write_blocked(&mut self) {
+        if self.write_blocked_since.is_none() {
+            let now = Instant::now();
+            self.write_blocked_since = Some(now);
+            let at = now + self.options.write_timeout;
+            if at < self.armed {
+                self.arm(at);
+            }
+        }
+    }
+
+    /// Starts a heartbeat the session asked for, and acts on the deadlines once the timer
+    /// fires. `None`: nothing happened (the timer will wake this task); `Some(Ok)`: something
+    /// was done (a heartbeat queued), look again; `Some(Err)`: close for this reason.
+    /// `between_frames`: the idle and authentication deadlines may close the session now.
+    fn poll_timers(
+        &mut self,
+        cx: &mut Context<'_>,
+        between_frames: bool,
+    ) -> Option<Result<(), CloseReason>> {
+        if let Some((interval, timeout)) = self.session.take_heartbeat_request() {
+            self.heartbeat = Some(Beat {
+                interval,
+                timeout,
+                next_send: Instant::now() + interval,
+            });
+            self.rearm();
+        }
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        let now = Instant::now();
+        if let Some(since) = self.write_blocked_since {
+            if now >= since + self.options.write_timeout {
+                return Some(Err(CloseReason::SlowConsumer));
+            }
+        }
+        if let Some(beat) = &mut self.heartbeat {
+            if now >= self.session.heartbeat_seen_at() + beat.timeout {
+                let session = &self.session;
+                tracing::warn!(
+                    session = session.id(),
+                    peer = %session.peer(),
+                    user = session.user().map(|u| u.name).unwrap_or_default(),
+                    silent_for = ?beat.timeout,
+                    "connection lost: no keep-alive from peer"
+                );
+                return Some(Err(CloseReason::KeepAliveLost));
+            }
+            if now >= beat.next_send {
+                // A full queue already carries traffic the peer must read; skipping one beat
+                // is harmless, and the write deadline deals with a peer that reads nothing.
+                let _ = self
+                    .session
+                    .try_send(KeepAliveMessage::KeepAlive.to_frame());
+                beat.next_send = now + beat.interval;
+            }
+        }
+        if let Some(reason) = self.frame_deadline(now) {
+            if between_frames {
+                return Some(Err(reason));
+            }
+            self.frame_deadline_due = true;
+        }
+        self.rearm();
+        Some(Ok(()))
+    }
+
+    /// The authentication or idle deadline that has passed at `now`, if any.
+    fn frame_deadline(&self, now: Instant) -> Option<CloseReason> {
+        if let Some(at) = self.options.auth_deadline {
+            if now >= at && !self.session.is_authenticated() {
+                return Some(CloseReason::AuthTimeout);
+            }
+        }
+        if let Some(idle) = self.options.idle_timeout {
+            if now >= self.last_frame + idle {
+                return Some(CloseReason::Idle);
+            }
+        }
+        None
+    }
+
+    /// The earliest deadline that has not been acted on.
+    fn next_deadline(&self) -> Instant {
+        let mut at = self.never;
+        if let Some(since) = self.write_blocked_since {
+            at = at.min(since + self.options.write_timeout);
+        }
+        if let Some(beat) = &self.heartbeat {
+            let lost_at = self.session.heartbeat_seen_at() + beat.timeout;
+            at = at.min(beat.next_send).min(lost_at);
+        }
+        if !self.frame_deadline_due {
+            if let Some(auth) = self.options.auth_deadline {
+                if !self.session.is_authenticated() {
+                    at = at.min(auth);
+                }
+            }
+            if let Some(idle) = self.options.idle_timeout {
+                at = at.min(self.last_frame + idle);
+            }
+        }
+        at
+    }
+
+    fn rearm(&mut self) {
+        let at = self.next_deadline();
+        self.arm(at);
+    }
+
+    fn arm(&mut self, at: Instant) {
+        self.armed = at;
+        self.timer.as_mut().reset(at);
+    }
+}

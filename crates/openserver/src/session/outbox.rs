@@ -1,0 +1,252 @@
+//! The outbound queue of one session: frames waiting for the socket, already encoded.
+//!
+//! Senders (protocol handlers, server push, the heartbeat) append encoded frames to one buffer
+//! under a short lock; the session's engine takes the whole buffer in one swap and hands it to
+//! the socket in one write. Encoding at send time keeps the queue to one buffer instead of a
+//! slot per frame, and an empty queue holds no memory at all.
+//!
+//! The queue is bounded in frames (`limits.outbound_queue`). A full queue makes
+//! [`Session::send`](super::Session::send) wait for the engine to take it (back-pressure) and
+//! non-waiting sends fail with `Full`.
+
+use super::lock;
+use crate::wire::FrameError;
+use bytes::BytesMut;
+use std::sync::Mutex;
+use std::task::Waker;
+use tokio::sync::Notify;
+
+/// The first allocation of an empty queue: room for a burst of small answers, so that a batch
+/// does not regrow its buffer frame by frame.
+const INITIAL_CAPACITY: usize = 512;
+
+/// Frames waiting for the socket, and who waits on them.
+pub(crate) struct Outbox {
+    /// Locked for one append or one take, never across an await.
+    state: Mutex<State>,
+    /// Senders waiting for room: notified when the engine takes the queue, and on close.
+    room: Notify,
+}
+
+struct State {
+    /// Encoded frames, in order.
+    buf: BytesMut,
+    /// How many frames `buf` holds.
+    frames: usize,
+    /// The most frames `buf` may hold.
+    depth: usize,
+    /// The engine's waker, while it waits for something to write.
+    engine: Option<Waker>,
+    /// Senders registered in `room`, so that a take notifies only when someone waits.
+    waiting: usize,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug)]
+pub(crate) enum PushError {
+    /// The queue holds `depth` frames already.
+    Full,
+    /// The frame could not be encoded (a body too long for the length field).
+    Encode(FrameError),
+}
+
+impl Outbox {
+    /// An empty queue of at most `depth` frames (at least one).
+    pub(crate) fn new(depth: usize) -> Self {
+        Outbox {
+            state: Mutex::new(State {
+                buf: BytesMut::new(),
+                frames: 0,
+                depth: depth.max(1),
+                engine: None,
+                waiting: 0,
+            }),
+            room: Notify::new(),
+        }
+    }
+
+    /// Appends one frame that `encode` writes (returning its wire length) and wakes the engine
+    /// if it waits. With `register` set, a full queue also counts the caller among the
+    /// senders waiting for room (see [`room`](Self::room) and [`unregister`](Self::unregister)).
+    pub(crate) fn push(
+        &self,
+        register: bool,
+        encode: impl FnOnce(&mut BytesMut) -> Result<usize, FrameError>,
+    ) -> Result<usize, PushError> {
+        let mut state = lock(&self.state);
+        if state.frames >= state.depth {
+            state.waiting += usize::from(register);
+            return Err(PushError::Full);
+        }
+        if state.buf.capacity() == 0 {
+            state.buf.reserve(INITIAL_CAPACITY);
+        }
+        let start = state.buf.len();
+        let len = match encode(&mut state.buf) {
+            Ok(len) => len,
+            Err(e) => {
+                // Whatever the encoder wrote of the frame must not reach the wire.
+                state.buf.truncate(start);
+                return Err(PushError::Encode(e));
+            }
+        };
+        state.frames += 1;
+        let engine = state.engine.take();
+        drop(state);
+        if let Some(engine) = engine {
+            engine.wake();
+        }
+        Ok(len)
+    }
+
+    /// Where senders wait for room; create the `Notified` and enable it before the `push`
+    /// that registers, so a take in between is not missed.
+    pub(crate) fn room(&self) -> &Notify {
+        &self.room
+    }
+
+    /// Removes a sender that `push` registered and that stopped waiting.
+    pub(crate) fn unregister(&self) {
+        let mut state = lock(&self.state);
+        state.waiting = state.waiting.saturating_sub(1);
+    }
+
+    /// For the engine: moves every queued frame into `dst` (which must be empty) and returns
+    /// true; or, with nothing queued, keeps `waker` to be woken by the next push and returns
+    /// false.
+    pub(crate) fn take(&self, dst: &mut BytesMut, waker: &Waker) -> bool {
+        let mut state = lock(&self.state);
+        if state.buf.is_empty() {
+            if !state.engine.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                state.engine = Some(waker.clone());
+            }
+            return false;
+        }
+        debug_assert!(dst.is_empty());
+        *dst = std::mem::take(&mut state.buf);
+        state.frames = 0;
+        let notify = state.waiting > 0;
+        drop(state);
+        if notify {
+            self.room.notify_waiters();
+        }
+        true
+    }
+
+    /// For the engine, once it runs again: forgets its waker, so that its own handlers'
+    /// answers do not wake it again for nothing.
+    pub(crate) fn disarm(&self) {
+        lock(&self.state).engine = None;
+    }
+
+    /// Wakes the engine and every waiting sender (the session is closing, or the engine has
+    /// something new to look at).
+    pub(crate) fn wake_all(&self) {
+        let engine = lock(&self.state).engine.take();
+        if let Some(engine) = engine {
+            engine.wake();
+        }
+        self.room.notify_waiters();
+    }
+
+    /// Wakes the engine only.
+    pub(crate) fn wake_engine(&self) {
+        let engine = lock(&self.state).engine.take();
+        if let Some(engine) = engine {
+            engine.wake();
+        }
+    }
+
+    /// Frames queued now.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.state).frames
+    }
+
+    /// The queued bytes, for tests.
+    #[cfg(test)]
+    pub(crate) fn peek(&self) -> BytesMut {
+        lock(&self.state).buf.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Frame;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn push(outbox: &Outbox, body: &'static [u8]) -> Result<usize, PushError> {
+        outbox.push(false, |dst| {
+            let frame = Frame::new(7, body);
+            frame.encode_into(dst)?;
+            Ok(frame.wire_len())
+        })
+    }
+
+    #[test]
+    fn frames_queue_in_order_up_to_the_depth() {
+        let outbox = Outbox::new(2);
+        assert_eq!(push(&outbox, b"a").unwrap(), 9);
+        push(&outbox, b"b").unwrap();
+        assert!(matches!(push(&outbox, b"c"), Err(PushError::Full)));
+        assert_eq!(outbox.len(), 2);
+        let mut expected = BytesMut::new();
+        Frame::new(7, &b"a"[..]).encode_into(&mut expected).unwrap();
+        Frame::new(7, &b"b"[..]).encode_into(&mut expected).unwrap();
+        assert_eq!(outbox.peek(), expected);
+    }
+
+    #[test]
+    fn a_take_empties_the_queue_and_an_empty_take_arms_the_waker() {
+        let outbox = Outbox::new(1);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut dst = BytesMut::new();
+        assert!(!outbox.take(&mut dst, &waker));
+        push(&outbox, b"a").unwrap();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the push woke the engine"
+        );
+        push(&outbox, b"b").unwrap_err();
+        assert!(outbox.take(&mut dst, &waker));
+        assert_eq!(dst.len(), 9);
+        assert_eq!(outbox.len(), 0);
+        // Room again; the waker was used up by the first push.
+        push(&outbox, b"b").unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_disarmed_engine_is_not_woken() {
+        let outbox = Outbox::new(4);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        assert!(!outbox.take(&mut BytesMut::new(), &waker));
+        outbox.disarm();
+        push(&outbox, b"a").unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn an_encoding_error_queues_nothing() {
+        let outbox = Outbox::new(4);
+        let err = outbox.push(false, |dst| {
+            dst.extend_from_slice(b"partial");
+            Err(FrameError::Truncated(7))
+        });
+        assert!(matches!(err, Err(PushError::Encode(_))));
+        assert_eq!(outbox.len(), 0);
+        assert!(outbox.peek().is_empty());
+    }
+}
