@@ -4,7 +4,7 @@
 use super::{HandlerError, Protocol, ProtocolHandler};
 use crate::session::Session;
 use crate::wire::hello::HelloMessage;
-use crate::wire::{protocol_id, Message};
+use crate::wire::protocol_id;
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -29,8 +29,13 @@ impl Protocol for Hello {
 #[async_trait]
 impl ProtocolHandler for Hello {
     async fn on_packet(&mut self, session: &Session, body: Bytes) -> Result<(), HandlerError> {
-        let request = HelloMessage::decode(&body)?;
-        session.send_message(&request.reply()).await?;
+        // Borrowed in, written straight into the queue out: no string is built.
+        let name = HelloMessage::parse(&body)?;
+        session
+            .send_body(protocol_id::HELLO, |dst| {
+                HelloMessage::encode_reply(name, dst)
+            })
+            .await?;
         Ok(())
     }
 }

@@ -97,21 +97,43 @@ where
         report_login(ctx, &session, &mut gauge, CERTIFICATE_LOGIN);
     }
     while let Some(frame) = engine.next_frame().await {
-        ctx.metrics
-            .protocol(frame.protocol_id)
-            .received(frame.wire_len());
+        let id = frame.protocol_id;
+        ctx.metrics.protocol(id).received(frame.wire_len());
         if ctx.log_packets {
             log_inbound(&frame);
         }
         let was_authenticated = session.is_authenticated();
-        let (protocol, failures) = (frame.protocol_id, session.auth_failures());
-        engine
-            .run(dispatch(ctx, &session, &mut handlers, frame))
-            .await;
-        report_denials(ctx, &session, protocol, failures);
+        let failures = session.auth_failures();
+        match route(ctx, &session, id) {
+            Route::Handler(protocol) => {
+                let handler = handlers.get_or_start(protocol.as_ref(), &session);
+                let handled = engine.run(handler.on_packet(&session, frame.body)).await;
+                ctx.metrics.protocol(id).handled(engine.lap());
+                match handled {
+                    Ok(()) | Err(HandlerError::Closed) => {}
+                    Err(e) => {
+                        tracing::debug!(session = session.id(), protocol = protocol.name(), error = ?e, "handler failed");
+                        // Boxed, as every rare path here: the session's task stays small.
+                        engine
+                            .run(Box::pin(refuse(&session, id, e.to_string())))
+                            .await;
+                    }
+                }
+            }
+            Route::Capabilities => {
+                let answered = capabilities(ctx, &session, &mut handlers, frame.body);
+                engine.run(Box::pin(answered)).await;
+                engine.lap();
+            }
+            Route::Refuse(message) => {
+                engine.run(Box::pin(refuse(&session, id, message))).await;
+                engine.lap();
+            }
+        }
+        report_denials(ctx, &session, id, failures);
         if !was_authenticated && session.is_authenticated() {
             on_login(ctx, limits, &session, &mut handlers, engine.codec_mut());
-            report_login(ctx, &session, &mut gauge, protocol_name(ctx, protocol));
+            report_login(ctx, &session, &mut gauge, protocol_name(ctx, id));
         } else if !session.is_authenticated()
             && session.auth_failures() >= ctx.gate.max_auth_failures()
         {
@@ -143,35 +165,34 @@ fn on_login(
     }
 }
 
-/// Routes one frame: Capabilities to the stack, everything else through the auth gate to its
-/// protocol's handler, created on first use.
-async fn dispatch(ctx: &DriverContext, session: &Session, handlers: &mut Handlers, frame: Frame) {
-    let id = frame.protocol_id;
+/// Where one frame goes.
+enum Route<'a> {
+    /// To this protocol's handler.
+    Handler(&'a Arc<dyn Protocol>),
+    /// To the stack's own Capabilities protocol.
+    Capabilities,
+    /// Nowhere: answered with a Capabilities ERROR carrying this text.
+    Refuse(String),
+}
+
+/// Routes a frame of protocol `id`: Capabilities to the stack, everything else through the
+/// auth gate and the role check to its protocol's handler.
+fn route<'a>(ctx: &'a DriverContext, session: &Session, id: u16) -> Route<'a> {
     if id == protocol_id::CAPABILITIES {
-        return capabilities(ctx, session, handlers, frame.body).await;
+        return Route::Capabilities;
     }
     let Some(protocol) = ctx.protocols.get(id) else {
-        return refuse(session, id, format!("Protocol {id} is not supported.")).await;
+        return Route::Refuse(format!("Protocol {id} is not supported."));
     };
     if protocol.requires_auth() && !session.is_authenticated() {
-        return refuse(session, id, "Not authenticated.".into()).await;
+        return Route::Refuse("Not authenticated.".into());
     }
     if let Some(role) = protocol.required_role() {
         if !session.user().is_some_and(|u| u.has_role(role)) {
-            return refuse(session, id, format!("Requires role {role}.")).await;
+            return Route::Refuse(format!("Requires role {role}."));
         }
     }
-    let handler = handlers.get_or_start(protocol.as_ref(), session);
-    let started = std::time::Instant::now();
-    let handled = handler.on_packet(session, frame.body).await;
-    ctx.metrics.protocol(id).handled(started.elapsed());
-    match handled {
-        Ok(()) | Err(HandlerError::Closed) => {}
-        Err(e) => {
-            tracing::debug!(session = session.id(), protocol = protocol.name(), error = ?e, "handler failed");
-            refuse(session, id, e.to_string()).await;
-        }
-    }
+    Route::Handler(protocol)
 }
 
 async fn capabilities(

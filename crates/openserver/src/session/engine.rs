@@ -80,6 +80,9 @@ pub(crate) struct Engine<S> {
     last_frame: Instant,
     /// `last_frame` as last given to [`Session::touch`].
     touched: Instant,
+    /// Where the current packet's handling time counts from: the end of the previous
+    /// packet's, or the read that brought it. One clock reading per packet.
+    lap_start: Instant,
     /// The heartbeat, once the session starts one.
     heartbeat: Option<Beat>,
     /// One timer for every deadline, armed at the earliest.
@@ -110,6 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             read_at: now,
             last_frame: now,
             touched: now,
+            lap_start: now,
             heartbeat: None,
             timer: Box::pin(tokio::time::sleep_until(never)),
             armed: never,
@@ -118,6 +122,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         };
         engine.rearm();
         engine
+    }
+
+    /// The time since the previous lap (or since the read that brought the current frame):
+    /// how long the packet just handled took. Called once per packet.
+    pub(crate) fn lap(&mut self) -> Duration {
+        let now = Instant::now();
+        let lap = now.saturating_duration_since(self.lap_start);
+        self.lap_start = now;
+        lap
     }
 
     /// The frame codec, to change its limit.
@@ -271,6 +284,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         };
         if got {
             self.read_at = Instant::now();
+            self.lap_start = self.read_at;
             // The answers to what arrived are this task's own: they need no wake-up.
             self.session.inner.outbox.disarm();
         }

@@ -369,8 +369,20 @@ impl Session {
     /// Queues a typed message, waiting while the queue is full. The message is encoded
     /// straight into the queue.
     pub async fn send_message<M: Message>(&self, message: &M) -> Result<(), SendError> {
-        self.send_with(M::PROTOCOL_ID, |dst| {
-            Frame::encode_with(M::PROTOCOL_ID, dst, |body| message.encode(body))
+        self.send_body(M::PROTOCOL_ID, |body| message.encode(body))
+            .await
+    }
+
+    /// Queues a frame of `protocol_id` whose body `body` writes straight into the queue, so
+    /// that an answer needs no buffer of its own; waits while the queue is full. `body` runs
+    /// again after such a wait, and must write the same bytes each time.
+    pub async fn send_body(
+        &self,
+        protocol_id: u16,
+        body: impl Fn(&mut bytes::BytesMut),
+    ) -> Result<(), SendError> {
+        self.send_with(protocol_id, |dst| {
+            Frame::encode_with(protocol_id, dst, &body)
         })
         .await
     }

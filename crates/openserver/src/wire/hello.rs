@@ -3,16 +3,35 @@
 //! The client sends `s`; the server answers `"Hello " + s`.
 
 use super::{protocol_id, DecodeError, Message, Reader, WireWrite};
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 
 /// A Hello packet in either direction: one string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HelloMessage(pub String);
 
+/// What the server puts before the client's string.
+const GREETING: &str = "Hello ";
+
 impl HelloMessage {
     /// The server's answer to this request.
     pub fn reply(&self) -> HelloMessage {
-        HelloMessage(format!("Hello {}", self.0))
+        HelloMessage(format!("{GREETING}{}", self.0))
+    }
+
+    /// The string of a Hello body, borrowed from it: what a server reads without copying.
+    pub fn parse(body: &[u8]) -> Result<&str, DecodeError> {
+        let mut r = Reader::new(body);
+        let s = r.str()?;
+        r.finish()?;
+        Ok(s)
+    }
+
+    /// Writes the body of the answer to `s` (`"Hello " + s`) without building the string:
+    /// the same bytes as `HelloMessage(s).reply().encode(dst)`.
+    pub fn encode_reply(s: &str, dst: &mut BytesMut) {
+        dst.put_varint_len(GREETING.len() + s.len());
+        dst.put_slice(GREETING.as_bytes());
+        dst.put_slice(s.as_bytes());
     }
 }
 
@@ -42,6 +61,24 @@ mod tests {
         assert_eq!(
             hex::encode(reply),
             "53550e0000000a000b48656c6c6f20616c696365"
+        );
+    }
+
+    #[test]
+    fn the_borrowed_reply_matches_the_owned_one() {
+        for s in ["", "alice", &"x".repeat(200), "héllo"] {
+            let mut direct = BytesMut::new();
+            HelloMessage::encode_reply(s, &mut direct);
+            let mut owned = BytesMut::new();
+            HelloMessage(s.into()).reply().encode(&mut owned);
+            assert_eq!(direct, owned, "{s}");
+            let mut request = BytesMut::new();
+            HelloMessage(s.into()).encode(&mut request);
+            assert_eq!(HelloMessage::parse(&request).unwrap(), s);
+        }
+        assert!(
+            HelloMessage::parse(&[1, b'a', b'b']).is_err(),
+            "trailing bytes"
         );
     }
 }

@@ -220,11 +220,14 @@ impl<'a> Reader<'a> {
 
     /// Reads a 7-bit-length-prefixed UTF-8 string.
     pub fn string(&mut self) -> Result<String, DecodeError> {
+        self.str().map(str::to_owned)
+    }
+
+    /// Reads a 7-bit-length-prefixed UTF-8 string without copying it.
+    pub fn str(&mut self) -> Result<&'a str, DecodeError> {
         let len = self.varint_len()?;
         let bytes = self.take(len)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError::InvalidUtf8)
+        std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)
     }
 
     /// Reads a string, replacing invalid UTF-8 with U+FFFD. For text that is only displayed or

@@ -9,20 +9,20 @@
 //! no lock taken. Values that would cost every frame to keep (queue depths, penalised
 //! sources) are sampled when scraped instead.
 
+mod sharded;
+
 use super::events::RefusalReason;
 use super::gate::Gatekeeper;
 use super::{ServerHandle, Shared};
 use crate::protocol::ProtocolSet;
 use crate::session::CloseReason;
 use crate::wire::protocol_id;
-use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
+use sharded::{LatencyHistogram, ShardedCounter};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,23 +70,23 @@ pub(crate) struct ServerMetrics {
 
 /// One protocol id's traffic and handler latency.
 pub(crate) struct ProtocolMetrics {
-    frames_in: Counter,
-    bytes_in: Counter,
-    frames_out: Counter,
-    bytes_out: Counter,
+    frames_in: ShardedCounter,
+    bytes_in: ShardedCounter,
+    frames_out: ShardedCounter,
+    bytes_out: ShardedCounter,
     handler: LatencyHistogram,
 }
 
 impl ProtocolMetrics {
     /// A frame of `wire_len` bytes (header included) arrived.
     pub(crate) fn received(&self, wire_len: usize) {
-        self.frames_in.inc();
+        self.frames_in.inc_by(1);
         self.bytes_in.inc_by(wire_len as u64);
     }
 
     /// A frame of `wire_len` bytes (header included) was queued for the socket.
     pub(crate) fn sent(&self, wire_len: usize) {
-        self.frames_out.inc();
+        self.frames_out.inc_by(1);
         self.bytes_out.inc_by(wire_len as u64);
     }
 
@@ -158,10 +158,10 @@ impl ServerMetrics {
             auth_failures.clone(),
         );
 
-        let frames_in = Family::<OwnedLabel, Counter>::default();
-        let bytes_in = Family::<OwnedLabel, Counter>::default();
-        let frames_out = Family::<OwnedLabel, Counter>::default();
-        let bytes_out = Family::<OwnedLabel, Counter>::default();
+        let frames_in = Family::<OwnedLabel, ShardedCounter>::default();
+        let bytes_in = Family::<OwnedLabel, ShardedCounter>::default();
+        let frames_out = Family::<OwnedLabel, ShardedCounter>::default();
+        let bytes_out = Family::<OwnedLabel, ShardedCounter>::default();
         let handler = Family::<OwnedLabel, LatencyHistogram>::default();
         // Capabilities and unknown ids never reach a protocol handler: their latency
         // histogram is kept out of the registry rather than shown empty.
@@ -325,57 +325,6 @@ impl Drop for SessionGauge {
     }
 }
 
-/// Upper bounds of the handler latency buckets, in seconds: 100 µs to 10 s.
-const LATENCY_BOUNDS: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
-
-/// A histogram of durations kept in atomics only. prometheus-client's own histogram takes a
-/// lock per observation, which every session would contend for on every packet.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct LatencyHistogram {
-    cells: Arc<HistogramCells>,
-}
-
-#[derive(Debug, Default)]
-struct HistogramCells {
-    /// Observations per bucket (not cumulative); the last is above every bound.
-    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
-    /// Sum of all observations in nanoseconds: 584 years of handler time before it wraps.
-    sum_nanos: AtomicU64,
-}
-
-impl LatencyHistogram {
-    pub(crate) fn observe(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        // Buckets are "less than or equal": the first bound not below the value.
-        let at = LATENCY_BOUNDS.partition_point(|bound| *bound < seconds);
-        self.cells.buckets[at].fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-    }
-}
-
-impl TypedMetric for LatencyHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for LatencyHistogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let counts = self.cells.buckets.iter().map(|b| b.load(Ordering::Relaxed));
-        let bounds = LATENCY_BOUNDS.iter().copied().chain([f64::INFINITY]);
-        let buckets: Vec<(f64, u64)> = bounds.zip(counts).collect();
-        let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = self.cells.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
-    }
-}
-
 /// A server's metrics, ready to render for a scrape. Cheap to clone; keeps the server's
 /// shared state alive like a [`ServerHandle`].
 #[derive(Clone)]
@@ -498,36 +447,6 @@ fn to_prometheus_text(openmetrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn histogram_buckets_are_inclusive_and_the_sum_is_in_seconds() {
-        let h = LatencyHistogram::default();
-        h.observe(Duration::from_micros(100));
-        h.observe(Duration::from_micros(101));
-        h.observe(Duration::from_secs(60));
-        let cells = &h.cells;
-        assert_eq!(cells.buckets[0].load(Ordering::Relaxed), 1);
-        assert_eq!(cells.buckets[1].load(Ordering::Relaxed), 1);
-        assert_eq!(
-            cells.buckets[LATENCY_BOUNDS.len()].load(Ordering::Relaxed),
-            1
-        );
-        let mut registry = Registry::default();
-        registry.register_with_unit("h", "A histogram", Unit::Seconds, h);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(
-            text.contains("h_seconds_bucket{le=\"0.0001\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("h_seconds_bucket{le=\"0.00025\"} 2\n"),
-            "{text}"
-        );
-        assert!(text.contains("h_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
-        assert!(text.contains("h_seconds_count 3\n"), "{text}");
-        assert!(text.contains("h_seconds_sum 60.000201\n"), "{text}");
-    }
 
     #[test]
     fn prometheus_text_names_counters_with_total() {
