@@ -41,6 +41,10 @@
 //!     }
 //! }
 //! ```
+//!
+//! A handler that never needs to wait can also implement
+//! [`try_packet`](ProtocolHandler::try_packet), the fast path the server tries first; the
+//! Hello protocol ([`hello`]) shows how.
 
 pub mod admin;
 pub mod dbauth;
@@ -97,6 +101,20 @@ pub trait ProtocolHandler: Send + 'static {
     /// protocol, and the session goes on.
     async fn on_packet(&mut self, session: &Session, body: Bytes) -> Result<(), HandlerError>;
 
+    /// The fast path: handles a packet at once when that needs no waiting, or hands it on.
+    ///
+    /// The server calls this first for every packet; [`on_packet`](Self::on_packet) runs only
+    /// when it returns [`TryPacket::Wait`] with the body. The default hands every packet on.
+    /// A handler that answers from memory (as most application protocols do) implements it to
+    /// save the allocation and polling of an async call per packet. It must queue only with
+    /// the sends that never wait ([`Session::try_send_body`], [`Session::try_send`]) and hand
+    /// the packet on, untouched, when they find the queue full: `on_packet` then waits for
+    /// room, so back-pressure still applies.
+    fn try_packet(&mut self, session: &Session, body: Bytes) -> TryPacket {
+        let _ = session;
+        TryPacket::Wait(body)
+    }
+
     /// The peer reported an error about this protocol (a Capabilities ERROR naming it).
     async fn on_error(&mut self, session: &Session, message: &str) {
         tracing::debug!(
@@ -104,6 +122,26 @@ pub trait ProtocolHandler: Send + 'static {
             message,
             "peer reported a protocol error"
         );
+    }
+}
+
+/// What [`ProtocolHandler::try_packet`] did with a packet.
+#[derive(Debug)]
+pub enum TryPacket {
+    /// Handled, with the outcome `on_packet` would have returned.
+    Done(Result<(), HandlerError>),
+    /// Not handled, nothing done: the body goes on to `on_packet`.
+    Wait(Bytes),
+}
+
+impl TryPacket {
+    /// The outcome of a send made in `try_packet`: done when queued (or when the session is
+    /// closed), and `Wait(body)` when the queue is full, so that `on_packet` waits for room.
+    pub fn after_send(sent: Result<(), SendError>, body: Bytes) -> TryPacket {
+        match sent {
+            Err(SendError::Full) => TryPacket::Wait(body),
+            other => TryPacket::Done(other.map_err(HandlerError::from)),
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 
 use super::engine::{Engine, EngineOptions};
 use super::{CloseReason, Session};
-use crate::protocol::{HandlerError, Protocol, ProtocolHandler, ProtocolSet};
+use crate::protocol::{HandlerError, Protocol, ProtocolHandler, ProtocolSet, TryPacket};
 use crate::server::events::{EventBus, SessionEvent};
 use crate::server::gate::Gatekeeper;
 use crate::server::metrics::{ServerMetrics, SessionGauge, SessionState};
@@ -35,31 +35,49 @@ pub(crate) struct DriverContext {
     pub metrics: Arc<ServerMetrics>,
 }
 
-/// The handlers of one session's protocols, by id: a handful, so a vector beats a map.
+/// One protocol's handler on this session.
+struct Slot {
+    id: u16,
+    /// For logs.
+    name: &'static str,
+    /// The protocol has no role requirement, so a packet may go straight to the handler: the
+    /// auth gate was passed when it was created, and a session never loses its login.
+    direct: bool,
+    handler: Box<dyn ProtocolHandler>,
+}
+
+/// The handlers of one session's protocols: a handful, so a vector beats a map.
 #[derive(Default)]
-struct Handlers(Vec<(u16, Box<dyn ProtocolHandler>)>);
+struct Handlers(Vec<Slot>);
 
 impl Handlers {
-    fn get_mut(&mut self, id: u16) -> Option<&mut Box<dyn ProtocolHandler>> {
-        self.0.iter_mut().find(|(i, _)| *i == id).map(|(_, h)| h)
+    fn position(&self, id: u16) -> Option<usize> {
+        self.0.iter().position(|slot| slot.id == id)
     }
 
-    /// `protocol`'s handler, created (and recorded on the session) on first use.
-    fn get_or_start(
-        &mut self,
-        protocol: &dyn Protocol,
-        session: &Session,
-    ) -> &mut Box<dyn ProtocolHandler> {
+    fn get_mut(&mut self, id: u16) -> Option<&mut Box<dyn ProtocolHandler>> {
+        let at = self.position(id)?;
+        Some(&mut self.0[at].handler)
+    }
+
+    /// The slot of `protocol`'s handler, created (and recorded on the session) on first use.
+    fn get_or_start(&mut self, protocol: &dyn Protocol, session: &Session) -> usize {
         let id = protocol.id();
-        let at = match self.0.iter().position(|(i, _)| *i == id) {
-            Some(at) => at,
-            None => {
-                session.record_protocol(id);
-                self.0.push((id, protocol.new_handler(session)));
-                self.0.len() - 1
-            }
-        };
-        &mut self.0[at].1
+        self.position(id).unwrap_or_else(|| {
+            session.record_protocol(id);
+            self.0.push(Slot {
+                id,
+                name: protocol.name(),
+                direct: protocol.required_role().is_none(),
+                handler: protocol.new_handler(session),
+            });
+            self.0.len() - 1
+        })
+    }
+
+    /// The slot of `id` if its packets need no checks.
+    fn direct(&self, id: u16) -> Option<usize> {
+        self.position(id).filter(|at| self.0[*at].direct)
     }
 }
 
@@ -104,15 +122,23 @@ where
         }
         let was_authenticated = session.is_authenticated();
         let failures = session.auth_failures();
-        match route(ctx, &session, id) {
-            Route::Handler(protocol) => {
-                let handler = handlers.get_or_start(protocol.as_ref(), &session);
-                let handled = engine.run(handler.on_packet(&session, frame.body)).await;
+        // Straight to a handler that already passed the checks; the stack routes the rest.
+        let route = match handlers.direct(id) {
+            Some(at) => Route::Handler(at),
+            None => route(ctx, &session, &mut handlers, id),
+        };
+        match route {
+            Route::Handler(at) => {
+                let Slot { name, handler, .. } = &mut handlers.0[at];
+                let handled = match handler.try_packet(&session, frame.body) {
+                    TryPacket::Done(handled) => handled,
+                    TryPacket::Wait(body) => engine.run(handler.on_packet(&session, body)).await,
+                };
                 ctx.metrics.protocol(id).handled(engine.lap());
                 match handled {
                     Ok(()) | Err(HandlerError::Closed) => {}
                     Err(e) => {
-                        tracing::debug!(session = session.id(), protocol = protocol.name(), error = ?e, "handler failed");
+                        tracing::debug!(session = session.id(), protocol = *name, error = ?e, "handler failed");
                         // Boxed, as every rare path here: the session's task stays small.
                         engine
                             .run(Box::pin(refuse(&session, id, e.to_string())))
@@ -166,9 +192,9 @@ fn on_login(
 }
 
 /// Where one frame goes.
-enum Route<'a> {
-    /// To this protocol's handler.
-    Handler(&'a Arc<dyn Protocol>),
+enum Route {
+    /// To the handler in this slot.
+    Handler(usize),
     /// To the stack's own Capabilities protocol.
     Capabilities,
     /// Nowhere: answered with a Capabilities ERROR carrying this text.
@@ -176,8 +202,8 @@ enum Route<'a> {
 }
 
 /// Routes a frame of protocol `id`: Capabilities to the stack, everything else through the
-/// auth gate and the role check to its protocol's handler.
-fn route<'a>(ctx: &'a DriverContext, session: &Session, id: u16) -> Route<'a> {
+/// auth gate and the role check to its protocol's handler (started on first use).
+fn route(ctx: &DriverContext, session: &Session, handlers: &mut Handlers, id: u16) -> Route {
     if id == protocol_id::CAPABILITIES {
         return Route::Capabilities;
     }
@@ -192,7 +218,7 @@ fn route<'a>(ctx: &'a DriverContext, session: &Session, id: u16) -> Route<'a> {
             return Route::Refuse(format!("Requires role {role}."));
         }
     }
-    Route::Handler(protocol)
+    Route::Handler(handlers.get_or_start(protocol.as_ref(), session))
 }
 
 async fn capabilities(

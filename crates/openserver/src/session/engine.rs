@@ -81,8 +81,8 @@ pub(crate) struct Engine<S> {
     /// `last_frame` as last given to [`Session::touch`].
     touched: Instant,
     /// Where the current packet's handling time counts from: the end of the previous
-    /// packet's, or the read that brought it. One clock reading per packet.
-    lap_start: Instant,
+    /// packet's, or the read that brought it. One reading of the cheap clock per packet.
+    lap_start: quanta::Instant,
     /// The heartbeat, once the session starts one.
     heartbeat: Option<Beat>,
     /// One timer for every deadline, armed at the earliest.
@@ -113,7 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             read_at: now,
             last_frame: now,
             touched: now,
-            lap_start: now,
+            lap_start: quanta::Instant::now(),
             heartbeat: None,
             timer: Box::pin(tokio::time::sleep_until(never)),
             armed: never,
@@ -127,7 +127,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// The time since the previous lap (or since the read that brought the current frame):
     /// how long the packet just handled took. Called once per packet.
     pub(crate) fn lap(&mut self) -> Duration {
-        let now = Instant::now();
+        let now = quanta::Instant::now();
         let lap = now.saturating_duration_since(self.lap_start);
         self.lap_start = now;
         lap
@@ -284,7 +284,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         };
         if got {
             self.read_at = Instant::now();
-            self.lap_start = self.read_at;
+            self.lap_start = quanta::Instant::now();
             // The answers to what arrived are this task's own: they need no wake-up.
             self.session.inner.outbox.disarm();
         }

@@ -368,7 +368,7 @@ impl Session {
 
     /// Queues a typed message, waiting while the queue is full. The message is encoded
     /// straight into the queue.
-    pub async fn send_message<M: Message>(&self, message: &M) -> Result<(), SendError> {
+    pub async fn send_message<M: Message + Sync>(&self, message: &M) -> Result<(), SendError> {
         self.send_body(M::PROTOCOL_ID, |body| message.encode(body))
             .await
     }
@@ -379,12 +379,24 @@ impl Session {
     pub async fn send_body(
         &self,
         protocol_id: u16,
-        body: impl Fn(&mut bytes::BytesMut),
+        body: impl Fn(&mut bytes::BytesMut) + Sync,
     ) -> Result<(), SendError> {
         self.send_with(protocol_id, |dst| {
             Frame::encode_with(protocol_id, dst, &body)
         })
         .await
+    }
+
+    /// Queues a frame of `protocol_id` whose body `body` writes straight into the queue,
+    /// without waiting: `Full` if the queue is full (nothing is queued then).
+    pub fn try_send_body(
+        &self,
+        protocol_id: u16,
+        body: impl Fn(&mut bytes::BytesMut),
+    ) -> Result<(), SendError> {
+        self.push_encoded(false, protocol_id, &|dst| {
+            Frame::encode_with(protocol_id, dst, &body)
+        })
     }
 
     /// Queues a frame without waiting.
@@ -400,19 +412,28 @@ impl Session {
     async fn send_with(
         &self,
         protocol_id: u16,
-        encode: impl Fn(&mut bytes::BytesMut) -> Result<usize, crate::wire::FrameError>,
+        encode: impl Fn(&mut bytes::BytesMut) -> Result<usize, crate::wire::FrameError> + Sync,
     ) -> Result<(), SendError> {
         match self.push_encoded(false, protocol_id, &encode) {
-            Err(SendError::Full) => {}
-            sent => return sent,
+            // Boxed: the wait is rare, and every handler's future would carry it inline.
+            Err(SendError::Full) => Box::pin(self.wait_and_push(protocol_id, &encode)).await,
+            sent => sent,
         }
+    }
+
+    /// The slow path of [`send_with`](Self::send_with): waits for room, then queues.
+    async fn wait_and_push(
+        &self,
+        protocol_id: u16,
+        encode: &(dyn Fn(&mut bytes::BytesMut) -> Result<usize, crate::wire::FrameError> + Sync),
+    ) -> Result<(), SendError> {
         let outbox = &self.inner.outbox;
         loop {
             // Registered before the retry, so that a take in between still wakes us.
             let room = outbox.room().notified();
             let mut room = std::pin::pin!(room);
             room.as_mut().enable();
-            match self.push_encoded(true, protocol_id, &encode) {
+            match self.push_encoded(true, protocol_id, encode) {
                 Err(SendError::Full) => {}
                 sent => return sent,
             }

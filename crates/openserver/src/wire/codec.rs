@@ -75,11 +75,10 @@ impl Frame {
         body: impl FnOnce(&mut BytesMut),
     ) -> Result<usize, FrameError> {
         let start = dst.len();
-        dst.reserve(HEADER_LEN + MIN_PAYLOAD);
-        dst.put_u16_le(MAGIC);
-        // The length is patched in once the body is written.
-        dst.put_i32_le(0);
-        dst.put_u16_le(protocol_id);
+        let [m0, m1] = MAGIC.to_le_bytes();
+        let [p0, p1] = protocol_id.to_le_bytes();
+        // The length (zero here) is patched in once the body is written.
+        dst.put_slice(&[m0, m1, 0, 0, 0, 0, p0, p1]);
         body(dst);
         let wire_len = dst.len() - start;
         let payload = wire_len - HEADER_LEN;
@@ -219,8 +218,9 @@ impl Decoder for FrameCodec {
             src.reserve(total - src.len());
             return Ok(None);
         }
-        src.advance(HEADER_LEN);
-        let protocol_id = src.get_u16_le();
+        // `check_header` guaranteed the protocol id is there. One advance past header and id.
+        let protocol_id = u16::from_le_bytes([src[HEADER_LEN], src[HEADER_LEN + 1]]);
+        src.advance(HEADER_LEN + MIN_PAYLOAD);
         let body = src.split_to(payload - MIN_PAYLOAD).freeze();
         Ok(Some(Frame { protocol_id, body }))
     }

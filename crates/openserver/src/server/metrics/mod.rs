@@ -4,10 +4,10 @@
 //! [`ServerHandle::metrics`] returns a [`Metrics`] that renders them in the Prometheus text
 //! format or in OpenMetrics; `docs/OPERATIONS.md` lists every metric.
 //!
-//! The per-frame path is a few relaxed atomic adds on handles resolved when the server was
-//! built: a binary search over the registered protocol ids picks them, no label is hashed and
-//! no lock taken. Values that would cost every frame to keep (queue depths, penalised
-//! sources) are sampled when scraped instead.
+//! The per-frame path is a few relaxed atomic adds, each on the current thread's own shard
+//! (`sharded.rs`), on handles resolved when the server was built: a table indexed by protocol
+//! id picks them, no label is hashed and no lock taken. Values that would cost every frame to
+//! keep (queue depths, penalised sources) are sampled when scraped instead.
 
 mod sharded;
 
@@ -58,10 +58,12 @@ pub(crate) struct ServerMetrics {
     closed: Family<Label, Counter>,
     auth_successes: Family<Label, Counter>,
     auth_failures: Family<Label, Counter>,
-    /// Sorted by id, for binary search.
-    protocols: Box<[(u16, ProtocolMetrics)]>,
-    /// Frames of ids the server has not registered: one series, whatever a peer sends.
-    other: ProtocolMetrics,
+    /// The registered ids' handles, then (last) the handles of every other id: one series,
+    /// whatever a peer sends.
+    protocols: Box<[ProtocolMetrics]>,
+    /// For every possible protocol id, its index in `protocols`: one load per lookup, on
+    /// every frame in and out. (64 KiB per server; only the pages of ids in use are touched.)
+    index: Box<[u8]>,
     /// Sampled at scrape.
     penalized_sources: Gauge,
     queued_frames: Gauge,
@@ -184,11 +186,16 @@ impl ServerMetrics {
         ids.push(protocol_id::CAPABILITIES);
         ids.sort_unstable();
         ids.dedup();
-        let per_protocol: Box<[(u16, ProtocolMetrics)]> = ids
-            .into_iter()
-            .map(|id| (id, handles(id.to_string(), id != protocol_id::CAPABILITIES)))
-            .collect();
-        let other = handles("other".to_string(), false);
+        // At most 254 series of their own, so that every index and other's fit in a byte; ids
+        // past that count as other (no server registers that many protocols).
+        ids.truncate(usize::from(u8::MAX) - 1);
+        let mut index = vec![ids.len() as u8; usize::from(u16::MAX) + 1].into_boxed_slice();
+        let mut per_protocol: Vec<ProtocolMetrics> = Vec::with_capacity(ids.len() + 1);
+        for (at, id) in ids.into_iter().enumerate() {
+            index[usize::from(id)] = at as u8;
+            per_protocol.push(handles(id.to_string(), id != protocol_id::CAPABILITIES));
+        }
+        per_protocol.push(handles("other".to_string(), false));
         registry.register(
             "frames_received",
             "Frames received, by protocol id (ids the server does not speak count as other)",
@@ -246,20 +253,19 @@ impl ServerMetrics {
             closed,
             auth_successes,
             auth_failures,
-            protocols: per_protocol,
-            other,
+            protocols: per_protocol.into_boxed_slice(),
+            index,
             penalized_sources,
             queued_frames,
             deepest_queue,
         }
     }
 
-    /// The traffic handles of protocol `id`: a binary search over a handful of ids.
+    /// The traffic handles of protocol `id`.
     pub(crate) fn protocol(&self, id: u16) -> &ProtocolMetrics {
-        match self.protocols.binary_search_by_key(&id, |(id, _)| *id) {
-            Ok(at) => &self.protocols[at].1,
-            Err(_) => &self.other,
-        }
+        let at = usize::from(self.index[usize::from(id)]);
+        // `index` holds only indexes into `protocols`, built together.
+        &self.protocols[at]
     }
 
     pub(crate) fn accepted(&self) {

@@ -117,8 +117,12 @@ impl LatencyHistogram {
     /// Counts one observation of `elapsed`.
     pub(crate) fn observe(&self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        // Buckets are "less than or equal": the first bound not below the value.
-        let at = LATENCY_BOUNDS_NANOS.partition_point(|bound| *bound < nanos);
+        // Buckets are "less than or equal": the first bound not below the value. A scan from
+        // the smallest, since nearly every handler lands in the first buckets.
+        let at = LATENCY_BOUNDS_NANOS
+            .iter()
+            .position(|bound| nanos <= *bound)
+            .unwrap_or(LATENCY_BOUNDS_NANOS.len());
         let cells = &self.shards[shard()].0;
         cells.buckets[at].fetch_add(1, Ordering::Relaxed);
         cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
