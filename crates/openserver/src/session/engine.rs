@@ -9,10 +9,10 @@
 //! push, administration) wake the engine through the outbox. While a handler waits (for the
 //! user store, for room in the queue), the engine keeps writing and keeps the heartbeat going.
 //!
-//! An idle session holds no buffers: reads land on the stack and only a partial frame is kept,
-//! the write buffer is released after each write, and one timer stands for every deadline. The
-//! idle deadline moves lazily: a frame only records its arrival, and the timer, when it fires
-//! early, re-arms itself for the real deadline.
+//! A busy session reuses its read and write buffers; an idle one holds none: reads land on the
+//! stack first, and the buffers are freed once the session has been quiet for a moment. One
+//! timer stands for every deadline, and deadlines move lazily: a frame only records its
+//! arrival, and the timer, when it fires early, re-arms itself for the real deadline.
 
 use super::{CloseReason, Session};
 use crate::wire::keepalive::KeepAliveMessage;
@@ -29,6 +29,10 @@ use tokio_util::codec::Decoder;
 
 /// The most one read takes from the socket: the size of the stack buffer it reads into.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// How long a session may be quiet before its buffers are freed: long enough that a busy
+/// session keeps reusing them, short enough that idle sessions hold none.
+const RELEASE_AFTER: Duration = Duration::from_millis(250);
 
 /// A deadline far enough away to mean "none".
 const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -64,10 +68,15 @@ pub(crate) struct Engine<S> {
     /// Frames the peer's bytes; its limit changes at login.
     codec: FrameCodec,
     /// Received bytes not yet handed out as frames: a partial frame, or the rest of a read.
-    /// Released whenever it empties, so an idle session keeps none.
     read_buf: BytesMut,
     /// Bytes taken from the outbox that the socket has not accepted yet.
     write_buf: BytesMut,
+    /// `read_buf`, `write_buf` or the outbox may hold an allocation: kept for reuse while the
+    /// session is busy, freed once it has been quiet for [`RELEASE_AFTER`].
+    buffers_held: bool,
+    /// Since when the session has been quiet: its last read, or the first write since the
+    /// buffers were last freed.
+    quiet_since: Instant,
     /// Bytes were written since the last flush (TLS keeps records until flushed).
     flush_owed: bool,
     /// When the socket first refused more of the current write: the write deadline counts
@@ -107,6 +116,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             codec: FrameCodec::new(options.max_frame),
             read_buf: BytesMut::new(),
             write_buf: BytesMut::new(),
+            buffers_held: false,
+            quiet_since: now,
             flush_owed: false,
             write_blocked_since: None,
             options,
@@ -243,9 +254,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     continue;
                 }
             }
-            // Waiting for the peer: keep no empty buffer meanwhile.
-            if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
-                self.read_buf = BytesMut::new();
+            if self.buffers_held {
+                // The timer frees the buffers if the session stays quiet.
+                let release_at = self.quiet_since + RELEASE_AFTER;
+                if release_at < self.armed {
+                    self.arm(release_at);
+                    continue;
+                }
             }
             return Poll::Pending;
         }
@@ -284,6 +299,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         };
         if got {
             self.read_at = Instant::now();
+            self.buffers_held = true;
+            self.quiet_since = self.read_at;
             self.lap_start = quanta::Instant::now();
             // The answers to what arrived are this task's own: they need no wake-up.
             self.session.inner.outbox.disarm();
@@ -307,6 +324,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     Poll::Ready(Ok(n)) => {
                         self.write_buf.advance(n);
                         self.flush_owed = true;
+                        if !self.buffers_held {
+                            self.buffers_held = true;
+                            self.quiet_since = Instant::now();
+                        }
                     }
                     Poll::Ready(Err(e)) => return Err(io(e)),
                     Poll::Pending => {
@@ -326,14 +347,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 }
             }
             self.write_blocked_since = None;
-            // The next batch comes in the outbox's own buffer; this one is freed.
-            self.write_buf = BytesMut::new();
-            if !self
-                .session
-                .inner
-                .outbox
-                .take(&mut self.write_buf, cx.waker())
-            {
+            // Swapped for the next batch: this buffer becomes the outbox's.
+            let outbox = &self.session.inner.outbox;
+            if !outbox.take(&mut self.write_buf, cx.waker()) {
                 return Ok(true);
             }
         }
@@ -403,8 +419,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             self.frame_deadline_due = true;
         }
+        if self.buffers_held && now >= self.quiet_since + RELEASE_AFTER {
+            self.release_buffers();
+        }
         self.rearm();
         Some(Ok(()))
+    }
+
+    /// Frees the buffers that hold nothing: the session has gone quiet.
+    fn release_buffers(&mut self) {
+        if self.read_buf.is_empty() {
+            self.read_buf = BytesMut::new();
+        }
+        if self.write_buf.is_empty() {
+            self.write_buf = BytesMut::new();
+        }
+        self.session.inner.outbox.release();
+        // What still holds bytes (a partial frame, a blocked write) is freed by the next
+        // release after it empties: the activity that empties it marks the buffers held.
+        self.buffers_held = false;
     }
 
     /// The authentication or idle deadline that has passed at `now`, if any.
@@ -431,6 +464,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         if let Some(beat) = &self.heartbeat {
             let lost_at = self.session.heartbeat_seen_at() + beat.timeout;
             at = at.min(beat.next_send).min(lost_at);
+        }
+        if self.buffers_held {
+            at = at.min(self.quiet_since + RELEASE_AFTER);
         }
         if !self.frame_deadline_due {
             if let Some(auth) = self.options.auth_deadline {

@@ -111,9 +111,9 @@ impl Outbox {
         state.waiting = state.waiting.saturating_sub(1);
     }
 
-    /// For the engine: moves every queued frame into `dst` (which must be empty) and returns
-    /// true; or, with nothing queued, keeps `waker` to be woken by the next push and returns
-    /// false.
+    /// For the engine: swaps every queued frame into `dst` (which must be empty; its
+    /// allocation becomes the queue's, for the next frames) and returns true; or, with nothing
+    /// queued, keeps `waker` to be woken by the next push and returns false.
     pub(crate) fn take(&self, dst: &mut BytesMut, waker: &Waker) -> bool {
         let mut state = lock(&self.state);
         if state.buf.is_empty() {
@@ -123,7 +123,8 @@ impl Outbox {
             return false;
         }
         debug_assert!(dst.is_empty());
-        *dst = std::mem::take(&mut state.buf);
+        dst.clear();
+        std::mem::swap(&mut state.buf, dst);
         state.frames = 0;
         let notify = state.waiting > 0;
         drop(state);
@@ -131,6 +132,14 @@ impl Outbox {
             self.room.notify_waiters();
         }
         true
+    }
+
+    /// Frees the queue's buffer if it holds nothing (the session has gone quiet).
+    pub(crate) fn release(&self) {
+        let mut state = lock(&self.state);
+        if state.buf.is_empty() {
+            state.buf = BytesMut::new();
+        }
     }
 
     /// For the engine, once it runs again: forgets its waker, so that its own handlers'
