@@ -4,6 +4,7 @@
 //! Each subcommand lives in `cmd/`; this file only parses arguments and sets up logging.
 
 mod alerts;
+mod alloc;
 mod cmd;
 mod config;
 mod metrics;
@@ -14,11 +15,6 @@ use config::LogFormat;
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
-
-/// jemalloc rather than the system allocator: glibc keeps what thousands of closed sessions
-/// freed in per-thread arenas, jemalloc gives it back (docs/BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// openserver: a TCP client/server application framework, compatible with DotNetOpenServer.
 #[derive(Parser, Debug)]
@@ -45,6 +41,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    alloc::configure();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

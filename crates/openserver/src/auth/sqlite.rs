@@ -12,6 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// File name of the user database inside the server's data directory.
 pub const USERS_DB_FILE: &str = "users.db";
@@ -75,6 +76,9 @@ const SCHEMA_VERSION: usize = MIGRATIONS.len();
 #[derive(Clone)]
 pub struct SqliteUserStore {
     conn: Arc<Mutex<Connection>>,
+    /// One query at a time goes to the blocking pool: the connection serves one at a time
+    /// anyway, and a burst of logins must not park a blocking thread per login on its lock.
+    turn: Arc<Semaphore>,
     hasher: PasswordHasher,
     /// Salts fake SCRAM exchanges; persisted in `settings`.
     scram_secret: [u8; 32],
@@ -115,6 +119,7 @@ impl SqliteUserStore {
         let scram_secret = load_or_create_scram_secret(&conn)?;
         Ok(SqliteUserStore {
             conn: Arc::new(Mutex::new(conn)),
+            turn: Arc::new(Semaphore::new(1)),
             hasher,
             scram_secret,
         })
@@ -411,7 +416,14 @@ impl SqliteUserStore {
         F: FnOnce(&mut Connection) -> Result<T, AuthError> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
+        // Held by the job, not by this future: released when the query ends even if the
+        // caller stopped waiting for it.
+        let turn = Arc::clone(&self.turn)
+            .acquire_owned()
+            .await
+            .map_err(|_| AuthError::Store("database closed".into()))?;
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             // A panic while holding the lock may have left a transaction half done; SQLite rolls
             // it back when the Transaction drops, but refuse to guess and report it.
             let mut conn = conn

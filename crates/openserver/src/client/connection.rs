@@ -116,13 +116,12 @@ where
         if let Some(hb) = lock(&heartbeat).as_ref() {
             hb.seen();
         }
-        engine
-            .run(route(&session, &pending, &subscriptions, frame))
-            .await;
+        let routed = std::pin::pin!(route(&session, &pending, &subscriptions, frame));
+        engine.run(routed).await;
     }
     let reason = session.close_reason().unwrap_or(CloseReason::Local);
     pending.fail_all(&reason);
-    engine.finish().await;
+    Box::pin(engine.finish()).await;
     reason
 }
 

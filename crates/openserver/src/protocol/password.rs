@@ -96,7 +96,11 @@ mod tests {
 
     fn session(id: u64, peer: &str, gate: &Arc<Gatekeeper>) -> Session {
         let session = Session::new(id, peer.parse().unwrap(), 4, false);
-        session.attach_gate(gate.clone());
+        let metrics = crate::server::metrics::ServerMetrics::new(&Default::default(), gate);
+        session.attach_server(Arc::new(crate::session::telemetry::ServerLink {
+            gate: gate.clone(),
+            metrics: Arc::new(metrics),
+        }));
         session
     }
 

@@ -30,6 +30,8 @@ use crate::protocol::scram::ScramAuth;
 use crate::protocol::winauth::WinAuth;
 use crate::protocol::{Protocol, ProtocolSet};
 use crate::session::driver::{self, DriverContext};
+use crate::session::engine::Engine;
+use crate::session::telemetry::ServerLink;
 use crate::session::{lock, SendError, Session, SessionId};
 use crate::tls::ServerTls;
 use crate::wire::Frame;
@@ -148,6 +150,7 @@ impl ServerBuilder {
         let listener = listen(self.config.listen, self.config.limits.listen_backlog)?;
         let local_addr = listener.local_addr()?;
         let gate = Arc::new(gate::Gatekeeper::new(self.config.security.clone()));
+        let metrics = Arc::new(metrics::ServerMetrics::new(&self.protocols, &gate));
         Ok(Server {
             listener,
             local_addr,
@@ -157,7 +160,11 @@ impl ServerBuilder {
                 keep_alive,
                 ctx: DriverContext {
                     log_packets: self.config.log_packets,
-                    metrics: Arc::new(metrics::ServerMetrics::new(&self.protocols, &gate)),
+                    link: Arc::new(ServerLink {
+                        gate: gate.clone(),
+                        metrics: metrics.clone(),
+                    }),
+                    metrics,
                     protocols: self.protocols,
                     gate,
                     events: events::EventBus::new(),
@@ -296,7 +303,8 @@ impl Shared {
             self.note_refused(peer, RefusalReason::MaxConnections);
             return;
         };
-        let Some(mut ip_slot) = IpSlot::take(&self, peer.ip(), limits.max_connections_per_ip)
+        let Some(mut ip_slot) =
+            IpSlot::take(&self, permit, peer.ip(), limits.max_connections_per_ip)
         else {
             tracing::warn!(%peer, "connection refused: max_connections_per_ip reached");
             self.note_refused(peer, RefusalReason::MaxConnectionsPerIp);
@@ -311,46 +319,57 @@ impl Shared {
                 return;
             }
         }
-        let span = tracing::info_span!("session", id, %peer);
-        let shared = self.clone();
-        self.tasks.spawn(
-            shared
-                .serve(stream, peer, id, permit, ip_slot, limits)
-                .instrument(span),
-        );
-    }
-
-    async fn serve(
-        self: Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        id: SessionId,
-        _permit: ConnectionPermit,
-        _ip_slot: IpSlot,
-        limits: Arc<Limits>,
-    ) {
-        let accepted = tokio::time::Instant::now();
+        // Created at accept, so that its clocks (the authentication deadline) start here; it
+        // joins the registry once it is a session (after the TLS handshake).
+        let session = Session::new(id, peer, limits.outbound_queue, self.ctx.log_packets);
         // Interactive request/response traffic: don't let Nagle hold small frames back.
         let _ = stream.set_nodelay(true);
-        let Some(tls) = self.tls.clone() else {
-            return self
-                .run_session(stream, peer, id, None, &limits, accepted)
-                .await;
-        };
-        // Boxed: a plaintext session's task then does not carry the TLS futures, the larger
-        // by far, inline.
-        Box::pin(self.serve_tls(tls, stream, peer, id, limits, accepted)).await
+        let span = tracing::info_span!("session", id, %peer);
+        // Two kinds of task: a plaintext connection's future is what every idle session
+        // costs, so it does not carry the TLS handshake's state.
+        match self.tls.clone() {
+            None => {
+                let engine = driver::engine(stream, &session, &limits);
+                let task = self.clone().serve(engine, session, ip_slot, limits);
+                self.tasks.spawn(task.instrument(span));
+            }
+            Some(tls) => {
+                let task = self
+                    .clone()
+                    .serve_tls(tls, stream, session, ip_slot, limits);
+                self.tasks.spawn(task.instrument(span));
+            }
+        }
     }
 
-    /// The TLS part of [`serve`](Self::serve): the handshake, a certificate login, the session.
+    /// A plaintext connection's task: the session on its engine. (An `async` block, not an
+    /// `async fn`: an `async fn` keeps a second copy of its arguments in its state.)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep its arguments twice"
+    )]
+    fn serve(
+        self: Arc<Self>,
+        mut engine: Engine<TcpStream>,
+        session: Session,
+        slot: IpSlot,
+        limits: Arc<Limits>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            // Moved in and held to the end: the connection's places in the caps.
+            let _slot = &slot;
+            self.run_session(&mut engine, &session, &limits).await
+        }
+    }
+
+    /// A TLS connection's task: the handshake, a certificate login, the session.
     async fn serve_tls(
-        &self,
+        self: Arc<Self>,
         tls: ServerTls,
         stream: TcpStream,
-        peer: SocketAddr,
-        id: SessionId,
+        session: Session,
+        _slot: IpSlot,
         limits: Arc<Limits>,
-        accepted: tokio::time::Instant,
     ) {
         // Until the session starts, with its own count in the gauges.
         let handshaking = SessionGauge::new(self.ctx.metrics.clone(), SessionState::Handshaking);
@@ -360,19 +379,21 @@ impl Shared {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 tracing::info!(error = %e, "TLS handshake failed");
-                self.note_refused(peer, RefusalReason::TlsHandshake);
+                self.note_refused(session.peer(), RefusalReason::TlsHandshake);
                 return;
             }
             Err(_) => {
                 tracing::info!(?deadline, "TLS handshake timed out");
-                self.note_refused(peer, RefusalReason::TlsHandshake);
+                self.note_refused(session.peer(), RefusalReason::TlsHandshake);
                 return;
             }
         };
-        let user = self.certificate_login(&stream).await;
+        if let Some(user) = self.certificate_login(&stream).await {
+            session.authenticate(user);
+        }
         drop(handshaking);
-        self.run_session(stream, peer, id, user, &limits, accepted)
-            .await
+        let mut engine = driver::engine(stream, &session, &limits);
+        self.run_session(&mut engine, &session, &limits).await
     }
 
     /// Maps a verified client certificate to a user: the subject's common name is the user
@@ -404,36 +425,36 @@ impl Shared {
     }
 
     /// Runs an established (plain or TLS) connection as a session until it closes.
-    async fn run_session<S>(
-        &self,
-        stream: S,
-        peer: SocketAddr,
-        id: SessionId,
-        user: Option<User>,
-        limits: &Limits,
-        accepted: tokio::time::Instant,
-    ) where
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep its arguments twice"
+    )]
+    fn run_session<'a, S>(
+        &'a self,
+        engine: &'a mut Engine<S>,
+        session: &'a Session,
+        limits: &'a Limits,
+    ) -> impl Future<Output = ()> + 'a
+    where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let session = Session::new(id, peer, limits.outbound_queue, self.ctx.log_packets);
-        if let Some(user) = user {
-            session.authenticate(user);
-        }
-        self.registry.insert(session.clone());
-        if self.shutdown.is_cancelled() {
-            // Accepted just as shutdown began, after its sweep: treat it the same way.
-            session.shut_down();
-        }
-        tracing::info!("session opened");
-        self.note_opened(&session);
-        let reason = driver::drive(stream, session.clone(), &self.ctx, limits, accepted).await;
-        self.registry.remove(id);
-        self.note_closed(&session, &reason, accepted.elapsed());
-        let user = session.user().map(|u| u.name).unwrap_or_default();
-        if reason.is_lost() {
-            tracing::warn!(%user, %reason, "session closed: connection lost");
-        } else {
-            tracing::info!(%user, %reason, "session closed");
+        async move {
+            self.registry.insert(session.clone());
+            if self.shutdown.is_cancelled() {
+                // Accepted just as shutdown began, after its sweep: treat it the same way.
+                session.shut_down();
+            }
+            tracing::info!("session opened");
+            self.note_opened(session);
+            let reason = driver::drive(engine, session, &self.ctx, limits).await;
+            self.registry.remove(session.id());
+            self.note_closed(session, &reason, session.started().elapsed());
+            let user = session.user().map(|u| u.name).unwrap_or_default();
+            if reason.is_lost() {
+                tracing::warn!(%user, %reason, "session closed: connection lost");
+            } else {
+                tracing::info!(%user, %reason, "session closed");
+            }
         }
     }
 
@@ -461,9 +482,12 @@ impl Shared {
     }
 }
 
-/// Holds one connection's place in the per-address count; gives it back on drop.
+/// Holds one connection's places in the connection count and the per-address count; gives
+/// them back on drop.
 struct IpSlot {
     shared: Arc<Shared>,
+    /// The place in the total count.
+    _permit: ConnectionPermit,
     ip: IpAddr,
     /// The connection's place among those not yet logged in. The driver gives it back at
     /// login; dropping it here covers every other end, a failed TLS handshake included.
@@ -471,7 +495,12 @@ struct IpSlot {
 }
 
 impl IpSlot {
-    fn take(shared: &Arc<Shared>, ip: IpAddr, max_per_ip: usize) -> Option<IpSlot> {
+    fn take(
+        shared: &Arc<Shared>,
+        permit: ConnectionPermit,
+        ip: IpAddr,
+        max_per_ip: usize,
+    ) -> Option<IpSlot> {
         let mut per_ip = lock(&shared.per_ip);
         let count = per_ip.entry(ip).or_insert(0);
         if *count >= max_per_ip {
@@ -480,6 +509,7 @@ impl IpSlot {
         *count += 1;
         Some(IpSlot {
             shared: shared.clone(),
+            _permit: permit,
             ip,
             pending: None,
         })

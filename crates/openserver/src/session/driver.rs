@@ -7,6 +7,7 @@
 //! deadline.
 
 use super::engine::{Engine, EngineOptions};
+use super::telemetry::ServerLink;
 use super::{CloseReason, Session};
 use crate::protocol::{HandlerError, Protocol, ProtocolHandler, ProtocolSet, TryPacket};
 use crate::server::events::{EventBus, SessionEvent};
@@ -16,9 +17,10 @@ use crate::server::Limits;
 use crate::wire::capabilities::CapabilitiesMessage;
 use crate::wire::{protocol_id, Frame, FrameCodec, Message};
 use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
 
 /// What every session of a server shares. (The limits are not here: each session gets its
 /// own copy, read at accept, so that a reload never changes them under it.)
@@ -33,13 +35,13 @@ pub(crate) struct DriverContext {
     pub events: EventBus,
     /// The server's metrics.
     pub metrics: Arc<ServerMetrics>,
+    /// `gate` and `metrics` as every session holds them.
+    pub link: Arc<ServerLink>,
 }
 
 /// One protocol's handler on this session.
 struct Slot {
     id: u16,
-    /// For logs.
-    name: &'static str,
     /// The protocol has no role requirement, so a packet may go straight to the handler: the
     /// auth gate was passed when it was created, and a session never loses its login.
     direct: bool,
@@ -65,9 +67,11 @@ impl Handlers {
         let id = protocol.id();
         self.position(id).unwrap_or_else(|| {
             session.record_protocol(id);
+            // One slot at a time: a session runs two or three protocols, and every idle one
+            // pays for spare capacity.
+            self.0.reserve_exact(1);
             self.0.push(Slot {
                 id,
-                name: protocol.name(),
                 direct: protocol.required_role().is_none(),
                 handler: protocol.new_handler(session),
             });
@@ -81,23 +85,13 @@ impl Handlers {
     }
 }
 
-/// Runs a session until it closes and returns why it closed. `limits` are the session's for
-/// its whole life. `accepted` is when the TCP connection was accepted: the authentication
-/// deadline counts from then.
-pub(crate) async fn drive<S>(
-    stream: S,
-    session: Session,
-    ctx: &DriverContext,
-    limits: &Limits,
-    accepted: Instant,
-) -> CloseReason
+/// The engine of a server session on `stream`, with the session's limits. Made by the
+/// connection's task, which holds it: a session's state lives in one place.
+pub(crate) fn engine<S>(stream: S, session: &Session, limits: &Limits) -> Engine<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    session.attach_gate(ctx.gate.clone());
-    session.attach_metrics(ctx.metrics.clone());
-    let mut gauge = SessionGauge::new(ctx.metrics.clone(), SessionState::Authenticating);
-    let mut engine = Engine::new(
+    Engine::new(
         stream,
         session.clone(),
         EngineOptions {
@@ -105,73 +99,93 @@ where
             write_timeout: limits.write_timeout,
             idle_timeout: Some(limits.idle_timeout),
             // Counted from accept, so a slow TLS handshake does not extend it.
-            auth_deadline: Some(accepted + limits.auth_timeout),
+            auth_deadline: Some(session.started() + limits.auth_timeout),
         },
-    );
-    let mut handlers = Handlers::default();
-    if session.is_authenticated() {
-        // Logged in before the first frame (client certificate).
-        on_login(ctx, limits, &session, &mut handlers, engine.codec_mut());
-        report_login(ctx, &session, &mut gauge, CERTIFICATE_LOGIN);
-    }
-    while let Some(frame) = engine.next_frame().await {
-        let id = frame.protocol_id;
-        ctx.metrics.protocol(id).received(frame.wire_len());
-        if ctx.log_packets {
-            log_inbound(&frame);
+    )
+}
+
+/// Runs a session on its engine until it closes and returns why it closed. `limits` are the
+/// session's for its whole life.
+/// (An `async` block, not an `async fn`: an `async fn` keeps a second copy of its arguments
+/// in its state, which every idle session would pay for.)
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice"
+)]
+pub(crate) fn drive<'a, S>(
+    engine: &'a mut Engine<S>,
+    session: &'a Session,
+    ctx: &'a DriverContext,
+    limits: &'a Limits,
+) -> impl Future<Output = CloseReason> + 'a
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async move {
+        session.attach_server(ctx.link.clone());
+        let mut gauge = SessionGauge::new(ctx.metrics.clone(), SessionState::Authenticating);
+        let mut handlers = Handlers::default();
+        if session.is_authenticated() {
+            // Logged in before the first frame (client certificate).
+            on_login(ctx, limits, session, &mut handlers, engine.codec_mut());
+            report_login(ctx, session, &mut gauge, CERTIFICATE_LOGIN);
         }
-        let was_authenticated = session.is_authenticated();
-        let failures = session.auth_failures();
-        // Straight to a handler that already passed the checks; the stack routes the rest.
-        let route = match handlers.direct(id) {
-            Some(at) => Route::Handler(at),
-            None => route(ctx, &session, &mut handlers, id),
-        };
-        match route {
-            Route::Handler(at) => {
-                let Slot { name, handler, .. } = &mut handlers.0[at];
-                let handled = match handler.try_packet(&session, frame.body) {
-                    TryPacket::Done(handled) => handled,
-                    TryPacket::Wait(body) => engine.run(handler.on_packet(&session, body)).await,
+        loop {
+            // The loop's state is what every idle session costs: the frame lives in an inner
+            // block, so that it is not kept across the awaits that follow.
+            let (id, was_authenticated, failures, by_handler, dispatched);
+            {
+                let Some(frame) = engine.next_frame().await else {
+                    break;
                 };
-                ctx.metrics.protocol(id).handled(engine.lap());
-                match handled {
-                    Ok(()) | Err(HandlerError::Closed) => {}
-                    Err(e) => {
-                        tracing::debug!(session = session.id(), protocol = *name, error = ?e, "handler failed");
+                id = frame.protocol_id;
+                ctx.metrics.protocol(id).received(frame.wire_len());
+                if ctx.log_packets {
+                    log_inbound(&frame);
+                }
+                was_authenticated = session.is_authenticated();
+                failures = session.auth_failures();
+                (dispatched, by_handler) = dispatch(ctx, session, &mut handlers, frame);
+            }
+            // In a block, so that the handlers' borrow ends with the handling.
+            let outcome = {
+                let dispatched = dispatched;
+                match dispatched {
+                    Dispatched::Handled(outcome) => outcome,
+                    Dispatched::Wait(handling) => engine.run(handling).await,
+                }
+            };
+            let lap = engine.lap();
+            if by_handler {
+                ctx.metrics.protocol(id).handled(lap);
+                if let Err(e) = outcome {
+                    if !matches!(e, HandlerError::Closed) {
+                        let protocol = protocol_name(ctx, id);
+                        tracing::debug!(session = session.id(), protocol, error = ?e, "handler failed");
                         // Boxed, as every rare path here: the session's task stays small.
-                        engine
-                            .run(Box::pin(refuse(&session, id, e.to_string())))
-                            .await;
+                        let refused = Box::pin(refuse(session, id, e.to_string()));
+                        engine.run(refused).await;
                     }
                 }
             }
-            Route::Capabilities => {
-                let answered = capabilities(ctx, &session, &mut handlers, frame.body);
-                engine.run(Box::pin(answered)).await;
-                engine.lap();
-            }
-            Route::Refuse(message) => {
-                engine.run(Box::pin(refuse(&session, id, message))).await;
-                engine.lap();
+            report_denials(ctx, session, id, failures);
+            if !was_authenticated && session.is_authenticated() {
+                on_login(ctx, limits, session, &mut handlers, engine.codec_mut());
+                report_login(ctx, session, &mut gauge, protocol_name(ctx, id));
+            } else if !session.is_authenticated()
+                && session.auth_failures() >= ctx.gate.max_auth_failures()
+            {
+                // Here, not in the login protocols, so that every protocol gets the limit; the
+                // denial is already queued and is written before the close.
+                session.close(CloseReason::AuthFailures);
             }
         }
-        report_denials(ctx, &session, id, failures);
-        if !was_authenticated && session.is_authenticated() {
-            on_login(ctx, limits, &session, &mut handlers, engine.codec_mut());
-            report_login(ctx, &session, &mut gauge, protocol_name(ctx, id));
-        } else if !session.is_authenticated()
-            && session.auth_failures() >= ctx.gate.max_auth_failures()
-        {
-            // Here, not in the login protocols, so that every protocol gets the limit; the
-            // denial is already queued and is written before the close.
-            session.close(CloseReason::AuthFailures);
-        }
+        drop(handlers);
+        // What was queued (a QUIT, a last answer) still goes out, within the write deadline.
+        // Boxed: a session closes once, and its task need not carry the drain inline.
+        Box::pin(engine.finish()).await;
+        session.close_reason().unwrap_or(CloseReason::Local)
     }
-    drop(handlers);
-    // What was queued (a QUIT, a last answer) still goes out, within the write deadline.
-    engine.finish().await;
-    session.close_reason().unwrap_or(CloseReason::Local)
 }
 
 /// What changes once a session authenticates: the larger frame limit, and the protocols the
@@ -219,6 +233,53 @@ fn route(ctx: &DriverContext, session: &Session, handlers: &mut Handlers, id: u1
         }
     }
     Route::Handler(handlers.get_or_start(protocol.as_ref(), session))
+}
+
+/// A packet's handling as it leaves [`dispatch`].
+enum Dispatched<'a> {
+    /// Done at once (a handler's fast path), with this outcome.
+    Handled(Result<(), HandlerError>),
+    /// To be run to completion: a handler that waits, or the stack's own answer.
+    Wait(Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>),
+}
+
+/// Hands a frame to its handler (straight to one that already passed the checks, through
+/// [`route`] otherwise) or to the stack. Also says whether a protocol handler took it.
+fn dispatch<'a>(
+    ctx: &'a DriverContext,
+    session: &'a Session,
+    handlers: &'a mut Handlers,
+    frame: Frame,
+) -> (Dispatched<'a>, bool) {
+    let id = frame.protocol_id;
+    let route = match handlers.direct(id) {
+        Some(at) => Route::Handler(at),
+        None => route(ctx, session, handlers, id),
+    };
+    match route {
+        Route::Handler(at) => {
+            let handler = &mut handlers.0[at].handler;
+            let dispatched = match handler.try_packet(session, frame.body) {
+                TryPacket::Done(outcome) => Dispatched::Handled(outcome),
+                TryPacket::Wait(body) => Dispatched::Wait(handler.on_packet(session, body)),
+            };
+            (dispatched, true)
+        }
+        Route::Capabilities => {
+            let answer = async move {
+                capabilities(ctx, session, handlers, frame.body).await;
+                Ok(())
+            };
+            (Dispatched::Wait(Box::pin(answer)), false)
+        }
+        Route::Refuse(message) => {
+            let answer = async move {
+                refuse(session, id, message).await;
+                Ok(())
+            };
+            (Dispatched::Wait(Box::pin(answer)), false)
+        }
+    }
 }
 
 async fn capabilities(

@@ -20,7 +20,7 @@ use crate::wire::{Frame, FrameCodec, FrameError, Message};
 use bytes::{Buf, BytesMut};
 use std::future::{poll_fn, Future};
 use std::mem::MaybeUninit;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -30,12 +30,26 @@ use tokio_util::codec::Decoder;
 /// The most one read takes from the socket: the size of the stack buffer it reads into.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// A time on the engine's clock: milliseconds since the session started, on tokio's clock
+/// (so paused-time tests control it). Eight bytes where an `Instant` takes sixteen: every
+/// idle session carries a handful, and the timer is millisecond-grained anyway.
+type Ms = u64;
+
+/// No such time (no deadline, no blocked write).
+const UNSET: Ms = Ms::MAX;
+
+/// A deadline far enough away to mean "none" that the timer can still be armed for it: 30
+/// years after the session started.
+const NEVER: Ms = 30 * 365 * 24 * 3600 * 1000;
+
 /// How long a session may be quiet before its buffers are freed: long enough that a busy
 /// session keeps reusing them, short enough that idle sessions hold none.
-const RELEASE_AFTER: Duration = Duration::from_millis(250);
+const RELEASE_AFTER: Ms = 250;
 
-/// A deadline far enough away to mean "none".
-const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+/// A duration on the engine's clock.
+fn ms(d: Duration) -> Ms {
+    u64::try_from(d.as_millis()).unwrap_or(NEVER).min(NEVER)
+}
 
 /// How an engine behaves; the server's limits or the client's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -51,12 +65,22 @@ pub(crate) struct EngineOptions {
     pub auth_deadline: Option<Instant>,
 }
 
+/// The part of [`EngineOptions`] the engine keeps, on its clock.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    write_timeout: Ms,
+    /// `UNSET`: none.
+    idle_timeout: Ms,
+    /// `UNSET`: none.
+    auth_deadline: Ms,
+}
+
 /// A running heartbeat: KEEP_ALIVE every `interval`; silence for `timeout` loses the session.
 #[derive(Debug, Clone, Copy)]
 struct Beat {
-    interval: Duration,
-    timeout: Duration,
-    next_send: Instant,
+    interval: Ms,
+    timeout: Ms,
+    next_send: Ms,
 }
 
 /// One connection's I/O and timers; see the [module docs](self).
@@ -76,19 +100,18 @@ pub(crate) struct Engine<S> {
     buffers_held: bool,
     /// Since when the session has been quiet: its last read, or the first write since the
     /// buffers were last freed.
-    quiet_since: Instant,
+    quiet_since: Ms,
     /// Bytes were written since the last flush (TLS keeps records until flushed).
     flush_owed: bool,
     /// When the socket first refused more of the current write: the write deadline counts
     /// from here.
-    write_blocked_since: Option<Instant>,
-    options: EngineOptions,
+    write_blocked_since: Ms,
+    /// The write, idle and authentication limits.
+    deadlines: Deadlines,
     /// When the bytes of the last read arrived.
-    read_at: Instant,
+    read_at: Ms,
     /// When the last whole frame arrived: the idle deadline counts from here.
-    last_frame: Instant,
-    /// `last_frame` as last given to [`Session::touch`].
-    touched: Instant,
+    last_frame: Ms,
     /// Where the current packet's handling time counts from: the end of the previous
     /// packet's, or the read that brought it. One reading of the cheap clock per packet.
     lap_start: quanta::Instant,
@@ -97,9 +120,7 @@ pub(crate) struct Engine<S> {
     /// One timer for every deadline, armed at the earliest.
     timer: Pin<Box<Sleep>>,
     /// What `timer` is armed for.
-    armed: Instant,
-    /// Stands for "no deadline".
-    never: Instant,
+    armed: Ms,
     /// The idle or authentication deadline passed while a handler ran; those two are acted
     /// on only between frames, so a login in progress is not cut short.
     frame_deadline_due: bool,
@@ -108,8 +129,9 @@ pub(crate) struct Engine<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// An engine for `session` on `stream`.
     pub(crate) fn new(stream: S, session: Session, options: EngineOptions) -> Self {
-        let now = Instant::now();
-        let never = now + NEVER;
+        let now = session.ms_at(Instant::now());
+        let auth_deadline = options.auth_deadline.map_or(UNSET, |at| session.ms_at(at));
+        let never = session.started() + Duration::from_millis(NEVER);
         let mut engine = Engine {
             stream,
             session,
@@ -119,16 +141,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             buffers_held: false,
             quiet_since: now,
             flush_owed: false,
-            write_blocked_since: None,
-            options,
+            write_blocked_since: UNSET,
+            deadlines: Deadlines {
+                write_timeout: ms(options.write_timeout),
+                idle_timeout: options.idle_timeout.map_or(UNSET, ms),
+                auth_deadline,
+            },
             read_at: now,
             last_frame: now,
-            touched: now,
             lap_start: quanta::Instant::now(),
             heartbeat: None,
             timer: Box::pin(tokio::time::sleep_until(never)),
-            armed: never,
-            never,
+            armed: NEVER,
             frame_deadline_due: false,
         };
         engine.rearm();
@@ -151,39 +175,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
 
     /// The next frame from the peer, writing what is queued while it waits; `None` once the
     /// session is closing (the reason is recorded on the session).
-    pub(crate) async fn next_frame(&mut self) -> Option<Frame> {
-        poll_fn(|cx| self.poll_next_frame(cx)).await
+    pub(crate) fn next_frame(&mut self) -> NextFrame<'_, S> {
+        NextFrame { engine: self }
     }
 
     /// Runs `handler` (one packet's handling) to completion while the queued frames keep
     /// leaving and the heartbeat keeps beating. Packets are not read meanwhile: a session's
     /// packets are handled one at a time, in order.
-    pub(crate) async fn run<F: Future>(&mut self, handler: F) -> F::Output {
-        let mut handler = pin!(handler);
-        poll_fn(|cx| {
-            if let Poll::Ready(out) = handler.as_mut().poll(cx) {
-                return Poll::Ready(out);
+    pub(crate) fn run<F: Future + Unpin>(&mut self, handler: F) -> Running<'_, S, F> {
+        Running {
+            engine: self,
+            handler,
+        }
+    }
+
+    /// What the engine does while a handler waits: writes, heartbeats, the write deadline.
+    fn poll_aside(&mut self, cx: &mut Context<'_>) {
+        while !self.session.is_closing() {
+            if let Err(reason) = self.poll_write(cx) {
+                self.session.close(reason);
+                break;
             }
-            while !self.session.is_closing() {
-                if let Err(reason) = self.poll_write(cx) {
-                    self.session.close(reason);
-                    break;
-                }
-                match self.poll_timers(cx, false) {
-                    None => break,
-                    Some(Ok(())) => continue,
-                    Some(Err(reason)) => self.session.close(reason),
-                }
+            match self.poll_timers(cx, false) {
+                None => break,
+                Some(Ok(())) => continue,
+                Some(Err(reason)) => self.session.close(reason),
             }
-            Poll::Pending
-        })
-        .await
+        }
     }
 
     /// Once the session is closing: writes what is still queued (a QUIT, a last answer) and
     /// shuts the connection down, each within the write deadline.
-    pub(crate) async fn finish(mut self) {
-        let deadline = self.options.write_timeout;
+    pub(crate) async fn finish(&mut self) {
+        let deadline = Duration::from_millis(self.deadlines.write_timeout);
         let drained = tokio::time::timeout(
             deadline,
             poll_fn(|cx| match self.poll_write(cx) {
@@ -206,7 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             if self.frame_deadline_due {
                 self.frame_deadline_due = false;
-                if let Some(reason) = self.frame_deadline(Instant::now()) {
+                if let Some(reason) = self.frame_deadline(self.clock()) {
                     self.session.close(reason);
                     continue;
                 }
@@ -256,7 +280,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             if self.buffers_held {
                 // The timer frees the buffers if the session stays quiet.
-                let release_at = self.quiet_since + RELEASE_AFTER;
+                let release_at = self.quiet_since.saturating_add(RELEASE_AFTER);
                 if release_at < self.armed {
                     self.arm(release_at);
                     continue;
@@ -267,10 +291,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     }
 
     fn frame_arrived(&mut self) {
-        self.last_frame = self.read_at;
-        if self.touched != self.read_at {
-            self.touched = self.read_at;
-            self.session.touch(self.read_at);
+        // Once per read, not per frame: the frames of one read arrived together.
+        if self.last_frame != self.read_at {
+            self.last_frame = self.read_at;
+            self.session.touch_ms(self.read_at);
         }
     }
 
@@ -298,7 +322,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             !buf.filled().is_empty()
         };
         if got {
-            self.read_at = Instant::now();
+            self.read_at = self.clock();
             self.buffers_held = true;
             self.quiet_since = self.read_at;
             self.lap_start = quanta::Instant::now();
@@ -326,7 +350,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                         self.flush_owed = true;
                         if !self.buffers_held {
                             self.buffers_held = true;
-                            self.quiet_since = Instant::now();
+                            self.quiet_since = self.clock();
                         }
                     }
                     Poll::Ready(Err(e)) => return Err(io(e)),
@@ -346,7 +370,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     }
                 }
             }
-            self.write_blocked_since = None;
+            self.write_blocked_since = UNSET;
             // Swapped for the next batch: this buffer becomes the outbox's.
             let outbox = &self.session.inner.outbox;
             if !outbox.take(&mut self.write_buf, cx.waker()) {
@@ -356,10 +380,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     }
 
     fn write_blocked(&mut self) {
-        if self.write_blocked_since.is_none() {
-            let now = Instant::now();
-            self.write_blocked_since = Some(now);
-            let at = now + self.options.write_timeout;
+        if self.write_blocked_since == UNSET {
+            let now = self.clock();
+            self.write_blocked_since = now;
+            let at = now.saturating_add(self.deadlines.write_timeout);
             if at < self.armed {
                 self.arm(at);
             }
@@ -376,30 +400,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         between_frames: bool,
     ) -> Option<Result<(), CloseReason>> {
         if let Some((interval, timeout)) = self.session.take_heartbeat_request() {
+            let interval = ms(interval);
             self.heartbeat = Some(Beat {
                 interval,
-                timeout,
-                next_send: Instant::now() + interval,
+                timeout: ms(timeout),
+                next_send: self.clock().saturating_add(interval),
             });
             self.rearm();
         }
         if self.timer.as_mut().poll(cx).is_pending() {
             return None;
         }
-        let now = Instant::now();
-        if let Some(since) = self.write_blocked_since {
-            if now >= since + self.options.write_timeout {
-                return Some(Err(CloseReason::SlowConsumer));
-            }
+        let now = self.clock();
+        let since = self.write_blocked_since;
+        if since != UNSET && now >= since.saturating_add(self.deadlines.write_timeout) {
+            return Some(Err(CloseReason::SlowConsumer));
         }
         if let Some(beat) = &mut self.heartbeat {
-            if now >= self.session.heartbeat_seen_at() + beat.timeout {
+            if now
+                >= self
+                    .session
+                    .heartbeat_seen_ms()
+                    .saturating_add(beat.timeout)
+            {
                 let session = &self.session;
                 tracing::warn!(
                     session = session.id(),
                     peer = %session.peer(),
                     user = session.user().map(|u| u.name).unwrap_or_default(),
-                    silent_for = ?beat.timeout,
+                    silent_for = ?Duration::from_millis(beat.timeout),
                     "connection lost: no keep-alive from peer"
                 );
                 return Some(Err(CloseReason::KeepAliveLost));
@@ -410,7 +439,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 let _ = self
                     .session
                     .try_send(KeepAliveMessage::KeepAlive.to_frame());
-                beat.next_send = now + beat.interval;
+                beat.next_send = now.saturating_add(beat.interval);
             }
         }
         if let Some(reason) = self.frame_deadline(now) {
@@ -419,7 +448,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             self.frame_deadline_due = true;
         }
-        if self.buffers_held && now >= self.quiet_since + RELEASE_AFTER {
+        if self.buffers_held && now >= self.quiet_since.saturating_add(RELEASE_AFTER) {
             self.release_buffers();
         }
         self.rearm();
@@ -441,44 +470,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     }
 
     /// The authentication or idle deadline that has passed at `now`, if any.
-    fn frame_deadline(&self, now: Instant) -> Option<CloseReason> {
-        if let Some(at) = self.options.auth_deadline {
-            if now >= at && !self.session.is_authenticated() {
-                return Some(CloseReason::AuthTimeout);
-            }
+    fn frame_deadline(&self, now: Ms) -> Option<CloseReason> {
+        let auth = self.deadlines.auth_deadline;
+        if auth != UNSET && now >= auth && !self.session.is_authenticated() {
+            return Some(CloseReason::AuthTimeout);
         }
-        if let Some(idle) = self.options.idle_timeout {
-            if now >= self.last_frame + idle {
-                return Some(CloseReason::Idle);
-            }
+        let idle = self.deadlines.idle_timeout;
+        if idle != UNSET && now >= self.last_frame.saturating_add(idle) {
+            return Some(CloseReason::Idle);
         }
         None
     }
 
     /// The earliest deadline that has not been acted on.
-    fn next_deadline(&self) -> Instant {
-        let mut at = self.never;
-        if let Some(since) = self.write_blocked_since {
-            at = at.min(since + self.options.write_timeout);
+    fn next_deadline(&self) -> Ms {
+        let mut at = NEVER;
+        if self.write_blocked_since != UNSET {
+            at = at.min(
+                self.write_blocked_since
+                    .saturating_add(self.deadlines.write_timeout),
+            );
         }
         if let Some(beat) = &self.heartbeat {
-            let lost_at = self.session.heartbeat_seen_at() + beat.timeout;
+            let lost_at = self
+                .session
+                .heartbeat_seen_ms()
+                .saturating_add(beat.timeout);
             at = at.min(beat.next_send).min(lost_at);
         }
         if self.buffers_held {
-            at = at.min(self.quiet_since + RELEASE_AFTER);
+            at = at.min(self.quiet_since.saturating_add(RELEASE_AFTER));
         }
         if !self.frame_deadline_due {
-            if let Some(auth) = self.options.auth_deadline {
-                if !self.session.is_authenticated() {
-                    at = at.min(auth);
-                }
+            let auth = self.deadlines.auth_deadline;
+            if auth != UNSET && !self.session.is_authenticated() {
+                at = at.min(auth);
             }
-            if let Some(idle) = self.options.idle_timeout {
-                at = at.min(self.last_frame + idle);
+            let idle = self.deadlines.idle_timeout;
+            if idle != UNSET {
+                at = at.min(self.last_frame.saturating_add(idle));
             }
         }
         at
+    }
+
+    /// Now, on the engine's clock.
+    fn clock(&self) -> Ms {
+        self.session.ms_at(Instant::now())
     }
 
     fn rearm(&mut self) {
@@ -486,8 +524,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         self.arm(at);
     }
 
-    fn arm(&mut self, at: Instant) {
+    fn arm(&mut self, at: Ms) {
         self.armed = at;
-        self.timer.as_mut().reset(at);
+        let deadline = self.session.started() + Duration::from_millis(at);
+        self.timer.as_mut().reset(deadline);
+    }
+}
+
+/// The future of [`Engine::next_frame`]: a pointer, so that a session's task stays small.
+pub(crate) struct NextFrame<'a, S> {
+    engine: &'a mut Engine<S>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for NextFrame<'_, S> {
+    type Output = Option<Frame>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        self.engine.poll_next_frame(cx)
+    }
+}
+
+/// The future of [`Engine::run`].
+pub(crate) struct Running<'a, S, F> {
+    engine: &'a mut Engine<S>,
+    handler: F,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin, F: Future + Unpin> Future for Running<'_, S, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        if let Poll::Ready(out) = Pin::new(&mut this.handler).poll(cx) {
+            return Poll::Ready(out);
+        }
+        this.engine.poll_aside(cx);
+        Poll::Pending
     }
 }

@@ -11,10 +11,9 @@
 pub(crate) mod driver;
 pub(crate) mod engine;
 mod outbox;
-mod telemetry;
+pub(crate) mod telemetry;
 
 use crate::auth::User;
-use crate::server::gate::Gatekeeper;
 use crate::wire::keepalive::KeepAliveMessage;
 use crate::wire::{Frame, Message};
 use outbox::{Outbox, PushError};
@@ -22,7 +21,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Identifies a session for the lifetime of the process.
@@ -144,36 +142,43 @@ struct Inner {
     /// Milliseconds from `started` to the last frame from the peer: one relaxed store per
     /// read, so the read loop pays almost nothing for it.
     last_frame_ms: AtomicU64,
-    /// Ids of the protocols whose handler runs on this session, ascending. Written only when
-    /// the driver creates a handler, a few times per session.
-    protocols: Mutex<Vec<u16>>,
-    /// Set once authentication succeeds; gates application protocols.
-    user: Mutex<Option<User>>,
-    /// `user.is_some()`, readable on every frame without the lock.
-    authenticated: AtomicBool,
-    /// Denied logins so far, counted by [`Session::record_auth_failure`].
-    auth_failures: AtomicU32,
-    /// The server's penalties and pre-login caps; set by the server's driver, absent on the
-    /// client side.
-    gate: OnceLock<Arc<Gatekeeper>>,
-    /// The bounded queue of encoded frames that the engine writes.
-    outbox: Outbox,
-    /// Log every outbound frame in hex.
-    log_packets: bool,
-    /// Set when the session starts closing.
-    closing: AtomicBool,
-    /// Wakes those waiting in [`Session::closed`].
-    closed_notify: Notify,
-    /// The first close reason recorded.
-    reason: Mutex<Option<CloseReason>>,
-    /// A heartbeat the engine should start: (interval, timeout).
-    heartbeat_request: Mutex<Option<(Duration, Duration)>>,
-    /// Whether `heartbeat_request` holds one, checked by the engine without the lock.
-    heartbeat_requested: AtomicBool,
     /// Milliseconds from `started` to when the peer was last heard from by the heartbeat.
     heartbeat_seen_ms: AtomicU64,
-    /// The server's metrics, and the name of the last denied login for its events.
-    telemetry: telemetry::Telemetry,
+    /// A heartbeat the engine should start: interval and timeout in milliseconds, packed
+    /// (high and low half); 0 when none is asked for. An atomic, as the engine checks it on
+    /// every turn.
+    heartbeat_request: AtomicU64,
+    /// Denied logins so far, counted by [`Session::record_auth_failure`].
+    auth_failures: AtomicU32,
+    /// Set once authentication succeeds (`cold.user` is set): read on every frame, so it is
+    /// not behind the lock.
+    authenticated: AtomicBool,
+    /// Set when the session starts closing.
+    closing: AtomicBool,
+    /// Log every outbound frame in hex.
+    log_packets: bool,
+    /// The server's penalties, pre-login caps and metrics; set by the server's driver, absent
+    /// on the client side.
+    server: OnceLock<Arc<telemetry::ServerLink>>,
+    /// The bounded queue of encoded frames that the engine writes. Its notify also wakes
+    /// those waiting in [`Session::closed`].
+    outbox: Outbox,
+    /// What changes a few times in a session's life, under one lock: every idle session
+    /// pays for each field of this struct.
+    cold: Mutex<Cold>,
+}
+
+/// The rarely written part of a session.
+#[derive(Default)]
+struct Cold {
+    /// Ids of the protocols whose handler runs on this session, ascending.
+    protocols: Vec<u16>,
+    /// Set once authentication succeeds; gates application protocols.
+    user: Option<User>,
+    /// The first close reason recorded.
+    reason: Option<CloseReason>,
+    /// The name given with the last denied login, until the driver reports it.
+    denied_login: Option<String>,
 }
 
 impl Session {
@@ -192,20 +197,15 @@ impl Session {
                 since: SystemTime::now(),
                 started: Instant::now(),
                 last_frame_ms: AtomicU64::new(0),
-                protocols: Mutex::new(Vec::new()),
-                user: Mutex::new(None),
-                authenticated: AtomicBool::new(false),
-                auth_failures: AtomicU32::new(0),
-                gate: OnceLock::new(),
-                outbox: Outbox::new(queue_depth),
-                log_packets,
-                closing: AtomicBool::new(false),
-                closed_notify: Notify::new(),
-                reason: Mutex::new(None),
-                heartbeat_request: Mutex::new(None),
-                heartbeat_requested: AtomicBool::new(false),
                 heartbeat_seen_ms: AtomicU64::new(0),
-                telemetry: telemetry::Telemetry::default(),
+                auth_failures: AtomicU32::new(0),
+                authenticated: AtomicBool::new(false),
+                closing: AtomicBool::new(false),
+                heartbeat_request: AtomicU64::new(0),
+                log_packets,
+                server: OnceLock::new(),
+                outbox: Outbox::new(queue_depth),
+                cold: Mutex::new(Cold::default()),
             }),
         }
     }
@@ -225,6 +225,12 @@ impl Session {
         self.inner.since
     }
 
+    /// When the connection was accepted, on the monotonic clock: the authentication deadline
+    /// counts from here.
+    pub(crate) fn started(&self) -> Instant {
+        self.inner.started
+    }
+
     /// When the last frame arrived from the peer, to the millisecond; the accept time until
     /// one has. Kept by the server's read loop (a client session always answers `since`).
     pub fn last_activity(&self) -> SystemTime {
@@ -232,15 +238,13 @@ impl Session {
         self.inner.since + Duration::from_millis(ms)
     }
 
-    /// Records that a frame arrived at `now`.
-    pub(crate) fn touch(&self, now: Instant) {
-        self.inner
-            .last_frame_ms
-            .store(self.ms_at(now), Ordering::Relaxed);
+    /// Records that a frame arrived `ms` milliseconds after the session started.
+    pub(crate) fn touch_ms(&self, ms: u64) {
+        self.inner.last_frame_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Milliseconds from the session's start to `at`.
-    fn ms_at(&self, at: Instant) -> u64 {
+    pub(crate) fn ms_at(&self, at: Instant) -> u64 {
         // u64 milliseconds outlast any session; the cast cannot truncate in practice.
         at.saturating_duration_since(self.inner.started).as_millis() as u64
     }
@@ -250,22 +254,30 @@ impl Session {
     /// replaces the timing.
     pub(crate) fn start_heartbeat(&self, interval: Duration, timeout: Duration) {
         self.heartbeat_seen();
-        *lock(&self.inner.heartbeat_request) = Some((interval, timeout));
+        // Whole milliseconds, at least one, at most u32::MAX (49 days): both halves nonzero.
+        let ms = |d: Duration| {
+            u64::try_from(d.as_millis())
+                .unwrap_or(u64::MAX)
+                .clamp(1, u64::from(u32::MAX))
+        };
+        let packed = (ms(interval) << 32) | ms(timeout);
         self.inner
-            .heartbeat_requested
-            .store(true, Ordering::Release);
+            .heartbeat_request
+            .store(packed, Ordering::Release);
         self.inner.outbox.wake_engine();
     }
 
-    /// For the engine: the heartbeat asked for since it last looked.
+    /// For the engine: the heartbeat asked for since it last looked, as (interval, timeout).
     pub(crate) fn take_heartbeat_request(&self) -> Option<(Duration, Duration)> {
-        if !self.inner.heartbeat_requested.load(Ordering::Relaxed) {
+        if self.inner.heartbeat_request.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        self.inner
-            .heartbeat_requested
-            .store(false, Ordering::Relaxed);
-        lock(&self.inner.heartbeat_request).take()
+        let packed = self.inner.heartbeat_request.swap(0, Ordering::Acquire);
+        (packed != 0).then(|| {
+            let interval = Duration::from_millis(packed >> 32);
+            let timeout = Duration::from_millis(packed & u64::from(u32::MAX));
+            (interval, timeout)
+        })
     }
 
     /// Records that the peer was heard from, for the heartbeat's loss detection.
@@ -274,21 +286,20 @@ impl Session {
         self.inner.heartbeat_seen_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// When the peer was last heard from, for the heartbeat.
-    pub(crate) fn heartbeat_seen_at(&self) -> Instant {
-        let ms = self.inner.heartbeat_seen_ms.load(Ordering::Relaxed);
-        self.inner.started + Duration::from_millis(ms)
+    /// When the peer was last heard from, for the heartbeat: milliseconds after the start.
+    pub(crate) fn heartbeat_seen_ms(&self) -> u64 {
+        self.inner.heartbeat_seen_ms.load(Ordering::Relaxed)
     }
 
     /// The protocols in use: the ids of those the server has started for this session (on
     /// their first packet, or at login), ascending. Capabilities is not listed.
     pub fn protocols(&self) -> Vec<u16> {
-        lock(&self.inner.protocols).clone()
+        lock(&self.inner.cold).protocols.clone()
     }
 
     /// Records that the protocol `id` now runs on this session.
     pub(crate) fn record_protocol(&self, id: u16) {
-        let mut protocols = lock(&self.inner.protocols);
+        let protocols = &mut lock(&self.inner.cold).protocols;
         if let Err(at) = protocols.binary_search(&id) {
             protocols.insert(at, id);
         }
@@ -296,7 +307,7 @@ impl Session {
 
     /// The authenticated user, if any.
     pub fn user(&self) -> Option<User> {
-        lock(&self.inner.user).clone()
+        lock(&self.inner.cold).user.clone()
     }
 
     /// Whether the session has authenticated.
@@ -307,7 +318,7 @@ impl Session {
     /// Marks the session authenticated as `user`. Authentication protocols call this once the
     /// credentials check out; application protocols become reachable from the next packet on.
     pub fn authenticate(&self, user: User) {
-        *lock(&self.inner.user) = Some(user);
+        lock(&self.inner.cold).user = Some(user);
         self.inner.authenticated.store(true, Ordering::Release);
     }
 
@@ -328,8 +339,8 @@ impl Session {
             .auth_failures
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
-        if let Some(gate) = self.inner.gate.get() {
-            gate.record_failure(self.inner.peer.ip());
+        if let Some(server) = self.inner.server.get() {
+            server.gate.record_failure(self.inner.peer.ip());
         }
         failures
     }
@@ -344,16 +355,12 @@ impl Session {
     /// answer nor its timing depends on the credentials, and record the denial with
     /// [`record_auth_failure`](Self::record_auth_failure). Ask before the check starts.
     pub fn source_penalized(&self) -> bool {
-        self.inner
-            .gate
-            .get()
-            .is_some_and(|gate| !gate.penalty_remaining(self.inner.peer.ip()).is_zero())
-    }
-
-    /// Connects the session to its server's penalties; the driver calls this first thing.
-    pub(crate) fn attach_gate(&self, gate: Arc<Gatekeeper>) {
-        // Set once per session; a second call would carry the same server's gate.
-        let _ = self.inner.gate.set(gate);
+        self.inner.server.get().is_some_and(|server| {
+            !server
+                .gate
+                .penalty_remaining(self.inner.peer.ip())
+                .is_zero()
+        })
     }
 
     /// Queues a frame, waiting while the queue is full. Waiting is the back-pressure that keeps
@@ -499,13 +506,13 @@ impl Session {
     /// write deadline), then the connection closes. Later reasons are ignored.
     pub fn close(&self, reason: CloseReason) {
         {
-            let mut slot = lock(&self.inner.reason);
+            let slot = &mut lock(&self.inner.cold).reason;
             if slot.is_none() {
                 *slot = Some(reason);
             }
         }
         if !self.inner.closing.swap(true, Ordering::AcqRel) {
-            self.inner.closed_notify.notify_waiters();
+            // The engine, waiting senders and those in `closed` all look again.
             self.inner.outbox.wake_all();
         }
     }
@@ -534,7 +541,7 @@ impl Session {
     /// Resolves once the session starts closing.
     pub async fn closed(&self) {
         loop {
-            let notified = self.inner.closed_notify.notified();
+            let notified = self.inner.outbox.room().notified();
             let mut notified = std::pin::pin!(notified);
             // Registered before the check, so a close in between is not missed.
             notified.as_mut().enable();
@@ -547,7 +554,7 @@ impl Session {
 
     /// Why the session closed, once it has.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        lock(&self.inner.reason).clone()
+        lock(&self.inner.cold).reason.clone()
     }
 }
 
@@ -628,7 +635,7 @@ mod tests {
         let (s, _rx) = session(1);
         assert_eq!(s.last_activity(), s.since());
         tokio::time::advance(Duration::from_millis(1500)).await;
-        s.touch(Instant::now());
+        s.touch_ms(s.ms_at(Instant::now()));
         assert_eq!(s.last_activity(), s.since() + Duration::from_millis(1500));
     }
 

@@ -32,13 +32,13 @@ struct State {
     /// Encoded frames, in order.
     buf: BytesMut,
     /// How many frames `buf` holds.
-    frames: usize,
+    frames: u32,
     /// The most frames `buf` may hold.
-    depth: usize,
+    depth: u32,
+    /// Senders registered in `room`, so that a take notifies only when someone waits.
+    waiting: u32,
     /// The engine's waker, while it waits for something to write.
     engine: Option<Waker>,
-    /// Senders registered in `room`, so that a take notifies only when someone waits.
-    waiting: usize,
 }
 
 /// Why a frame was not queued.
@@ -57,7 +57,7 @@ impl Outbox {
             state: Mutex::new(State {
                 buf: BytesMut::new(),
                 frames: 0,
-                depth: depth.max(1),
+                depth: u32::try_from(depth).unwrap_or(u32::MAX).max(1),
                 engine: None,
                 waiting: 0,
             }),
@@ -75,7 +75,7 @@ impl Outbox {
     ) -> Result<usize, PushError> {
         let mut state = lock(&self.state);
         if state.frames >= state.depth {
-            state.waiting += usize::from(register);
+            state.waiting += u32::from(register);
             return Err(PushError::Full);
         }
         if state.buf.capacity() == 0 {
@@ -168,7 +168,7 @@ impl Outbox {
 
     /// Frames queued now.
     pub(crate) fn len(&self) -> usize {
-        lock(&self.state).frames
+        lock(&self.state).frames as usize
     }
 
     /// The queued bytes, for tests.
