@@ -362,38 +362,53 @@ impl Shared {
         }
     }
 
-    /// A TLS connection's task: the handshake, a certificate login, the session.
-    async fn serve_tls(
+    /// A TLS connection's task: the handshake, a certificate login, the session. The handshake
+    /// and the TLS stream are boxed: the task's own future stays as small as a plaintext
+    /// one's, the handshake's memory goes when it ends, and the stream takes what it needs.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep its arguments twice"
+    )]
+    fn serve_tls(
         self: Arc<Self>,
         tls: ServerTls,
         stream: TcpStream,
         session: Session,
-        _slot: IpSlot,
+        slot: IpSlot,
         limits: Arc<Limits>,
-    ) {
-        // Until the session starts, with its own count in the gauges.
-        let handshaking = SessionGauge::new(self.ctx.metrics.clone(), SessionState::Handshaking);
-        // The handshake runs here, in the connection's own task, never in the accept loop.
-        let deadline = limits.tls_handshake_timeout;
-        let stream = match tokio::time::timeout(deadline, tls.acceptor().accept(stream)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                tracing::info!(error = %e, "TLS handshake failed");
-                self.note_refused(session.peer(), RefusalReason::TlsHandshake);
-                return;
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            // Moved in and held to the end: the connection's places in the caps.
+            let _slot = &slot;
+            // Until the session starts, with its own count in the gauges.
+            let handshaking =
+                SessionGauge::new(self.ctx.metrics.clone(), SessionState::Handshaking);
+            // The handshake runs here, in the connection's own task, never in the accept loop.
+            let deadline = limits.tls_handshake_timeout;
+            let accept = Box::pin(tokio::time::timeout(
+                deadline,
+                tls.acceptor().accept(stream),
+            ));
+            let stream = match accept.await {
+                Ok(Ok(stream)) => Box::new(stream),
+                Ok(Err(e)) => {
+                    tracing::info!(error = %e, "TLS handshake failed");
+                    self.note_refused(session.peer(), RefusalReason::TlsHandshake);
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(?deadline, "TLS handshake timed out");
+                    self.note_refused(session.peer(), RefusalReason::TlsHandshake);
+                    return;
+                }
+            };
+            if let Some(user) = Box::pin(self.certificate_login(&stream)).await {
+                session.authenticate(user);
             }
-            Err(_) => {
-                tracing::info!(?deadline, "TLS handshake timed out");
-                self.note_refused(session.peer(), RefusalReason::TlsHandshake);
-                return;
-            }
-        };
-        if let Some(user) = self.certificate_login(&stream).await {
-            session.authenticate(user);
+            drop(handshaking);
+            let mut engine = driver::engine(stream, &session, &limits);
+            self.run_session(&mut engine, &session, &limits).await
         }
-        drop(handshaking);
-        let mut engine = driver::engine(stream, &session, &limits);
-        self.run_session(&mut engine, &session, &limits).await
     }
 
     /// Maps a verified client certificate to a user: the subject's common name is the user
