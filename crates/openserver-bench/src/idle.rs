@@ -217,8 +217,10 @@ pub struct IdleResult {
     pub loaded_rss_kib: Option<u64>,
     /// The highest server memory sampled during the hold (KiB).
     pub peak_rss_kib: Option<u64>,
-    /// Server memory once every client has left (KiB).
+    /// Server memory once every client has left and it stopped falling (KiB).
     pub after_rss_kib: Option<u64>,
+    /// Seconds from the last session's close to the `after_rss_kib` reading.
+    pub after_settle_secs: f64,
     /// (loaded - idle) / sessions, in bytes.
     pub bytes_per_session: Option<f64>,
     /// after / idle.
@@ -357,8 +359,9 @@ pub async fn run(options: &IdleOptions) -> Result<IdleResult> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after_rss = rss(&running);
+    let closed_at = Instant::now();
+    let after_rss = settled_rss(|| rss(&running)).await;
+    let after_settle_secs = closed_at.elapsed().as_secs_f64();
     match running {
         Running::Child(child) => (*child).stop().await,
         Running::Local(local) => local.stop().await,
@@ -391,10 +394,32 @@ pub async fn run(options: &IdleOptions) -> Result<IdleResult> {
         loaded_rss_kib: loaded_rss,
         peak_rss_kib: peak,
         after_rss_kib: after_rss,
+        after_settle_secs,
         bytes_per_session,
         after_vs_idle,
         errors: report.setup.errors + report.lost,
     })
+}
+
+/// How long the server may take to give back the memory of sessions that left: its
+/// allocator returns freed pages after a decay time (1 s for the `openserver` binary), from a
+/// background thread.
+const SETTLE_MAX: Duration = Duration::from_secs(20);
+
+/// The server's memory once it has stopped falling: sampled every 500 ms until a reading is no
+/// lower than the one 2 s before, or [`SETTLE_MAX`] has passed.
+async fn settled_rss(rss: impl Fn() -> Option<u64>) -> Option<u64> {
+    let end = Instant::now() + SETTLE_MAX;
+    let mut readings: Vec<u64> = Vec::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(now) = rss() else { return None };
+        readings.push(now);
+        let settled = readings.len() > 4 && now >= readings[readings.len() - 5];
+        if settled || Instant::now() >= end {
+            return readings.iter().copied().min();
+        }
+    }
 }
 
 /// The credentials of the bench's own server.

@@ -258,11 +258,12 @@ pub(crate) fn print_idle(r: &IdleResult) {
         r.heartbeats, r.heartbeat_late.p50_us, r.heartbeat_late.p99_us, r.heartbeat_late.max_us
     );
     println!(
-        "server RSS    idle {}, with sessions {} (peak {}), after they left {}",
+        "server RSS    idle {}, with sessions {} (peak {}), after they left {} ({:.1} s after the last close)",
         kib(r.idle_rss_kib),
         kib(r.loaded_rss_kib),
         kib(r.peak_rss_kib),
-        kib(r.after_rss_kib)
+        kib(r.after_rss_kib),
+        r.after_settle_secs
     );
     if let Some(b) = r.bytes_per_session {
         println!("per session   {:.0} bytes ({:.2} KiB)", b, b / 1024.0);

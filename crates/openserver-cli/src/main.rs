@@ -40,10 +40,27 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
 }
 
+/// How long an idle blocking-pool thread lives (tokio's default is 10 s).
+const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The blocking pool's size: what password hashing (one job per CPU at most), the user store
+/// (one query at a time) and file and name lookups can use at once, rather than tokio's 512.
+/// Every thread a login burst starts would otherwise leave its stack and allocator state.
+fn blocking_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) + 4
+}
+
 fn main() -> ExitCode {
     alloc::configure();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // The blocking pool runs password hashing and user-store queries, each bounded by its
+        // own limit; the pool is sized for them, and a thread that idles goes.
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
+        .max_blocking_threads(blocking_threads())
+        .build();
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

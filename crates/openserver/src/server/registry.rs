@@ -5,6 +5,9 @@ use crate::wire::Frame;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// Below this many slots the table is never shrunk.
+const MIN_CAPACITY: usize = 64;
+
 /// The sessions currently open on a server.
 #[derive(Default)]
 pub(crate) struct Registry {
@@ -18,7 +21,15 @@ impl Registry {
     }
 
     pub(crate) fn remove(&self, id: SessionId) {
-        lock(&self.sessions).remove(&id);
+        let mut sessions = lock(&self.sessions);
+        sessions.remove(&id);
+        // A crowd that came and went leaves no table sized for it: shrink once it is mostly
+        // empty (halving at most every time the count falls to a quarter, so a session that
+        // closes and opens at the boundary does not resize the table each time).
+        if sessions.capacity() > MIN_CAPACITY && sessions.len() * 4 < sessions.capacity() {
+            let target = (sessions.len() * 2).max(MIN_CAPACITY);
+            sessions.shrink_to(target);
+        }
     }
 
     pub(crate) fn get(&self, id: SessionId) -> Option<Session> {
@@ -45,5 +56,26 @@ impl Registry {
 
     pub(crate) fn push_to(&self, id: SessionId, frame: Frame) -> Result<(), SendError> {
         self.get(id).ok_or(SendError::Closed)?.push(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shrinks_once_the_crowd_has_left() {
+        let registry = Registry::default();
+        for id in 0..5000 {
+            registry.insert(Session::new(id, "127.0.0.1:1".parse().unwrap(), 1, false));
+        }
+        let full = lock(&registry.sessions).capacity();
+        for id in 0..4990 {
+            registry.remove(id);
+        }
+        assert_eq!(registry.len(), 10);
+        let left = lock(&registry.sessions).capacity();
+        assert!(left < full / 16, "capacity {full} -> {left}");
+        assert!(registry.get(4995).is_some());
     }
 }
