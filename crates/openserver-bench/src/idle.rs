@@ -413,7 +413,7 @@ async fn settled_rss(rss: impl Fn() -> Option<u64>) -> Option<u64> {
     let mut readings: Vec<u64> = Vec::new();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Some(now) = rss() else { return None };
+        let now = rss()?;
         readings.push(now);
         let settled = readings.len() > 4 && now >= readings[readings.len() - 5];
         if settled || Instant::now() >= end {
