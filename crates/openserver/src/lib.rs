@@ -17,8 +17,10 @@
 //! - [`wire`]: the wire format, no I/O. `codec.rs` frames bytes; `primitives.rs` holds the
 //!   .NET `BinaryWriter` encodings; one file per built-in protocol's messages.
 //! - [`session`]: one connection. [`Session`](session::Session) is the handle handlers and
-//!   push use; `outbound.rs` is the batching writer with its write deadline; `driver.rs` is the
-//!   server's read loop with the auth gate, in-order dispatch and the idle/auth deadlines.
+//!   push use; `outbox.rs` its bounded queue of encoded frames; `engine.rs` the one task per
+//!   connection that reads frames, writes the outbox in batches and keeps the deadlines and
+//!   the heartbeat on a single timer; `driver.rs` the server side on top of it: the auth gate,
+//!   in-order dispatch to protocol handlers, logins.
 //! - [`protocol`]: the [`Protocol`](protocol::Protocol) trait and the built-in protocols, one
 //!   file each (keep-alive, WinAuth, DatabaseAuth, ScramAuth, Admin, Hello).
 //! - [`auth`]: the [`UserStore`](auth::UserStore) trait, the SQLite store, argon2id hashing

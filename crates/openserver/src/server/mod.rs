@@ -33,6 +33,7 @@ use crate::session::driver::{self, DriverContext};
 use crate::session::engine::Engine;
 use crate::session::telemetry::ServerLink;
 use crate::session::{lock, SendError, Session, SessionId};
+use crate::tls::stream::TlsStream;
 use crate::tls::ServerTls;
 use crate::wire::Frame;
 use live::{ConnectionPermit, LiveLimits, OpenConnections};
@@ -385,11 +386,8 @@ impl Shared {
                 SessionGauge::new(self.ctx.metrics.clone(), SessionState::Handshaking);
             // The handshake runs here, in the connection's own task, never in the accept loop.
             let deadline = limits.tls_handshake_timeout;
-            let accept = Box::pin(tokio::time::timeout(
-                deadline,
-                tls.acceptor().accept(stream),
-            ));
-            let stream = match accept.await {
+            let accept = TlsStream::accept(tls.config(), stream);
+            let stream = match Box::pin(tokio::time::timeout(deadline, accept)).await {
                 Ok(Ok(stream)) => Box::new(stream),
                 Ok(Err(e)) => {
                     tracing::info!(error = %e, "TLS handshake failed");
@@ -413,11 +411,8 @@ impl Shared {
 
     /// Maps a verified client certificate to a user: the subject's common name is the user
     /// name. rustls has already verified the certificate against the configured client CA.
-    async fn certificate_login<S>(
-        &self,
-        stream: &tokio_rustls::server::TlsStream<S>,
-    ) -> Option<User> {
-        let cert = stream.get_ref().1.peer_certificates()?.first()?;
+    async fn certificate_login(&self, stream: &TlsStream) -> Option<User> {
+        let cert = stream.peer_certificates()?.first()?;
         let Some(name) = crate::tls::certificate_user(cert) else {
             tracing::info!("client certificate has no subject common name; not logged in");
             return None;

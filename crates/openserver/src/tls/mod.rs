@@ -5,6 +5,8 @@
 //! - [`ClientTls`]: how a client verifies the server: system roots, a CA file, or a pinned
 //!   SHA-256 fingerprint; optionally a client certificate.
 //! - [`self_signed`]: a development CA and server certificate generated into a directory.
+//! - `stream`: the server's side of a connection, driven on rustls' unbuffered API so that an
+//!   idle session holds no TLS buffers.
 //!
 //! DotNetOpenServer clients start TLS right after the TCP connect, with no upgrade command, so
 //! a TLS listener speaks TLS from the first byte.
@@ -12,6 +14,7 @@
 mod client;
 pub mod self_signed;
 mod server;
+pub(crate) mod stream;
 
 pub use client::{ClientTls, ServerVerification};
 pub use server::ServerTls;

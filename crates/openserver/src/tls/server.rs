@@ -5,7 +5,6 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use tokio_rustls::TlsAcceptor;
 
 /// TLS for a server: what [`ServerBuilder::tls`](crate::server::ServerBuilder::tls) takes.
 ///
@@ -14,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 #[derive(Clone)]
 pub struct ServerTls {
     /// The rustls configuration handed to each handshake.
-    acceptor: TlsAcceptor,
+    config: Arc<rustls::ServerConfig>,
     /// Where the certificate is swapped on reload.
     resolver: Arc<Resolver>,
     /// Whether client certificates are requested (certificate login).
@@ -54,7 +53,7 @@ impl ServerTls {
         };
         let config = builder.with_cert_resolver(resolver.clone());
         Ok(ServerTls {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            config: Arc::new(config),
             resolver,
             client_auth: client_ca.is_some(),
             cert_path: cert.to_owned(),
@@ -93,8 +92,9 @@ impl ServerTls {
         self.client_auth
     }
 
-    pub(crate) fn acceptor(&self) -> &TlsAcceptor {
-        &self.acceptor
+    /// The rustls configuration for a handshake.
+    pub(crate) fn config(&self) -> Arc<rustls::ServerConfig> {
+        self.config.clone()
     }
 }
 

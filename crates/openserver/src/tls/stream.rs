@@ -1,0 +1,417 @@
+//! The server's side of a TLS connection, on rustls' unbuffered API.
+//!
+//! tokio-rustls drives rustls' buffered connection, which keeps a 4 KiB receive buffer for as
+//! long as the connection lives, plus a queue of records each way. An idle TLS session should
+//! cost little more than a plaintext one, so the server drives `UnbufferedServerConnection`
+//! itself: TLS bytes wait in a buffer only while a record is incomplete, answers are encrypted
+//! straight into the outgoing buffer, and every buffer is freed as soon as it is empty.
+//!
+//! ```text
+//!   socket --read--> incoming (TLS) --rustls--> plaintext --> reader (the session engine)
+//!   socket <--write-- outgoing (TLS) <--rustls encrypts-- writer
+//! ```
+//!
+//! Handshake messages, key updates and alerts that rustls produces go into `outgoing` too,
+//! in order, and leave before the stream waits for the peer.
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::ServerConfig;
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The most TLS bytes one read takes from the socket (the stack buffer it reads into): a
+/// whole record and its header.
+const READ_CHUNK: usize = 16 * 1024 + 512;
+
+/// Encrypted bytes waiting for the socket past which a write waits: back-pressure for a peer
+/// that does not read.
+const MAX_PENDING: usize = 64 * 1024;
+
+/// Room for rustls' record framing around `len` bytes of application data (header, type byte
+/// and tag for each 16 KiB record).
+fn sealed_len(len: usize) -> usize {
+    len + (len / (16 * 1024) + 1) * 64
+}
+
+/// An established (or establishing) server TLS connection over TCP.
+pub struct TlsStream {
+    tcp: TcpStream,
+    conn: UnbufferedServerConnection,
+    /// TLS bytes received and not yet processed: an incomplete record.
+    incoming: Vec<u8>,
+    /// TLS bytes to send; `outgoing[sent..]` has not been written yet.
+    outgoing: Vec<u8>,
+    sent: usize,
+    /// Decrypted application data the reader has not taken; `plaintext[taken..]` is left.
+    plaintext: Vec<u8>,
+    taken: usize,
+    /// The peer sent close_notify: no more application data will come.
+    peer_closed: bool,
+    /// This side queued its close_notify.
+    close_sent: bool,
+}
+
+/// Where processing the received records stopped.
+enum Step {
+    /// Application data is in `plaintext`.
+    Data,
+    /// More bytes from the peer are needed (handshake in progress, or nothing to read).
+    NeedRead,
+    /// The request (encrypt, close_notify) is done.
+    Done,
+    /// The peer closed (close_notify received).
+    PeerClosed,
+}
+
+/// What processing should do once rustls can send application data.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    /// Nothing: stop there.
+    None,
+    /// Encrypt these bytes into `outgoing`.
+    Encrypt(&'a [u8]),
+    /// Queue a close_notify.
+    CloseNotify,
+}
+
+impl TlsStream {
+    /// Runs a server handshake on `tcp` with `config`. The caller bounds it with the handshake
+    /// deadline.
+    pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
+        let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
+        let mut stream = TlsStream {
+            tcp,
+            conn,
+            incoming: Vec::new(),
+            outgoing: Vec::new(),
+            sent: 0,
+            plaintext: Vec::new(),
+            taken: 0,
+            peer_closed: false,
+            close_sent: false,
+        };
+        let shaken = poll_fn(|cx| stream.poll_handshake(cx)).await;
+        match shaken {
+            Ok(()) => Ok(stream),
+            Err(e) => {
+                // The alert rustls queued tells the peer why; best effort, the caller's
+                // deadline bounds it.
+                let _ = poll_fn(|cx| stream.poll_send(cx)).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The certificates the client presented, if any (verified against the client CA).
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            // The peer waits for these before it sends more.
+            ready!(self.poll_send(cx))?;
+            if !self.conn.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            match self.process(Request::None)? {
+                // Application data with the client's last flight: kept for the reader.
+                Step::Data | Step::Done => continue,
+                Step::NeedRead => {
+                    // What processing queued (our flight) must reach the peer first.
+                    ready!(self.poll_send(cx))?;
+                    if ready!(self.poll_recv(cx))? == 0 {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "tls handshake eof",
+                        )));
+                    }
+                }
+                Step::PeerClosed => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed during the TLS handshake",
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Processes what has been received until rustls needs I/O, or has done `request`. What
+    /// rustls wants sent is queued in `outgoing`; application data goes to `plaintext`.
+    fn process(&mut self, request: Request<'_>) -> io::Result<Step> {
+        loop {
+            let TlsStream {
+                conn,
+                incoming,
+                outgoing,
+                plaintext,
+                ..
+            } = self;
+            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(incoming);
+            let step = match state {
+                Err(e) => {
+                    incoming.drain(..discard.min(incoming.len()));
+                    self.queue_alert();
+                    return Err(invalid(e));
+                }
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record.map_err(invalid)?;
+                        discard += record.discard;
+                        plaintext.extend_from_slice(record.payload);
+                    }
+                    Some(Step::Data)
+                }
+                Ok(ConnectionState::ReadEarlyData(mut early)) => {
+                    // Early data is off in the server's configuration; should a client send
+                    // some anyway, it is application data like any other.
+                    while let Some(record) = early.next_record() {
+                        let record = record.map_err(invalid)?;
+                        discard += record.discard;
+                        plaintext.extend_from_slice(record.payload);
+                    }
+                    Some(Step::Data)
+                }
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    let start = outgoing.len();
+                    outgoing.resize(start + 1024, 0);
+                    loop {
+                        match encode.encode(&mut outgoing[start..]) {
+                            Ok(n) => {
+                                outgoing.truncate(start + n);
+                                break;
+                            }
+                            Err(EncodeError::InsufficientSize(need)) => {
+                                outgoing.resize(start + need.required_size, 0);
+                            }
+                            Err(e) => {
+                                outgoing.truncate(start);
+                                return Err(invalid(e));
+                            }
+                        }
+                    }
+                    None
+                }
+                // What was encoded is in `outgoing`, which leaves in order before this stream
+                // waits for the peer.
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    transmit.done();
+                    None
+                }
+                Ok(ConnectionState::BlockedHandshake) => Some(Step::NeedRead),
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => match request {
+                    Request::None => Some(Step::NeedRead),
+                    Request::Encrypt(data) => {
+                        let start = outgoing.len();
+                        outgoing.resize(start + sealed_len(data.len()), 0);
+                        loop {
+                            match traffic.encrypt(data, &mut outgoing[start..]) {
+                                Ok(n) => {
+                                    outgoing.truncate(start + n);
+                                    break;
+                                }
+                                Err(EncryptError::InsufficientSize(need)) => {
+                                    outgoing.resize(start + need.required_size, 0);
+                                }
+                                Err(e) => {
+                                    outgoing.truncate(start);
+                                    return Err(invalid(e));
+                                }
+                            }
+                        }
+                        Some(Step::Done)
+                    }
+                    Request::CloseNotify => {
+                        let start = outgoing.len();
+                        outgoing.resize(start + 64, 0);
+                        match traffic.queue_close_notify(&mut outgoing[start..]) {
+                            Ok(n) => outgoing.truncate(start + n),
+                            Err(e) => {
+                                outgoing.truncate(start);
+                                return Err(invalid(e));
+                            }
+                        }
+                        Some(Step::Done)
+                    }
+                },
+                Ok(ConnectionState::PeerClosed) => {
+                    self.peer_closed = true;
+                    Some(Step::PeerClosed)
+                }
+                Ok(ConnectionState::Closed) => {
+                    self.peer_closed = true;
+                    Some(Step::PeerClosed)
+                }
+                Ok(_) => return Err(invalid("unexpected TLS connection state")),
+            };
+            let incoming = &mut self.incoming;
+            incoming.drain(..discard.min(incoming.len()));
+            if incoming.is_empty() {
+                // Nothing incomplete: an idle connection keeps no receive buffer.
+                *incoming = Vec::new();
+            }
+            if let Some(step) = step {
+                return Ok(step);
+            }
+        }
+    }
+
+    /// After an error, rustls may have queued an alert for the peer: encodes it into
+    /// `outgoing`.
+    fn queue_alert(&mut self) {
+        for _ in 0..4 {
+            let TlsStream { conn, outgoing, .. } = self;
+            let status = conn.process_tls_records(&mut []);
+            match status.state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    let start = outgoing.len();
+                    outgoing.resize(start + 64, 0);
+                    match encode.encode(&mut outgoing[start..]) {
+                        Ok(n) => outgoing.truncate(start + n),
+                        Err(_) => {
+                            outgoing.truncate(start);
+                            return;
+                        }
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                _ => return,
+            }
+        }
+    }
+
+    /// Reads what the socket has into `incoming`: the byte count, 0 at end of stream.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut scratch = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut scratch);
+        ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut buf))?;
+        self.incoming.extend_from_slice(buf.filled());
+        Poll::Ready(Ok(buf.filled().len()))
+    }
+
+    /// Writes `outgoing` to the socket until it is all sent (then frees it) or the socket is
+    /// full.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.outgoing.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.outgoing = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Processes until rustls has done `request` (encrypting needs a `WriteTraffic` state).
+    fn request(&mut self, request: Request<'_>) -> io::Result<()> {
+        loop {
+            match self.process(request)? {
+                Step::Done => return Ok(()),
+                // Data that came with it waits for the reader.
+                Step::Data | Step::PeerClosed => continue,
+                Step::NeedRead => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "TLS connection cannot send yet",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.taken < this.plaintext.len() {
+                let n = buf.remaining().min(this.plaintext.len() - this.taken);
+                buf.put_slice(&this.plaintext[this.taken..this.taken + n]);
+                this.taken += n;
+                if this.taken == this.plaintext.len() {
+                    this.plaintext = Vec::new();
+                    this.taken = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.peer_closed {
+                return Poll::Ready(Ok(()));
+            }
+            // Key-update answers and the like leave before this side waits for more; a full
+            // socket does not stop the reading.
+            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                return Poll::Ready(Err(e));
+            }
+            match this.process(Request::None)? {
+                Step::Data | Step::Done => continue,
+                Step::PeerClosed => return Poll::Ready(Ok(())),
+                Step::NeedRead => {
+                    // What processing queued (a key-update answer) leaves before the wait.
+                    if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                    if ready!(this.poll_recv(cx))? == 0 {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "peer closed connection without sending TLS close_notify",
+                        )));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.close_sent {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if this.outgoing.len() - this.sent >= MAX_PENDING {
+            ready!(this.poll_send(cx))?;
+        }
+        this.request(Request::Encrypt(data))?;
+        // Sent now if the socket takes it; the rest goes on the next write or flush.
+        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_send(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.close_sent {
+            this.close_sent = true;
+            this.request(Request::CloseNotify)?;
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
