@@ -1,6 +1,8 @@
 //! The server's TLS configuration, with a certificate that can be swapped while running.
 
-use super::{load_certs, load_key, load_roots, provider, TlsError, PROTOCOL_VERSIONS};
+use super::{
+    load_certs, load_key, load_roots, provider, server_provider, TlsError, PROTOCOL_VERSIONS,
+};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
@@ -35,7 +37,7 @@ impl ServerTls {
         let resolver = Arc::new(Resolver {
             current: RwLock::new(certified_key(cert, key)?),
         });
-        let builder = rustls::ServerConfig::builder_with_provider(provider())
+        let builder = rustls::ServerConfig::builder_with_provider(server_provider())
             .with_protocol_versions(PROTOCOL_VERSIONS)
             .map_err(|e| TlsError::Config(e.to_string()))?;
         let builder = match client_ca {
@@ -51,7 +53,9 @@ impl ServerTls {
             }
             None => builder.with_no_client_auth(),
         };
-        let config = builder.with_cert_resolver(resolver.clone());
+        let mut config = builder.with_cert_resolver(resolver.clone());
+        // The suite order of `server_provider`, not the client's.
+        config.ignore_client_order = true;
         Ok(ServerTls {
             config: Arc::new(config),
             resolver,
