@@ -562,3 +562,187 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Future + Unpin> Future for Running<'_
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    fn session() -> Session {
+        Session::new(1, "127.0.0.1:1".parse().unwrap(), 16, false)
+    }
+
+    fn options() -> EngineOptions {
+        EngineOptions {
+            max_frame: 1024,
+            write_timeout: Duration::from_secs(5),
+            idle_timeout: None,
+            auth_deadline: None,
+        }
+    }
+
+    fn wire(frames: &[Frame]) -> Vec<u8> {
+        frames
+            .iter()
+            .flat_map(|f| f.to_bytes().unwrap().to_vec())
+            .collect()
+    }
+
+    /// A stream that counts the writes reaching it.
+    struct Counting {
+        inner: DuplexStream,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Counting {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if let Poll::Ready(Ok(_)) = written {
+                self.writes.fetch_add(1, SeqCst);
+            }
+            written
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_answers_to_one_read_leave_in_one_write() {
+        let (ours, mut peer) = tokio::io::duplex(64 * 1024);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let session = session();
+        let stream = Counting {
+            inner: ours,
+            writes: writes.clone(),
+        };
+        let mut engine = Engine::new(stream, session.clone(), options());
+        let requests: Vec<Frame> = (0..3u8).map(|i| Frame::new(10, vec![i])).collect();
+        peer.write_all(&wire(&requests)).await.unwrap();
+        for i in 0..3u8 {
+            let frame = engine.next_frame().await.unwrap();
+            assert_eq!(frame.body.as_ref(), &[i]);
+            session.try_send(Frame::new(10, vec![i + 100])).unwrap();
+            assert_eq!(writes.load(SeqCst), 0, "nothing leaves while frames remain");
+        }
+        // Looking for a fourth frame, the engine writes what the three produced.
+        let waited = tokio::time::timeout(Duration::from_millis(50), engine.next_frame()).await;
+        assert!(waited.is_err());
+        assert_eq!(writes.load(SeqCst), 1);
+        let answers: Vec<Frame> = (0..3u8).map(|i| Frame::new(10, vec![i + 100])).collect();
+        let mut got = vec![0u8; wire(&answers).len()];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, wire(&answers));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_session_frees_its_buffers() {
+        let (ours, mut peer) = tokio::io::duplex(4096);
+        let session = session();
+        let mut engine = Engine::new(ours, session.clone(), options());
+        peer.write_all(&wire(&[Frame::new(10, vec![1])]))
+            .await
+            .unwrap();
+        engine.next_frame().await.unwrap();
+        session.try_send(Frame::new(10, vec![2])).unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(100), engine.next_frame()).await;
+        assert!(waited.is_err());
+        assert!(
+            engine.buffers_held,
+            "a session that just spoke keeps its buffers"
+        );
+        let waited = tokio::time::timeout(Duration::from_millis(300), engine.next_frame()).await;
+        assert!(waited.is_err());
+        assert!(!engine.buffers_held);
+        assert_eq!(engine.read_buf.capacity(), 0);
+        assert_eq!(engine.write_buf.capacity(), 0);
+        let mut answer = vec![0u8; 9];
+        peer.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, wire(&[Frame::new(10, vec![2])]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_does_not_read_is_a_slow_consumer() {
+        // 64 bytes of room, and the peer never reads.
+        let (ours, _peer) = tokio::io::duplex(64);
+        let session = session();
+        let options = EngineOptions {
+            write_timeout: Duration::from_secs(2),
+            ..options()
+        };
+        let mut engine = Engine::new(ours, session.clone(), options);
+        session.try_send(Frame::new(10, vec![0; 200])).unwrap();
+        let started = Instant::now();
+        assert!(engine.next_frame().await.is_none());
+        assert_eq!(session.close_reason(), Some(CloseReason::SlowConsumer));
+        assert_eq!(started.elapsed().as_secs(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_heartbeat_beats_and_a_silent_peer_is_lost() {
+        let (ours, mut peer) = tokio::io::duplex(4096);
+        let session = session();
+        let mut engine = Engine::new(ours, session.clone(), options());
+        session.start_heartbeat(Duration::from_secs(10), Duration::from_secs(30));
+        let started = Instant::now();
+        let running = tokio::spawn(async move { engine.next_frame().await.is_none() });
+        let beat = wire(&[KeepAliveMessage::KeepAlive.to_frame()]);
+        let mut got = vec![0u8; beat.len()];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, beat);
+        assert_eq!(started.elapsed().as_secs(), 10);
+        assert!(running.await.unwrap(), "the engine ends");
+        assert_eq!(session.close_reason(), Some(CloseReason::KeepAliveLost));
+        assert_eq!(started.elapsed().as_secs(), 30);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_deadline_counts_from_the_last_frame() {
+        let (ours, mut peer) = tokio::io::duplex(4096);
+        let session = session();
+        let options = EngineOptions {
+            idle_timeout: Some(Duration::from_secs(10)),
+            ..options()
+        };
+        let mut engine = Engine::new(ours, session.clone(), options);
+        let started = Instant::now();
+        let running = tokio::spawn(async move {
+            let mut frames = 0;
+            while engine.next_frame().await.is_some() {
+                frames += 1;
+            }
+            frames
+        });
+        let ping = wire(&[Frame::new(10, vec![1])]);
+        peer.write_all(&ping).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        peer.write_all(&ping).await.unwrap();
+        assert_eq!(running.await.unwrap(), 2);
+        assert_eq!(session.close_reason(), Some(CloseReason::Idle));
+        assert_eq!(started.elapsed().as_secs(), 18);
+    }
+}

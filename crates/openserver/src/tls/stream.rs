@@ -124,6 +124,9 @@ impl TlsStream {
             match self.process(Request::None)? {
                 // Application data with the client's last flight: kept for the reader.
                 Step::Data | Step::Done => continue,
+                // Processing the client's last flight ended the handshake: waiting for more
+                // would stall a client that expects the server to speak first.
+                Step::NeedRead if !self.conn.is_handshaking() => continue,
                 Step::NeedRead => {
                     // What processing queued (our flight) must reach the peer first.
                     ready!(self.poll_send(cx))?;
@@ -414,4 +417,80 @@ impl AsyncWrite for TlsStream {
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{ClientTls, ServerTls, ServerVerification};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A handshake over 127.0.0.1 with the client library's own TLS settings (a tokio-rustls
+    /// client pinning the development certificate); returns both ends. The client sends nothing
+    /// after its handshake, so the server's side must finish on the client's Finished alone.
+    async fn pair() -> (
+        TlsStream,
+        tokio_rustls::client::TlsStream<TcpStream>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = crate::tls::self_signed::ensure(dir.path(), &[]).unwrap();
+        let server = ServerTls::from_pem_files(&certs.cert, &certs.key, None).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = ClientTls::new(ServerVerification::Fingerprint(server.fingerprint()));
+        let (connector, name) = client.connector("127.0.0.1").unwrap();
+        let connecting = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            connector.connect(name, tcp).await.unwrap()
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let ours = TlsStream::accept(server.config(), tcp).await.unwrap();
+        (ours, connecting.await.unwrap(), dir)
+    }
+
+    #[tokio::test]
+    async fn data_crosses_both_ways_and_an_idle_stream_holds_no_buffers() {
+        let (mut ours, mut theirs, _dir) = pair().await;
+        theirs.write_all(b"ping").await.unwrap();
+        theirs.flush().await.unwrap();
+        let mut got = [0u8; 4];
+        ours.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        // An answer larger than one record, in one write.
+        let big = vec![7u8; 40_000];
+        ours.write_all(&big).await.unwrap();
+        ours.flush().await.unwrap();
+        let mut back = vec![0u8; big.len()];
+        theirs.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, big);
+        assert_eq!(ours.incoming.capacity(), 0);
+        assert_eq!(ours.outgoing.capacity(), 0);
+        assert_eq!(ours.plaintext.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn close_notify_ends_the_stream_cleanly_both_ways() {
+        let (mut ours, mut theirs, _dir) = pair().await;
+        theirs.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        ours.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        ours.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        theirs.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_ends_tcp_without_close_notify_is_an_unexpected_eof() {
+        let (mut ours, theirs, _dir) = pair().await;
+        // FIN without close_notify: a truncation the reader must not take for a clean end.
+        let (mut tcp, _) = theirs.into_inner();
+        tcp.shutdown().await.unwrap();
+        let mut buf = [0u8; 16];
+        let err = ours.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
 }
