@@ -104,6 +104,19 @@ fn messages(c: &mut Criterion) {
             request.reply().to_frame()
         })
     });
+    // The same turn as the server's Hello handler takes it: the name borrowed from the
+    // request and the framed answer written into the session's outgoing buffer.
+    group.bench_function("hello_server_turn", |b| {
+        let mut out = BytesMut::with_capacity(1024);
+        b.iter(|| {
+            out.clear();
+            let name = HelloMessage::parse(black_box(&body)).expect("valid");
+            Frame::encode_with(HelloMessage::PROTOCOL_ID, &mut out, |dst| {
+                HelloMessage::encode_reply(name, dst)
+            })
+            .expect("fits")
+        })
+    });
     group.finish();
 }
 

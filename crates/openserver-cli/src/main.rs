@@ -59,6 +59,7 @@ fn main() -> ExitCode {
         // own limit; the pool is sized for them, and a thread that idles goes.
         .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .max_blocking_threads(blocking_threads())
+        .on_thread_park(alloc::on_worker_park)
         .build();
     let runtime = match runtime {
         Ok(rt) => rt,
