@@ -56,6 +56,12 @@ impl ServerTls {
         let mut config = builder.with_cert_resolver(resolver.clone());
         // The suite order of `server_provider`, not the client's.
         config.ignore_client_order = true;
+        // Resumption by stateless tickets (the session state travels encrypted to the client)
+        // rather than a server-side cache: the cache's entries, allocated all through a login
+        // burst, were what kept pages of the peak resident after the clients left.
+        config.ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| TlsError::Config(format!("session tickets: {e}")))?;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(ServerTls {
             config: Arc::new(config),
             resolver,

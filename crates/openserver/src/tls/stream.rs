@@ -471,6 +471,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_second_connection_resumes_with_a_stateless_ticket() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = crate::tls::self_signed::ensure(dir.path(), &[]).unwrap();
+        let server = ServerTls::from_pem_files(&certs.cert, &certs.key, None).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = ClientTls::new(ServerVerification::Fingerprint(server.fingerprint()));
+        // One client configuration, so the second connection has the first one's ticket.
+        let (connector, name) = client.connector("127.0.0.1").unwrap();
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let (connector, name) = (connector.clone(), name.clone());
+            let connecting = tokio::spawn(async move {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let mut tls = connector.connect(name, tcp).await.unwrap();
+                // The tickets come after the handshake: read until the server's byte.
+                let mut byte = [0u8; 1];
+                tls.read_exact(&mut byte).await.unwrap();
+                tls.get_ref().1.handshake_kind()
+            });
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ours = TlsStream::accept(server.config(), tcp).await.unwrap();
+            ours.write_all(b"x").await.unwrap();
+            ours.flush().await.unwrap();
+            kinds.push(connecting.await.unwrap());
+        }
+        assert_eq!(
+            kinds,
+            [
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn close_notify_ends_the_stream_cleanly_both_ways() {
         let (mut ours, mut theirs, _dir) = pair().await;
         theirs.shutdown().await.unwrap();
