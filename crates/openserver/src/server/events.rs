@@ -190,12 +190,12 @@ impl ServerHandle {
 impl Shared {
     /// A connection was accepted (before any cap is checked).
     pub(super) fn note_accepted(&self) {
-        self.ctx.metrics.accepted();
+        self.ctx.link.metrics.accepted();
     }
 
     /// A connection was refused before it became a session.
     pub(super) fn note_refused(&self, peer: SocketAddr, reason: RefusalReason) {
-        self.ctx.metrics.refused(reason);
+        self.ctx.link.metrics.refused(reason);
         self.ctx
             .events
             .publish(|| SessionEvent::Refused { peer, reason });
@@ -211,7 +211,7 @@ impl Shared {
 
     /// A session closed after `duration`.
     pub(super) fn note_closed(&self, session: &Session, reason: &CloseReason, duration: Duration) {
-        self.ctx.metrics.closed(reason);
+        self.ctx.link.metrics.closed(reason);
         self.ctx.events.publish(|| SessionEvent::Closed {
             id: session.id(),
             peer: session.peer(),

@@ -161,13 +161,8 @@ impl ServerBuilder {
                 keep_alive,
                 ctx: DriverContext {
                     log_packets: self.config.log_packets,
-                    link: Arc::new(ServerLink {
-                        gate: gate.clone(),
-                        metrics: metrics.clone(),
-                    }),
-                    metrics,
+                    link: Arc::new(ServerLink { gate, metrics }),
                     protocols: self.protocols,
-                    gate,
                     events: events::EventBus::new(),
                 },
                 registry,
@@ -291,7 +286,7 @@ impl Shared {
         self.note_accepted();
         // First, as the cheapest: a source penalised for failed logins gets no task, no read
         // and no password check. Debug level, since a flood would otherwise flood the log.
-        let penalty = self.ctx.gate.penalty_remaining(peer.ip());
+        let penalty = self.ctx.link.gate.penalty_remaining(peer.ip());
         if !penalty.is_zero() {
             tracing::debug!(%peer, ?penalty, "connection refused: source penalized for failed logins");
             self.note_refused(peer, RefusalReason::Penalized);
@@ -312,7 +307,7 @@ impl Shared {
             return;
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        match self.ctx.gate.admit(id, peer.ip()) {
+        match self.ctx.link.gate.admit(id, peer.ip()) {
             Ok(pending) => ip_slot.pending = Some(pending),
             Err(refusal) => {
                 tracing::debug!(%peer, %refusal, "connection refused before login");
@@ -328,7 +323,7 @@ impl Shared {
         let span = tracing::info_span!("session", id, %peer);
         // Two kinds of task: a plaintext connection's future is what every idle session
         // costs, so it does not carry the TLS handshake's state.
-        match self.tls.clone() {
+        match self.tls.as_ref().map(ServerTls::config) {
             None => {
                 let engine = driver::engine(stream, &session, &limits);
                 let task = self.clone().serve(engine, session, ip_slot, limits);
@@ -372,7 +367,7 @@ impl Shared {
     )]
     fn serve_tls(
         self: Arc<Self>,
-        tls: ServerTls,
+        tls: Arc<rustls::ServerConfig>,
         stream: TcpStream,
         session: Session,
         slot: IpSlot,
@@ -383,10 +378,10 @@ impl Shared {
             let _slot = &slot;
             // Until the session starts, with its own count in the gauges.
             let handshaking =
-                SessionGauge::new(self.ctx.metrics.clone(), SessionState::Handshaking);
+                SessionGauge::new(self.ctx.link.metrics.clone(), SessionState::Handshaking);
             // The handshake runs here, in the connection's own task, never in the accept loop.
             let deadline = limits.tls_handshake_timeout;
-            let accept = TlsStream::accept(tls.config(), stream);
+            let accept = TlsStream::accept(tls, stream);
             let stream = match Box::pin(tokio::time::timeout(deadline, accept)).await {
                 Ok(Ok(stream)) => Box::new(stream),
                 Ok(Err(e)) => {

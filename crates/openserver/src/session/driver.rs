@@ -11,8 +11,7 @@ use super::telemetry::ServerLink;
 use super::{CloseReason, Session};
 use crate::protocol::{HandlerError, Protocol, ProtocolHandler, ProtocolSet, TryPacket};
 use crate::server::events::{EventBus, SessionEvent};
-use crate::server::gate::Gatekeeper;
-use crate::server::metrics::{ServerMetrics, SessionGauge, SessionState};
+use crate::server::metrics::{SessionGauge, SessionState};
 use crate::server::Limits;
 use crate::wire::capabilities::CapabilitiesMessage;
 use crate::wire::{protocol_id, Frame, FrameCodec, Message};
@@ -29,13 +28,10 @@ pub(crate) struct DriverContext {
     pub log_packets: bool,
     /// The protocols this server speaks.
     pub protocols: ProtocolSet,
-    /// Failed-login limits and penalties, pre-login connection slots.
-    pub gate: Arc<Gatekeeper>,
     /// Where session events go to subscribers.
     pub events: EventBus,
-    /// The server's metrics.
-    pub metrics: Arc<ServerMetrics>,
-    /// `gate` and `metrics` as every session holds them.
+    /// The server's failed-login limits, penalties and pre-login slots, and its metrics:
+    /// shared with every session as it is.
     pub link: Arc<ServerLink>,
 }
 
@@ -123,7 +119,7 @@ where
 {
     async move {
         session.attach_server(ctx.link.clone());
-        let mut gauge = SessionGauge::new(ctx.metrics.clone(), SessionState::Authenticating);
+        let mut gauge = SessionGauge::new(ctx.link.metrics.clone(), SessionState::Authenticating);
         let mut handlers = Handlers::default();
         if session.is_authenticated() {
             // Logged in before the first frame (client certificate).
@@ -139,7 +135,7 @@ where
                     break;
                 };
                 id = frame.protocol_id;
-                ctx.metrics.protocol(id).received(frame.wire_len());
+                ctx.link.metrics.protocol(id).received(frame.wire_len());
                 if ctx.log_packets {
                     log_inbound(&frame);
                 }
@@ -147,7 +143,8 @@ where
                 failures = session.auth_failures();
                 (dispatched, by_handler) = dispatch(ctx, session, &mut handlers, frame);
             }
-            // In a block, so that the handlers' borrow ends with the handling.
+            // Moved into a block, so that the handlers' borrow ends with the handling (a
+            // plain `match` would leave the borrow on the outer variable).
             let outcome = {
                 let dispatched = dispatched;
                 match dispatched {
@@ -157,7 +154,7 @@ where
             };
             let lap = engine.lap();
             if by_handler {
-                ctx.metrics.protocol(id).handled(lap);
+                ctx.link.metrics.protocol(id).handled(lap);
                 if let Err(e) = outcome {
                     if !matches!(e, HandlerError::Closed) {
                         let protocol = protocol_name(ctx, id);
@@ -173,7 +170,7 @@ where
                 on_login(ctx, limits, session, &mut handlers, engine.codec_mut());
                 report_login(ctx, session, &mut gauge, protocol_name(ctx, id));
             } else if !session.is_authenticated()
-                && session.auth_failures() >= ctx.gate.max_auth_failures()
+                && session.auth_failures() >= ctx.link.gate.max_auth_failures()
             {
                 // Here, not in the login protocols, so that every protocol gets the limit; the
                 // denial is already queued and is written before the close.
@@ -198,7 +195,7 @@ fn on_login(
     codec: &mut FrameCodec,
 ) {
     // The session no longer counts toward the pre-login caps.
-    ctx.gate.logged_in(session.id());
+    ctx.link.gate.logged_in(session.id());
     codec.set_max_payload(limits.max_frame_authenticated);
     for protocol in ctx.protocols.started_on_login() {
         handlers.get_or_start(protocol.as_ref(), session);
@@ -358,7 +355,7 @@ fn report_login(
     protocol: &'static str,
 ) {
     gauge.enter(SessionState::Authenticated);
-    ctx.metrics.auth_succeeded(protocol);
+    ctx.link.metrics.auth_succeeded(protocol);
     if !ctx.events.is_observed() {
         return;
     }
@@ -383,7 +380,7 @@ fn report_denials(ctx: &DriverContext, session: &Session, id: u16, before: u32) 
     let protocol = protocol_name(ctx, id);
     let user = session.take_denied_login().unwrap_or_default();
     for _ in 0..denied {
-        ctx.metrics.auth_failed(protocol);
+        ctx.link.metrics.auth_failed(protocol);
         ctx.events.publish(|| SessionEvent::AuthFailed {
             id: session.id(),
             peer: session.peer(),

@@ -184,23 +184,7 @@ impl TlsStream {
                     Some(Step::Data)
                 }
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    let start = outgoing.len();
-                    outgoing.resize(start + 1024, 0);
-                    loop {
-                        match encode.encode(&mut outgoing[start..]) {
-                            Ok(n) => {
-                                outgoing.truncate(start + n);
-                                break;
-                            }
-                            Err(EncodeError::InsufficientSize(need)) => {
-                                outgoing.resize(start + need.required_size, 0);
-                            }
-                            Err(e) => {
-                                outgoing.truncate(start);
-                                return Err(invalid(e));
-                            }
-                        }
-                    }
+                    append(outgoing, 1024, |room| encoded(encode.encode(room)))?;
                     None
                 }
                 // What was encoded is in `outgoing`, which leaves in order before this stream
@@ -213,35 +197,15 @@ impl TlsStream {
                 Ok(ConnectionState::WriteTraffic(mut traffic)) => match request {
                     Request::None => Some(Step::NeedRead),
                     Request::Encrypt(data) => {
-                        let start = outgoing.len();
-                        outgoing.resize(start + sealed_len(data.len()), 0);
-                        loop {
-                            match traffic.encrypt(data, &mut outgoing[start..]) {
-                                Ok(n) => {
-                                    outgoing.truncate(start + n);
-                                    break;
-                                }
-                                Err(EncryptError::InsufficientSize(need)) => {
-                                    outgoing.resize(start + need.required_size, 0);
-                                }
-                                Err(e) => {
-                                    outgoing.truncate(start);
-                                    return Err(invalid(e));
-                                }
-                            }
-                        }
+                        append(outgoing, sealed_len(data.len()), |room| {
+                            encrypted(traffic.encrypt(data, room))
+                        })?;
                         Some(Step::Done)
                     }
                     Request::CloseNotify => {
-                        let start = outgoing.len();
-                        outgoing.resize(start + 64, 0);
-                        match traffic.queue_close_notify(&mut outgoing[start..]) {
-                            Ok(n) => outgoing.truncate(start + n),
-                            Err(e) => {
-                                outgoing.truncate(start);
-                                return Err(invalid(e));
-                            }
-                        }
+                        append(outgoing, 64, |room| {
+                            encrypted(traffic.queue_close_notify(room))
+                        })?;
                         Some(Step::Done)
                     }
                 },
@@ -275,14 +239,8 @@ impl TlsStream {
             let status = conn.process_tls_records(&mut []);
             match status.state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    let start = outgoing.len();
-                    outgoing.resize(start + 64, 0);
-                    match encode.encode(&mut outgoing[start..]) {
-                        Ok(n) => outgoing.truncate(start + n),
-                        Err(_) => {
-                            outgoing.truncate(start);
-                            return;
-                        }
+                    if append(outgoing, 64, |room| encoded(encode.encode(room))).is_err() {
+                        return;
                     }
                 }
                 Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
@@ -412,6 +370,56 @@ impl AsyncWrite for TlsStream {
         }
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+/// What one attempt to write TLS bytes into a slice came to.
+enum Wrote {
+    /// This many bytes were written.
+    Bytes(usize),
+    /// The slice was too small: rustls needs this many bytes.
+    Needs(usize),
+}
+
+/// Appends to `out` what `write` puts into the room it is given: `guess` bytes at first, then
+/// as many as rustls asks for. On error `out` is left as it was.
+fn append(
+    out: &mut Vec<u8>,
+    guess: usize,
+    mut write: impl FnMut(&mut [u8]) -> io::Result<Wrote>,
+) -> io::Result<()> {
+    let start = out.len();
+    out.resize(start + guess, 0);
+    loop {
+        match write(&mut out[start..]) {
+            Ok(Wrote::Bytes(n)) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Ok(Wrote::Needs(n)) => out.resize(start + n, 0),
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// [`append`]'s view of a handshake-message encoding.
+fn encoded(result: Result<usize, EncodeError>) -> io::Result<Wrote> {
+    match result {
+        Ok(n) => Ok(Wrote::Bytes(n)),
+        Err(EncodeError::InsufficientSize(need)) => Ok(Wrote::Needs(need.required_size)),
+        Err(e) => Err(invalid(e)),
+    }
+}
+
+/// [`append`]'s view of an encryption (application data or close_notify).
+fn encrypted(result: Result<usize, EncryptError>) -> io::Result<Wrote> {
+    match result {
+        Ok(n) => Ok(Wrote::Bytes(n)),
+        Err(EncryptError::InsufficientSize(need)) => Ok(Wrote::Needs(need.required_size)),
+        Err(e) => Err(invalid(e)),
     }
 }
 

@@ -363,7 +363,7 @@ impl Metrics {
     }
 
     fn encode(&self, eof: bool) -> String {
-        let metrics = &self.shared.ctx.metrics;
+        let metrics = &self.shared.ctx.link.metrics;
         self.sample();
         let mut out = String::with_capacity(16 * 1024);
         let encoded =
@@ -385,7 +385,7 @@ impl Metrics {
     /// Sets the gauges that are read from the server's state rather than kept per event.
     fn sample(&self) {
         let shared = &self.shared;
-        let metrics = &shared.ctx.metrics;
+        let metrics = &shared.ctx.link.metrics;
         // One pass over the open sessions, once per scrape, instead of two atomic updates
         // per frame on a counter every session shares.
         let (mut queued, mut deepest) = (0usize, 0usize);
@@ -398,7 +398,7 @@ impl Metrics {
         metrics.deepest_queue.set(clamp(deepest));
         metrics
             .penalized_sources
-            .set(clamp(shared.ctx.gate.penalized_sources()));
+            .set(clamp(shared.ctx.link.gate.penalized_sources()));
     }
 }
 
