@@ -10,6 +10,7 @@
 //! ```
 
 mod config;
+pub(crate) mod driver;
 pub(crate) mod events;
 pub(crate) mod gate;
 mod live;
@@ -29,13 +30,13 @@ use crate::protocol::keepalive::{KeepAlive, KeepAliveConfig};
 use crate::protocol::scram::ScramAuth;
 use crate::protocol::winauth::WinAuth;
 use crate::protocol::{Protocol, ProtocolSet};
-use crate::session::driver::{self, DriverContext};
 use crate::session::engine::Engine;
 use crate::session::telemetry::ServerLink;
 use crate::session::{lock, SendError, Session, SessionId};
 use crate::tls::stream::TlsStream;
 use crate::tls::ServerTls;
 use crate::wire::Frame;
+use driver::DriverContext;
 use live::{ConnectionPermit, LiveLimits, OpenConnections};
 use metrics::{SessionGauge, SessionState};
 use registry::Registry;

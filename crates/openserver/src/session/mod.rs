@@ -8,7 +8,6 @@
 //! - `driver`: the server side on top of the engine: the auth gate, dispatch to protocol
 //!   handlers in arrival order, logins.
 
-pub(crate) mod driver;
 pub(crate) mod engine;
 mod outbox;
 pub(crate) mod telemetry;

@@ -1,4 +1,4 @@
-//! The server side of one connection, on top of the [engine](super::engine): the auth gate,
+//! The server side of one connection, on top of the [engine](crate::session::engine): the auth gate,
 //! dispatch to protocol handlers, logins.
 //!
 //! Frames are handled one at a time, so a session's packets are processed in arrival order.
@@ -6,13 +6,13 @@
 //! stops replies or pushes from leaving, and a peer that does not read meets the write
 //! deadline.
 
-use super::engine::{Engine, EngineOptions};
-use super::telemetry::ServerLink;
-use super::{CloseReason, Session};
+use super::events::{EventBus, SessionEvent};
+use super::metrics::{SessionGauge, SessionState};
+use super::Limits;
 use crate::protocol::{HandlerError, Protocol, ProtocolHandler, ProtocolSet, TryPacket};
-use crate::server::events::{EventBus, SessionEvent};
-use crate::server::metrics::{SessionGauge, SessionState};
-use crate::server::Limits;
+use crate::session::engine::{Engine, EngineOptions};
+use crate::session::telemetry::ServerLink;
+use crate::session::{CloseReason, Session};
 use crate::wire::capabilities::CapabilitiesMessage;
 use crate::wire::{protocol_id, Frame, FrameCodec, Message};
 use bytes::Bytes;
