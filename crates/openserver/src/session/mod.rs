@@ -5,16 +5,23 @@
 //! - `outbox`: the bounded queue of encoded frames waiting for the socket.
 //! - `engine`: the one task per connection that reads frames, writes the outbox in batches,
 //!   and keeps the deadlines (write, idle, authentication) and the heartbeat.
-//! - `driver`: the server side on top of the engine: the auth gate, dispatch to protocol
-//!   handlers in arrival order, logins.
+//! - [`Login`] (`login.rs`): the login powers (authenticate, record denied logins), which only
+//!   login protocols get.
+//! - `telemetry`: the `SessionHost` trait through which a server session reaches its server
+//!   (penalties, metrics) without this layer knowing the server.
+//!
+//! The server side of a connection (auth gate, dispatch, logins) is the server's
+//! (`server/driver.rs`); nothing here imports from `server`.
 
 pub(crate) mod engine;
+mod login;
 mod outbox;
 pub(crate) mod telemetry;
 
 use crate::auth::User;
 use crate::wire::keepalive::KeepAliveMessage;
 use crate::wire::{Frame, Message};
+pub use login::Login;
 use outbox::{Outbox, PushError};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -147,7 +154,7 @@ struct Inner {
     /// (high and low half); 0 when none is asked for. An atomic, as the engine checks it on
     /// every turn.
     heartbeat_request: AtomicU64,
-    /// Denied logins so far, counted by [`Session::record_auth_failure`].
+    /// Denied logins so far, counted by [`Login::record_auth_failure`].
     auth_failures: AtomicU32,
     /// Set once authentication succeeds (`cold.user` is set): read on every frame, so it is
     /// not behind the lock.
@@ -158,7 +165,7 @@ struct Inner {
     log_packets: bool,
     /// The server's penalties, pre-login caps and metrics; set by the server's driver, absent
     /// on the client side.
-    server: OnceLock<Arc<telemetry::ServerLink>>,
+    server: OnceLock<Arc<dyn telemetry::SessionHost>>,
     /// The bounded queue of encoded frames that the engine writes. Its notify also wakes
     /// those waiting in [`Session::closed`].
     outbox: Outbox,
@@ -314,36 +321,6 @@ impl Session {
         self.inner.authenticated.load(Ordering::Acquire)
     }
 
-    /// Marks the session authenticated as `user`. Authentication protocols call this once the
-    /// credentials check out; application protocols become reachable from the next packet on.
-    pub fn authenticate(&self, user: User) {
-        lock(&self.inner.cold).user = Some(user);
-        self.inner.authenticated.store(true, Ordering::Release);
-    }
-
-    /// Records one denied login. **Every login protocol calls this (or
-    /// [`record_denied_login`](Self::record_denied_login), which also names the user tried in
-    /// the server's events) once per denied attempt, before sending the denial**, whatever
-    /// the cause (unknown user, wrong password, bad proof, penalised source). It
-    ///
-    /// - counts toward `security.max_auth_failures`: when the handler returns, the server
-    ///   closes a session that has reached the limit ([`CloseReason::AuthFailures`]), after
-    ///   writing the denial already queued;
-    /// - adds a strike to the peer's source in the server's failed-login penalties.
-    ///
-    /// Returns the denied logins on this session so far. On a client session it only counts.
-    pub fn record_auth_failure(&self) -> u32 {
-        let failures = self
-            .inner
-            .auth_failures
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1);
-        if let Some(server) = self.inner.server.get() {
-            server.gate.record_failure(self.inner.peer.ip());
-        }
-        failures
-    }
-
     /// Denied logins recorded on this session.
     pub fn auth_failures(&self) -> u32 {
         self.inner.auth_failures.load(Ordering::Relaxed)
@@ -352,14 +329,10 @@ impl Session {
     /// Whether the peer's source is serving a failed-login penalty. A login protocol that sees
     /// `true` must deny the attempt, after the same work as a real check so that neither the
     /// answer nor its timing depends on the credentials, and record the denial with
-    /// [`record_auth_failure`](Self::record_auth_failure). Ask before the check starts.
+    /// [`Login::record_auth_failure`]. Ask before the check starts.
     pub fn source_penalized(&self) -> bool {
-        self.inner.server.get().is_some_and(|server| {
-            !server
-                .gate
-                .penalty_remaining(self.inner.peer.ip())
-                .is_zero()
-        })
+        self.host()
+            .is_some_and(|host| host.source_penalized(self.inner.peer.ip()))
     }
 
     /// Queues a frame, waiting while the queue is full. Waiting is the back-pressure that keeps
@@ -478,8 +451,8 @@ impl Session {
         });
         match pushed {
             Ok(len) => {
-                if let Some(metrics) = self.metrics() {
-                    metrics.protocol(protocol_id).sent(len);
+                if let Some(host) = self.host() {
+                    host.frame_queued(protocol_id, len);
                 }
                 Ok(())
             }

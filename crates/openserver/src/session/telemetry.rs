@@ -1,28 +1,30 @@
-//! What a session keeps for the server's limits, metrics and events: the link to its server's
-//! penalties and metrics, and the user name of its last denied login.
+//! What a session keeps for the server's limits, metrics and events, without knowing the
+//! server: the [`SessionHost`] seam the server implements, and the user name of the session's
+//! last denied login.
 
 use super::Session;
-use crate::server::gate::Gatekeeper;
-use crate::server::metrics::ServerMetrics;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-/// What a server session reaches of its server: one per server, shared by every session, so
+/// What a server session reaches of its server: failed-login penalties and the count of what
+/// it sends. Defined here and implemented by the server (`server::link::ServerLink`), so the
+/// session layer imports nothing from above. One per server, shared by every session, so
 /// that a session pays for one pointer.
-pub(crate) struct ServerLink {
-    /// Failed-login penalties and pre-login caps.
-    pub gate: Arc<Gatekeeper>,
-    /// The server's metrics, which the session's sends count into.
-    pub metrics: Arc<ServerMetrics>,
+pub(crate) trait SessionHost: Send + Sync + 'static {
+    /// Records one denied login from `ip`: a strike toward its source's penalty.
+    fn login_denied(&self, ip: IpAddr);
+
+    /// Whether `ip`'s source is serving a failed-login penalty.
+    fn source_penalized(&self, ip: IpAddr) -> bool;
+
+    /// A frame of `wire_len` bytes (header included) of `protocol_id` was queued for the peer.
+    fn frame_queued(&self, protocol_id: u16, wire_len: usize);
 }
 
 impl Session {
-    /// Records one denied login for the user name `name`: the same as
-    /// [`record_auth_failure`](Self::record_auth_failure), and the server's
-    /// [`SessionEvent::AuthFailed`](crate::server::SessionEvent::AuthFailed) names `name`.
-    /// Login protocols call this (or `record_auth_failure`) once per denied attempt.
-    pub fn record_denied_login(&self, name: &str) -> u32 {
+    /// Remembers the user name of a denied login, for the server's AuthFailed event.
+    pub(crate) fn note_denied_login(&self, name: &str) {
         super::lock(&self.inner.cold).denied_login = Some(name.to_owned());
-        self.record_auth_failure()
     }
 
     /// The user name of the last denied login not yet reported.
@@ -35,15 +37,15 @@ impl Session {
         self.inner.outbox.len()
     }
 
-    /// Connects the session to its server's penalties and metrics; the driver calls this
-    /// first thing.
-    pub(crate) fn attach_server(&self, link: Arc<ServerLink>) {
+    /// Connects the session to its server's penalties and metrics; the server's driver calls
+    /// this first thing.
+    pub(crate) fn attach_server(&self, host: Arc<dyn SessionHost>) {
         // Set once per session; a second call would carry the same server's link.
-        let _ = self.inner.server.set(link);
+        let _ = self.inner.server.set(host);
     }
 
-    /// The server's metrics, on a server session.
-    pub(crate) fn metrics(&self) -> Option<&ServerMetrics> {
-        self.inner.server.get().map(|server| &*server.metrics)
+    /// The server above this session, on a server session.
+    pub(crate) fn host(&self) -> Option<&dyn SessionHost> {
+        self.inner.server.get().map(|host| &**host)
     }
 }
