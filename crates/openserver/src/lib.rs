@@ -12,25 +12,22 @@
 //!
 //! # Layout
 //!
-//! Three layers, each in its own folder:
+//! Layers that point one way: wire <- session <- protocol <- server/client <- binaries. A
+//! lower layer never imports a higher one (`tests/layers.rs` checks); what it needs from
+//! above it gets through a trait it defines and the higher layer implements. One line per
+//! folder:
 //!
-//! - [`wire`]: the wire format, no I/O. `codec.rs` frames bytes; `primitives.rs` holds the
-//!   .NET `BinaryWriter` encodings; one file per built-in protocol's messages.
-//! - [`session`]: one connection. [`Session`](session::Session) is the handle handlers and
-//!   push use; `outbox.rs` its bounded queue of encoded frames; `engine.rs` the one task per
-//!   connection that reads frames, writes the outbox in batches and keeps the deadlines and
-//!   the heartbeat on a single timer; `driver.rs` the server side on top of it: the auth gate,
-//!   in-order dispatch to protocol handlers, logins.
+//! - [`wire`]: the wire format, no I/O: frame codec, .NET primitives, one file per protocol.
+//! - [`session`]: one connection: [`Session`](session::Session), its outbox, the engine task,
+//!   the [`Login`](session::Login) powers, and `SessionHost`, the seam to the server above.
 //! - [`protocol`]: the [`Protocol`](protocol::Protocol) trait and the built-in protocols, one
-//!   file each (keep-alive, WinAuth, DatabaseAuth, ScramAuth, Admin, Hello).
-//! - [`auth`]: the [`UserStore`](auth::UserStore) trait, the SQLite store, argon2id hashing
-//!   and SCRAM-SHA-256.
-//! - [`tls`]: rustls configuration for both sides, certificate reload, development certificates.
-//! - The public faces: [`server`] and [`client`]. In `server/`: `mod.rs` is the listener,
-//!   per-connection task (TLS handshake, certificate login) and shutdown; `config.rs` the
-//!   limits; `gate.rs` and `penalty.rs` the pre-login caps and per-source login penalties;
-//!   `registry.rs` the live sessions for push and administration; `live.rs` the limits that
-//!   SIGHUP can swap; `events.rs` and `metrics.rs` what operators observe.
+//!   file each; Admin reads sessions through its own `SessionDirectory` trait.
+//! - [`auth`]: the [`UserStore`](auth::UserStore) trait, the SQLite store, argon2id, SCRAM.
+//! - [`tls`]: rustls for both sides, certificate reload, development certificates.
+//! - [`server`]: listener and caps (`mod.rs`), the server side of a connection (`driver.rs`:
+//!   auth gate, dispatch, logins), `link.rs` (its `SessionHost`), config, gate, penalties,
+//!   registry, live limits, events; `server/metrics/`: Prometheus metrics.
+//! - [`client`]: the async client library and its connection task.
 //!
 //! # A server in a few lines
 //!

@@ -6,7 +6,7 @@
 //!
 //! Built in, each in its own file: [`keepalive`], [`winauth`], [`dbauth`], [`scram`],
 //! [`admin`] and [`hello`].
-//! Capabilities (id 0) is part of the stack itself (`session::driver`), since it answers for
+//! Capabilities (id 0) is part of the stack itself (`server/driver.rs`), since it answers for
 //! every other protocol.
 //!
 //! # Writing a protocol
