@@ -51,13 +51,21 @@ fn upward_imports(folder: &str, above: &[&str]) -> Vec<String> {
 #[test]
 fn session_names_neither_protocol_nor_the_faces() {
     let found = upward_imports("session", &["server", "client", "protocol"]);
-    assert!(found.is_empty(), "session/ reaches up:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "session/ reaches up:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]
 fn protocol_names_neither_face() {
     let found = upward_imports("protocol", &["server", "client"]);
-    assert!(found.is_empty(), "protocol/ reaches up:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "protocol/ reaches up:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]

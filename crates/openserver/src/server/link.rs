@@ -33,14 +33,14 @@ impl SessionHost for ServerLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::AuthError;
     use crate::auth::{User, UserStore};
     use crate::protocol::password::login;
-    use crate::session::Session;
-    use crate::wire::Secret;
-    use crate::auth::AuthError;
     use crate::server::gate::Gatekeeper;
     use crate::server::metrics::ServerMetrics;
     use crate::server::Security;
+    use crate::session::Session;
+    use crate::wire::Secret;
     use async_trait::async_trait;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::sync::Arc;
