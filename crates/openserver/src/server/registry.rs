@@ -60,6 +60,16 @@ impl Registry {
     }
 }
 
+impl SessionDirectory for Registry {
+    fn get(&self, id: SessionId) -> Option<Session> {
+        Registry::get(self, id)
+    }
+
+    fn snapshot(&self) -> Vec<Session> {
+        Registry::snapshot(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,15 +88,5 @@ mod tests {
         let left = lock(&registry.sessions).capacity();
         assert!(left < full / 16, "capacity {full} -> {left}");
         assert!(registry.get(4995).is_some());
-    }
-}
-
-impl SessionDirectory for Registry {
-    fn get(&self, id: SessionId) -> Option<Session> {
-        Registry::get(self, id)
-    }
-
-    fn snapshot(&self) -> Vec<Session> {
-        Registry::snapshot(self)
     }
 }
