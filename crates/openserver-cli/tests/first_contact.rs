@@ -161,13 +161,17 @@ fn tls_and_plaintext_mismatches_are_named_both_ways_and_logged_once_per_source()
         let out = hello(&["--server", &addr, "--no-tls"], &password);
         assert_eq!(
             error_lines(&out),
-            [format!("error: the server at {addr} speaks TLS: drop --no-tls")]
+            [format!(
+                "error: the server at {addr} speaks TLS: drop --no-tls"
+            )]
         );
     }
     wait_for_log(&logs, &["a client sent plaintext to this TLS listener"]);
     let later = drain(&logs, Duration::from_millis(500));
     assert!(
-        !later.iter().any(|l| l.contains("plaintext to this TLS listener")),
+        !later
+            .iter()
+            .any(|l| l.contains("plaintext to this TLS listener")),
         "logged twice: {later:#?}"
     );
     tls_server.terminate();
@@ -187,7 +191,9 @@ fn tls_and_plaintext_mismatches_are_named_both_ways_and_logged_once_per_source()
     wait_for_log(&logs, &["a client tried TLS on this plaintext listener"]);
     let later = drain(&logs, Duration::from_millis(500));
     assert!(
-        !later.iter().any(|l| l.contains("TLS on this plaintext listener")),
+        !later
+            .iter()
+            .any(|l| l.contains("TLS on this plaintext listener")),
         "logged twice: {later:#?}"
     );
     plain_server.terminate();
@@ -226,8 +232,10 @@ fn connection_mistakes_name_their_own_cause() {
     ));
     assert_eq!(
         lines,
-        ["error: --fingerprint needs 64 hex digits (colons optional), as `openserver serve` \
-          prints them, not \"12:34\""]
+        [
+            "error: --fingerprint needs 64 hex digits (colons optional), as `openserver serve` \
+          prints them, not \"12:34\""
+        ]
     );
 
     let missing = dir.path().join("no-such-ca.pem").display().to_string();

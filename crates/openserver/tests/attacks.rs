@@ -281,7 +281,10 @@ async fn password_guessing_is_throttled_per_source() {
     // New connections from the guesser's address are closed at once, before any read.
     let refused_at = Instant::now();
     let mut refused = Raw::connect(addr).await;
-    assert!(is_notice(&refused.expect_closed().await, "too many failed logins"));
+    assert!(is_notice(
+        &refused.expect_closed().await,
+        "too many failed logins"
+    ));
     assert!(refused_at.elapsed() < Duration::from_secs(1));
 
     // Another address is not affected.
@@ -332,7 +335,10 @@ async fn logged_in_sessions_leave_the_pre_login_caps() {
         waiting.push(raw);
     }
     let mut third = Raw::connect(server.addr).await;
-    assert!(is_notice(&third.expect_closed().await, "too many connections from this address"));
+    assert!(is_notice(
+        &third.expect_closed().await,
+        "too many connections from this address"
+    ));
     // Once one of them leaves, a real client fits again.
     drop(waiting.pop());
     for attempt in 0.. {
@@ -382,7 +388,14 @@ fn closed_by_server(mut socket: &std::net::TcpStream) -> bool {
     match socket.read(&mut bytes) {
         Ok(0) => true,
         // A refused socket gets the refusal notice, then the close.
-        Ok(n) if matches!(notice::classify(&bytes[..n]), notice::FirstBytes::Refused(_)) => true,
+        Ok(n)
+            if matches!(
+                notice::classify(&bytes[..n]),
+                notice::FirstBytes::Refused(_)
+            ) =>
+        {
+            true
+        }
         Ok(_) => panic!("the server sent something to a silent socket"),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
         Err(_) => true,

@@ -5,8 +5,8 @@ mod support;
 
 use openserver::client::{Client, ClientConfig, ClientError};
 use openserver::tls::{self, ClientTls, ServerTls, ServerVerification};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use openserver::wire::notice;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::harness::{config, start_with, Raw, TestServer, ALICE};
@@ -93,8 +93,14 @@ async fn a_wrong_fingerprint_is_refused() {
     .await
     {
         Err(ClientError::TlsVerification { message, .. }) => {
-            assert!(message.starts_with("server certificate fingerprint "), "{message}");
-            assert!(message.ends_with(" does not match the pinned one"), "{message}");
+            assert!(
+                message.starts_with("server certificate fingerprint "),
+                "{message}"
+            );
+            assert!(
+                message.ends_with(" does not match the pinned one"),
+                "{message}"
+            );
         }
         Err(e) => panic!("{e:?}"),
         Ok(_) => panic!("connected despite a wrong pin"),
@@ -334,7 +340,9 @@ async fn a_penalised_address_is_refused_with_the_wait_over_tls_and_plaintext() {
             true => client_config(ServerVerification::CaFile(certs.set.ca.clone())),
             false => ClientConfig::default(),
         };
-        let client = Client::connect(addr.clone(), client_config()).await.unwrap();
+        let client = Client::connect(addr.clone(), client_config())
+            .await
+            .unwrap();
         assert!(matches!(
             client.authenticate_db(ALICE.0, "wrong").await,
             Err(ClientError::AccessDenied)
@@ -372,7 +380,10 @@ async fn without_notices_a_refused_tls_client_hears_the_server_closed_without_an
     client.quit().await;
     match Client::connect(addr, config()).await {
         Err(ClientError::TlsHandshake { message, .. }) => {
-            assert_eq!(message, "the server closed the connection without answering")
+            assert_eq!(
+                message,
+                "the server closed the connection without answering"
+            )
         }
         Err(e) => panic!("{e:?}"),
         Ok(_) => panic!("a penalised address connected"),

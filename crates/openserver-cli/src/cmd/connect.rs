@@ -102,11 +102,12 @@ pub async fn connect_and_login(args: &ConnectArgs) -> Result<Client> {
         // Done in the TLS handshake; a certificate that logged in nobody shows at the first
         // request (see `explain_request`).
         AuthKind::Cert => Ok(()),
-        AuthKind::Db => client
-            .authenticate_db(&user, &password)
-            .await
-            .map(|_| ()),
-        AuthKind::Win => client.authenticate_win(&user, &password, &args.domain).await,
+        AuthKind::Db => client.authenticate_db(&user, &password).await.map(|_| ()),
+        AuthKind::Win => {
+            client
+                .authenticate_win(&user, &password, &args.domain)
+                .await
+        }
         AuthKind::Scram => client.authenticate_scram(&user, &password).await,
     };
     match login {
@@ -148,7 +149,11 @@ fn check_args(args: &ConnectArgs) -> Result<()> {
             );
         }
     }
-    for (flag, path) in [("--ca", &args.ca), ("--cert", &args.cert), ("--key", &args.key)] {
+    for (flag, path) in [
+        ("--ca", &args.ca),
+        ("--cert", &args.cert),
+        ("--key", &args.key),
+    ] {
         if let Some(path) = path {
             readable(flag, path)?;
         }

@@ -290,7 +290,12 @@ impl Shared {
         // and no password check, only the fixed notice. The gate rate-limits its log line.
         if let Some(penalty) = gate.penalized_refusal(peer) {
             self.note_refused(peer, RefusalReason::Penalized);
-            gate.refuse(stream, Refusal::FailedLogins { retry_after: penalty });
+            gate.refuse(
+                stream,
+                Refusal::FailedLogins {
+                    retry_after: penalty,
+                },
+            );
             return;
         }
         // Read once: the connection keeps these limits for its whole life.

@@ -300,7 +300,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
 
     fn framing_violation(&self, e: &FrameError) {
         let session = &self.session;
-        if matches!(e, FrameError::BadMagic(_)) && crate::wire::notice::looks_like_tls(&self.read_buf)
+        if matches!(e, FrameError::BadMagic(_))
+            && crate::wire::notice::looks_like_tls(&self.read_buf)
         {
             // The peer speaks TLS: a configuration mismatch, not an attack. A server session
             // answers and logs it once per source; a client reports it to its caller.

@@ -133,9 +133,9 @@ impl ServerCertVerifier for PinnedCert {
             // A certificate error like any other refused certificate, so that callers can tell
             // verification failures from the rest.
             Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(
-                    FingerprintMismatch(super::fingerprint(end_entity)),
-                ))),
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(FingerprintMismatch(
+                    super::fingerprint(end_entity),
+                )))),
             ))
         }
     }

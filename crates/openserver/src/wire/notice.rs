@@ -54,7 +54,10 @@ impl Refusal {
     pub fn text(&self) -> String {
         match self {
             Refusal::FailedLogins { retry_after } => {
-                format!("{REFUSED}{FAILED_LOGINS}{}{SECONDS}", whole_seconds(*retry_after))
+                format!(
+                    "{REFUSED}{FAILED_LOGINS}{}{SECONDS}",
+                    whole_seconds(*retry_after)
+                )
             }
             Refusal::TooManyFromAddress => format!("{REFUSED}{TOO_MANY}"),
             Refusal::Busy => format!("{REFUSED}{BUSY}"),
@@ -198,7 +201,10 @@ mod tests {
     #[test]
     fn first_bytes_tell_tls_from_frames_and_notices() {
         // A TLS alert (what a TLS server answers a frame with) and a ClientHello's start.
-        assert_eq!(classify(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32]), FirstBytes::Tls);
+        assert_eq!(
+            classify(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32]),
+            FirstBytes::Tls
+        );
         assert_eq!(classify(&[0x16, 0x03, 0x01, 0x01, 0x00]), FirstBytes::Tls);
         let notice = Refusal::Busy.to_frame().to_bytes().unwrap();
         assert_eq!(classify(&notice), FirstBytes::Refused(Refusal::Busy));
