@@ -89,11 +89,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd::user::run(args).await
         }
         Command::Hello(args) => {
-            init_logging("warn", LogFormat::Text);
+            init_logging(client_log_filter(args.connect.verbose), LogFormat::Text);
             cmd::hello::run(args).await
         }
         Command::Sessions(args) => {
-            init_logging("warn", LogFormat::Text);
+            init_logging(client_log_filter(args.connect.verbose), LogFormat::Text);
             cmd::sessions::run(args).await
         }
         Command::Config(args) => {
@@ -104,6 +104,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging("warn", LogFormat::Text);
             cmd::bench::run(args).await
         }
+    }
+}
+
+/// The log filter of a client command: nothing unless asked with -v, so that what the user
+/// reads is the command's answer or its one error, not the library's log lines.
+fn client_log_filter(verbose: u8) -> &'static str {
+    match verbose {
+        0 => "off",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
     }
 }
 

@@ -195,7 +195,13 @@ fn unreachable_server_is_a_clear_error() {
         "pw\n",
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with(&format!(
+            "error: nothing listens on {port}: is the server running?\n"
+        )),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -70,6 +70,30 @@ pub fn frame_decoder(data: &[u8]) {
     }
 }
 
+/// Classifies the first bytes a client got from a server ([`notice::classify`]), as a TLS
+/// client does after a failed handshake. Asserts that a TLS record and a frame are never
+/// confused, and that a recognised refusal notice is exactly a notice the server would send:
+/// its text reads back to the same refusal, and its frame starts the input.
+pub fn first_bytes(data: &[u8]) {
+    use crate::wire::notice::{self, FirstBytes};
+    match notice::classify(data) {
+        FirstBytes::Tls => assert!(notice::looks_like_tls(data)),
+        FirstBytes::Refused(refusal) => {
+            assert_eq!(notice::Refusal::parse(&refusal.text()), Some(refusal));
+            let frame = refusal
+                .to_frame()
+                .to_bytes()
+                .expect("a notice fits a frame");
+            assert!(
+                data.starts_with(&frame),
+                "a notice that is not the server's"
+            );
+        }
+        FirstBytes::Plaintext => assert!(data.starts_with(&[0x53, 0x55])),
+        FirstBytes::Unknown => {}
+    }
+}
+
 /// Decodes a Capabilities body; see [`winauth`] for the invariants.
 pub fn capabilities(data: &[u8]) {
     check_message::<CapabilitiesMessage>(data, |m| match m {

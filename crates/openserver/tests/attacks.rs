@@ -12,7 +12,7 @@ use openserver::server::ServerConfig;
 use openserver::wire::capabilities::CapabilitiesMessage;
 use openserver::wire::dbauth::DatabaseAuthMessage;
 use openserver::wire::hello::HelloMessage;
-use openserver::wire::{protocol_id, Frame, Message};
+use openserver::wire::{notice, protocol_id, Frame, Message};
 use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -89,7 +89,13 @@ async fn garbage_bytes_are_cut_off() {
         let mut raw = Raw::connect(server.addr).await;
         // The server may close before all of it is written; that is the point.
         let _ = tokio::io::AsyncWriteExt::write_all(&mut raw.stream, bytes).await;
-        assert!(raw.expect_closed().await.is_empty(), "{:?}", &bytes[..8]);
+        let answer = raw.expect_closed().await;
+        if bytes[0] == 0x16 {
+            // A TLS client is told, in a frame, that this server speaks plaintext.
+            assert_eq!(answer, [notice::plaintext_only_frame()]);
+        } else {
+            assert!(answer.is_empty(), "{:?}", &bytes[..8]);
+        }
         real_client(server.addr).await;
     }
 }
@@ -275,7 +281,10 @@ async fn password_guessing_is_throttled_per_source() {
     // New connections from the guesser's address are closed at once, before any read.
     let refused_at = Instant::now();
     let mut refused = Raw::connect(addr).await;
-    assert!(refused.expect_closed().await.is_empty());
+    assert!(is_notice(
+        &refused.expect_closed().await,
+        "too many failed logins"
+    ));
     assert!(refused_at.elapsed() < Duration::from_secs(1));
 
     // Another address is not affected.
@@ -289,10 +298,10 @@ async fn password_guessing_is_throttled_per_source() {
     again.send(login_frame(ALICE.0, "dragon")).await;
     assert_eq!(hex::encode(again.recv_bytes().await), DENIED);
     let mut refused = Raw::connect(addr).await;
-    assert!(refused.expect_closed().await.is_empty());
+    assert!(is_notice(&refused.expect_closed().await, "Retry in 8 s."));
     tokio::time::sleep(Duration::from_secs(7)).await;
     let mut refused = Raw::connect(addr).await;
-    assert!(refused.expect_closed().await.is_empty());
+    assert!(is_notice(&refused.expect_closed().await, "Retry in 1 s."));
     tokio::time::sleep(Duration::from_secs(2)).await;
     real_client(addr).await;
 }
@@ -326,7 +335,10 @@ async fn logged_in_sessions_leave_the_pre_login_caps() {
         waiting.push(raw);
     }
     let mut third = Raw::connect(server.addr).await;
-    assert!(third.expect_closed().await.is_empty());
+    assert!(is_notice(
+        &third.expect_closed().await,
+        "too many connections from this address"
+    ));
     // Once one of them leaves, a real client fits again.
     drop(waiting.pop());
     for attempt in 0.. {
@@ -357,11 +369,33 @@ async fn flood(addr: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
     .unwrap()
 }
 
+/// Whether `frames` are exactly one refusal notice whose text contains `says`.
+fn is_notice(frames: &[Frame], says: &str) -> bool {
+    let [frame] = frames else {
+        return false;
+    };
+    match CapabilitiesMessage::decode(&frame.body) {
+        Ok(CapabilitiesMessage::Error { message, .. }) => {
+            notice::Refusal::parse(&message).is_some() && message.contains(says)
+        }
+        _ => false,
+    }
+}
+
 /// Whether the server has closed `socket`, asked without waiting.
 fn closed_by_server(mut socket: &std::net::TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    match socket.read(&mut byte) {
+    let mut bytes = [0u8; 256];
+    match socket.read(&mut bytes) {
         Ok(0) => true,
+        // A refused socket gets the refusal notice, then the close.
+        Ok(n)
+            if matches!(
+                notice::classify(&bytes[..n]),
+                notice::FirstBytes::Refused(_)
+            ) =>
+        {
+            true
+        }
         Ok(_) => panic!("the server sent something to a silent socket"),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
         Err(_) => true,

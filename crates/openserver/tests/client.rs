@@ -223,7 +223,7 @@ async fn connect_errors_are_clear() {
         l.local_addr().unwrap()
     };
     match Client::connect(addr.to_string(), ClientConfig::default()).await {
-        Err(ClientError::Connect { addr: a, .. }) => assert_eq!(a, addr.to_string()),
+        Err(ClientError::NotListening { addr: a }) => assert_eq!(a, addr.to_string()),
         Err(other) => panic!("{other:?}"),
         Ok(_) => panic!("connected to a closed port"),
     }

@@ -62,3 +62,8 @@ fn scram_messages_seeds() {
 fn scram_server_seeds() {
     replay("scram_server", fuzzing::scram_server);
 }
+
+#[test]
+fn first_bytes_seeds() {
+    replay("first_bytes", fuzzing::first_bytes);
+}

@@ -8,7 +8,7 @@ use openserver::protocol::keepalive::KeepAliveConfig;
 use openserver::server::Limits;
 use openserver::wire::capabilities::CapabilitiesMessage;
 use openserver::wire::keepalive::KeepAliveMessage;
-use openserver::wire::{protocol_id, Frame, Message};
+use openserver::wire::{notice, protocol_id, Frame, Message};
 use std::time::Duration;
 use support::harness::{config, start, Raw, ALICE, WAIT};
 
@@ -87,7 +87,10 @@ async fn a_lower_max_connections_refuses_new_ones_and_closes_none() {
         })
         .unwrap();
     let mut refused = Raw::connect(server.addr).await;
-    assert!(refused.expect_closed().await.is_empty());
+    assert_eq!(
+        refused.expect_closed().await,
+        [notice::Refusal::Busy.to_frame()]
+    );
     old.send(hello_of(1)).await;
     expect_not_authenticated(&mut old).await;
 

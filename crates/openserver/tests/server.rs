@@ -9,7 +9,7 @@ use openserver::wire::capabilities::CapabilitiesMessage;
 use openserver::wire::dbauth::DatabaseAuthMessage;
 use openserver::wire::hello::HelloMessage;
 use openserver::wire::keepalive::KeepAliveMessage;
-use openserver::wire::{protocol_id, Frame, Message};
+use openserver::wire::{notice, protocol_id, Frame, Message};
 use std::time::Duration;
 use support::harness::{config, start, Raw, ALICE};
 use support::{java_capture, Side};
@@ -461,7 +461,11 @@ async fn connection_caps_close_extra_connections() {
         kept.push(raw);
     }
     let mut third = Raw::connect(server.addr).await;
-    assert!(third.expect_closed().await.is_empty());
+    // Refused at once, told why in the one refusal notice.
+    assert_eq!(
+        third.expect_closed().await,
+        [notice::Refusal::TooManyFromAddress.to_frame()]
+    );
     // A slot frees when a session leaves.
     drop(kept.pop());
     let mut again = None;
@@ -486,7 +490,10 @@ async fn connection_caps_close_extra_connections() {
         .await;
     first.recv().await.unwrap();
     let mut second = Raw::connect(server.addr).await;
-    assert!(second.expect_closed().await.is_empty());
+    assert_eq!(
+        second.expect_closed().await,
+        [notice::Refusal::Busy.to_frame()]
+    );
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ mod support;
 
 use openserver::client::{Client, ClientConfig, ClientError};
 use openserver::tls::{self, ClientTls, ServerTls, ServerVerification};
+use openserver::wire::notice;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -71,10 +72,13 @@ async fn ca_file_verifies_the_generated_certificate() {
         ClientTls::new(ServerVerification::CaFile(certs.set.ca.clone()))
             .with_server_name("example.com"),
     );
-    assert!(matches!(
-        Client::connect(server.addr.to_string(), wrong_name).await,
-        Err(ClientError::Connect { .. })
-    ));
+    match Client::connect(server.addr.to_string(), wrong_name).await {
+        Err(ClientError::TlsVerification { message, .. }) => {
+            assert_eq!(message, "its certificate is not valid for this server name")
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("connected under another name"),
+    }
 }
 
 #[tokio::test]
@@ -88,8 +92,15 @@ async fn a_wrong_fingerprint_is_refused() {
     )
     .await
     {
-        Err(ClientError::Connect { message, .. }) => {
-            assert!(message.contains("fingerprint"), "{message}")
+        Err(ClientError::TlsVerification { message, .. }) => {
+            assert!(
+                message.starts_with("server certificate fingerprint "),
+                "{message}"
+            );
+            assert!(
+                message.ends_with(" does not match the pinned one"),
+                "{message}"
+            );
         }
         Err(e) => panic!("{e:?}"),
         Ok(_) => panic!("connected despite a wrong pin"),
@@ -301,4 +312,110 @@ async fn bad_certificate_files_are_clear_errors() {
     std::fs::write(&empty, "not pem").unwrap();
     let err = ServerTls::from_pem_files(&empty, &empty, None).unwrap_err();
     assert!(err.to_string().contains("no CERTIFICATE"), "{err}");
+}
+
+/// A server whose first failed login from an address earns a 60 s penalty; `notices` as
+/// `security.refusal_notices`.
+async fn strict_server(certs: Option<&Certs>, notices: usize) -> TestServer {
+    let mut cfg = config();
+    cfg.security.penalty_free_failures = 0;
+    cfg.security.penalty_initial = Duration::from_secs(60);
+    cfg.security.refusal_notices = notices;
+    match certs {
+        Some(certs) => {
+            let tls = ServerTls::from_pem_files(&certs.set.cert, &certs.set.key, None).unwrap();
+            start_with(cfg, move |b| b.tls(tls)).await
+        }
+        None => start_with(cfg, |b| b).await,
+    }
+}
+
+#[tokio::test]
+async fn a_penalised_address_is_refused_with_the_wait_over_tls_and_plaintext() {
+    let certs = server_certs();
+    for tls in [true, false] {
+        let server = strict_server(tls.then_some(&certs), 64).await;
+        let addr = server.addr.to_string();
+        let client_config = || match tls {
+            true => client_config(ServerVerification::CaFile(certs.set.ca.clone())),
+            false => ClientConfig::default(),
+        };
+        let client = Client::connect(addr.clone(), client_config())
+            .await
+            .unwrap();
+        assert!(matches!(
+            client.authenticate_db(ALICE.0, "wrong").await,
+            Err(ClientError::AccessDenied)
+        ));
+        client.quit().await;
+        // Over TLS the refusal is found in the handshake; in plaintext, at the first request.
+        let refused = match Client::connect(addr.clone(), client_config()).await {
+            Ok(client) => client.authenticate_db(ALICE.0, ALICE.1).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match refused {
+            Err(ClientError::Refused {
+                refusal: notice::Refusal::FailedLogins { retry_after },
+                addr: a,
+            }) => {
+                assert_eq!(a, addr);
+                assert!(
+                    (Duration::from_secs(55)..=Duration::from_secs(60)).contains(&retry_after),
+                    "{retry_after:?}"
+                );
+            }
+            other => panic!("tls {tls}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_notices_a_refused_tls_client_hears_the_server_closed_without_answering() {
+    let certs = server_certs();
+    let server = strict_server(Some(&certs), 0).await;
+    let addr = server.addr.to_string();
+    let config = || client_config(ServerVerification::CaFile(certs.set.ca.clone()));
+    let client = Client::connect(addr.clone(), config()).await.unwrap();
+    let _ = client.authenticate_db(ALICE.0, "wrong").await;
+    client.quit().await;
+    match Client::connect(addr, config()).await {
+        Err(ClientError::TlsHandshake { message, .. }) => {
+            assert_eq!(
+                message,
+                "the server closed the connection without answering"
+            )
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("a penalised address connected"),
+    }
+}
+
+#[tokio::test]
+async fn the_wrong_transport_is_named_in_both_directions() {
+    let certs = server_certs();
+    let (tls, _) = tls_server(&certs, None).await;
+    let plain = start_with(config(), |b| b).await;
+
+    let client = Client::connect(tls.addr.to_string(), ClientConfig::default())
+        .await
+        .unwrap();
+    match client.authenticate_db(ALICE.0, ALICE.1).await {
+        Err(ClientError::ServerSpeaksTls { addr }) => assert_eq!(addr, tls.addr.to_string()),
+        other => panic!("{other:?}"),
+    }
+
+    let verified = client_config(ServerVerification::CaFile(certs.set.ca.clone()));
+    match Client::connect(plain.addr.to_string(), verified).await {
+        Err(ClientError::ServerSpeaksPlaintext { addr }) => {
+            assert_eq!(addr, plain.addr.to_string())
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("a TLS client connected to a plaintext server"),
+    }
+
+    match Client::connect("127.0.0.1", ClientConfig::default()).await {
+        Err(ClientError::BadAddress { addr, .. }) => assert_eq!(addr, "127.0.0.1"),
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("connected without a port"),
+    }
 }

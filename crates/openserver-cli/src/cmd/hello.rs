@@ -1,7 +1,7 @@
 //! `openserver hello`: log in to a server and say hello, the smallest end-to-end check.
 
-use crate::cmd::connect::{connect_and_login, ConnectArgs};
-use anyhow::{Context as _, Result};
+use crate::cmd::connect::{connect_and_login, explain_request, ConnectArgs};
+use anyhow::Result;
 use clap::Args;
 
 /// Arguments of `openserver hello`.
@@ -17,8 +17,9 @@ pub struct HelloArgs {
 /// Connects, logs in, says hello, prints the answer.
 pub async fn run(args: HelloArgs) -> Result<()> {
     let client = connect_and_login(&args.connect).await?;
-    let answer = client.hello(&args.message).await.context("hello failed")?;
-    println!("{answer}");
+    let answer = client.hello(&args.message).await;
     client.quit().await;
+    let answer = answer.map_err(|e| explain_request(e, &args.connect, "hello"))?;
+    println!("{answer}");
     Ok(())
 }

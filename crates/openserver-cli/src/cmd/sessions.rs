@@ -1,7 +1,7 @@
 //! `openserver sessions`: list a running server's sessions, or kick one, over the Admin
 //! protocol (5) as a user holding the server's admin role.
 
-use crate::cmd::connect::{connect_and_login, ConnectArgs};
+use crate::cmd::connect::{connect_and_login, explain_request, ConnectArgs};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use openserver::client::{Client, ClientError};
@@ -69,7 +69,7 @@ async fn request(
             let reason = message.trim_end_matches('.').replacen('R', "r", 1);
             bail!(
                 "user {:?} may not administer sessions on {}: {reason}",
-                connect.user,
+                connect.user.as_deref().unwrap_or_default(),
                 connect.server
             )
         }
@@ -78,7 +78,7 @@ async fn request(
              configuration)",
             connect.server
         ),
-        Err(e) => Err(e).context("admin request failed"),
+        Err(e) => Err(explain_request(e, connect, "admin request")),
     }
 }
 

@@ -31,9 +31,23 @@ type Waiter = oneshot::Sender<Result<Bytes, ClientError>>;
 #[derive(Default)]
 pub(crate) struct Pending {
     waiters: Mutex<HashMap<u16, VecDeque<Waiter>>>,
+    /// Why the connection is of no use, when the server said so (a refusal notice) or its
+    /// bytes did (a TLS record): what every request fails with from then on.
+    fatal: Mutex<Option<ClientError>>,
 }
 
 impl Pending {
+    /// The error requests on this connection fail with, if the server refused the connection
+    /// or speaks TLS.
+    pub(crate) fn fatal(&self) -> Option<ClientError> {
+        lock(&self.fatal).clone()
+    }
+
+    /// The error for a request that failed because the connection closed for `reason`.
+    pub(crate) fn closed(&self, reason: Option<CloseReason>) -> ClientError {
+        self.fatal().unwrap_or(ClientError::Closed(reason))
+    }
+
     pub(crate) fn push(&self, protocol_id: u16, waiter: Waiter) {
         lock(&self.waiters)
             .entry(protocol_id)
@@ -62,9 +76,10 @@ impl Pending {
     }
 
     fn fail_all(&self, reason: &CloseReason) {
+        let error = self.closed(Some(reason.clone()));
         for (_, queue) in lock(&self.waiters).drain() {
             for waiter in queue {
-                let _ = waiter.send(Err(ClientError::Closed(Some(reason.clone()))));
+                let _ = waiter.send(Err(error.clone()));
             }
         }
     }
@@ -120,6 +135,14 @@ where
         engine.run(routed).await;
     }
     let reason = session.close_reason().unwrap_or(CloseReason::Local);
+    if matches!(reason, CloseReason::ProtocolError(_))
+        && crate::wire::notice::looks_like_tls(engine.unread())
+    {
+        // A TLS server's alert, sent when our first frame was not a ClientHello.
+        *lock(&pending.fatal) = Some(ClientError::ServerSpeaksTls {
+            addr: session.peer().to_string(),
+        });
+    }
     pending.fail_all(&reason);
     Box::pin(engine.finish()).await;
     reason
@@ -128,6 +151,19 @@ where
 async fn route(session: &Session, pending: &Pending, subs: &Subscriptions, frame: Frame) {
     match frame.protocol_id {
         protocol_id::CAPABILITIES => match CapabilitiesMessage::decode(&frame.body) {
+            Ok(CapabilitiesMessage::Error {
+                protocol_id: protocol_id::CAPABILITIES,
+                message,
+            }) if crate::wire::notice::Refusal::parse(&message).is_some() => {
+                // The server's refusal notice: it closes the connection next.
+                if let Some(refusal) = crate::wire::notice::Refusal::parse(&message) {
+                    *lock(&pending.fatal) = Some(ClientError::Refused {
+                        addr: session.peer().to_string(),
+                        refusal,
+                    });
+                }
+                session.close(CloseReason::PeerClosed);
+            }
             Ok(CapabilitiesMessage::Error {
                 protocol_id,
                 message,

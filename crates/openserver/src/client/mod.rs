@@ -27,6 +27,7 @@ use crate::wire::capabilities::CapabilitiesMessage;
 use crate::wire::dbauth::DatabaseAuthMessage;
 use crate::wire::hello::HelloMessage;
 use crate::wire::keepalive::KeepAliveMessage;
+use crate::wire::notice::{self, FirstBytes};
 use crate::wire::scram::ScramMessage;
 use crate::wire::winauth::WinAuthMessage;
 use crate::wire::{protocol_id, DecodeError, Frame, Message, Secret};
@@ -41,13 +42,74 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The TCP connection could not be made.
+    /// The TCP connection could not be made (for a reason none of the variants below names:
+    /// a name that does not resolve, a timeout, an unreachable network).
     #[error("cannot connect to {addr}: {message}")]
     Connect {
         /// The address tried.
         addr: String,
         /// What failed.
         message: String,
+    },
+    /// Nothing accepted the TCP connection (connection refused): no server runs at `addr`,
+    /// or it listens on another address or port.
+    #[error("nothing listens on {addr}")]
+    NotListening {
+        /// The address tried.
+        addr: String,
+    },
+    /// The address is not `HOST:PORT`.
+    #[error("{addr:?} is not HOST:PORT: {message}")]
+    BadAddress {
+        /// The address given.
+        addr: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The client's TLS settings cannot be used: a CA or certificate file that cannot be
+    /// read or holds nothing usable, a malformed fingerprint, an invalid server name.
+    #[error("{0}")]
+    TlsConfig(String),
+    /// The server's certificate was not accepted: an unknown issuer, another name, expired,
+    /// or not the pinned fingerprint.
+    #[error("cannot verify the server at {addr}: {message}")]
+    TlsVerification {
+        /// The address connected to.
+        addr: String,
+        /// rustls' reason.
+        message: String,
+    },
+    /// The TLS handshake failed for another reason: the server closed the connection during
+    /// it, or sent a TLS alert.
+    #[error("TLS handshake with {addr} failed: {message}")]
+    TlsHandshake {
+        /// The address connected to.
+        addr: String,
+        /// What failed.
+        message: String,
+    },
+    /// The server refused the connection before login and said why in its notice
+    /// ([`notice::Refusal`]; `docs/PROTOCOL.md`, "Refusals before login").
+    #[error("{addr} refused the connection: {}", refusal_reason(.refusal))]
+    Refused {
+        /// The address connected to.
+        addr: String,
+        /// The server's reason, with the wait it gave.
+        refusal: notice::Refusal,
+    },
+    /// The server speaks TLS, and this client connected in plaintext: its answer was a TLS
+    /// record.
+    #[error("the server at {addr} speaks TLS; connect with TLS")]
+    ServerSpeaksTls {
+        /// The address connected to.
+        addr: String,
+    },
+    /// The server speaks plaintext, and this client connected with TLS: its answer to the
+    /// ClientHello was a session-layer frame.
+    #[error("the server at {addr} speaks plaintext, not TLS; connect without TLS")]
+    ServerSpeaksPlaintext {
+        /// The address connected to.
+        addr: String,
     },
     /// The server denied the login.
     #[error("access denied")]
@@ -77,6 +139,18 @@ pub enum ClientError {
     /// connection. Carries what went wrong.
     #[error("server not verified: {0}")]
     ServerNotVerified(String),
+}
+
+/// A refusal's reason in words, for [`ClientError::Refused`].
+fn refusal_reason(refusal: &notice::Refusal) -> String {
+    match refusal {
+        notice::Refusal::FailedLogins { retry_after } => format!(
+            "too many failed logins from this address; retry in {} s",
+            retry_after.as_secs()
+        ),
+        notice::Refusal::TooManyFromAddress => "too many connections from this address".into(),
+        _ => "the server is busy; retry later".into(),
+    }
 }
 
 /// What happens to the connection, as [`Client::events`] reports it.
@@ -274,7 +348,7 @@ impl Client {
         conn.session
             .send(Frame::new(protocol_id, body))
             .await
-            .map_err(|_| ClientError::Closed(conn.session.close_reason()))
+            .map_err(|_| conn.pending.closed(conn.session.close_reason()))
     }
 
     /// Sends one packet and waits for the next packet of the same protocol, for protocols that
@@ -363,10 +437,26 @@ async fn open(
         addr: addr.to_owned(),
         message,
     };
+    if !addr.contains(':') {
+        return Err(ClientError::BadAddress {
+            addr: addr.to_owned(),
+            message: "no port".into(),
+        });
+    }
     let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| connect_error(format!("timed out after {:?}", config.connect_timeout)))?
-        .map_err(|e| connect_error(e.to_string()))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => ClientError::NotListening {
+                addr: addr.to_owned(),
+            },
+            // std's word for an address it cannot parse.
+            std::io::ErrorKind::InvalidInput => ClientError::BadAddress {
+                addr: addr.to_owned(),
+                message: e.to_string(),
+            },
+            _ => connect_error(e.to_string()),
+        })?;
     let _ = stream.set_nodelay(true);
     let peer = stream
         .peer_addr()
@@ -382,12 +472,25 @@ async fn open(
         Some(tls) => {
             let (connector, name) = tls
                 .connector(host_of(addr))
-                .map_err(|e| connect_error(e.to_string()))?;
-            let stream =
-                tokio::time::timeout(config.connect_timeout, connector.connect(name, stream))
-                    .await
-                    .map_err(|_| connect_error("TLS handshake timed out".into()))?
-                    .map_err(|e| connect_error(format!("TLS handshake failed: {e}")))?;
+                .map_err(|e| ClientError::TlsConfig(e.to_string()))?;
+            // The first bytes the server sends are kept until the handshake is over: if it
+            // fails, they say whether the server refused us or speaks plaintext.
+            let recorded = FirstBytesRecorder::new(stream);
+            let handshake = connector.connect(name, recorded).into_fallible();
+            let mut stream = tokio::time::timeout(config.connect_timeout, handshake)
+                .await
+                .map_err(|_| ClientError::TlsHandshake {
+                    addr: addr.to_owned(),
+                    message: format!("no answer within {:?}", config.connect_timeout),
+                })?
+                .map_err(|(error, recorder)| {
+                    let failure = HandshakeFailure {
+                        error,
+                        first_bytes: recorder.first.unwrap_or_default(),
+                    };
+                    handshake_error(addr, &failure)
+                })?;
+            stream.get_mut().0.stop();
             Ok(start_connection(
                 stream,
                 peer,
@@ -396,6 +499,132 @@ async fn open(
                 heartbeat,
             ))
         }
+    }
+}
+
+/// What a failed TLS handshake with `addr` means for the user.
+fn handshake_error(addr: &str, e: &HandshakeFailure) -> ClientError {
+    let addr = addr.to_owned();
+    match notice::classify(&e.first_bytes) {
+        FirstBytes::Refused(refusal) => return ClientError::Refused { addr, refusal },
+        FirstBytes::Plaintext => return ClientError::ServerSpeaksPlaintext { addr },
+        _ => {}
+    }
+    let rustls_error = e
+        .error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(why)) => ClientError::TlsVerification {
+            addr,
+            message: certificate_problem(why),
+        },
+        _ if e.first_bytes.is_empty()
+            && matches!(
+                e.error.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            ClientError::TlsHandshake {
+                addr,
+                message: "the server closed the connection without answering".into(),
+            }
+        }
+        _ => ClientError::TlsHandshake {
+            addr,
+            message: e.error.to_string(),
+        },
+    }
+}
+
+/// Why the server's certificate was not accepted, in words.
+fn certificate_problem(why: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as E;
+    match why {
+        E::UnknownIssuer => "its certificate is not issued by a trusted CA".into(),
+        E::NotValidForName | E::NotValidForNameContext { .. } => {
+            "its certificate is not valid for this server name".into()
+        }
+        E::Expired | E::ExpiredContext { .. } => "its certificate has expired".into(),
+        E::NotValidYet | E::NotValidYetContext { .. } => "its certificate is not valid yet".into(),
+        E::Revoked => "its certificate is revoked".into(),
+        // Our own verifiers' reasons (a fingerprint that does not match) read as they are.
+        E::Other(other) => other.0.to_string(),
+        other => format!("its certificate was refused ({other:?})"),
+    }
+}
+
+/// A failed handshake: the error, and the first bytes the server sent.
+struct HandshakeFailure {
+    error: std::io::Error,
+    first_bytes: Vec<u8>,
+}
+
+/// Keeps the first bytes read from a stream (at most [`FirstBytesRecorder::KEEP`]) until
+/// [`stop`](FirstBytesRecorder::stop) is called; passes everything through.
+struct FirstBytesRecorder<S> {
+    inner: S,
+    /// `None` once stopped.
+    first: Option<Vec<u8>>,
+}
+
+impl<S> FirstBytesRecorder<S> {
+    /// Enough for a refusal notice, which is all it is read for.
+    const KEEP: usize = 512;
+
+    fn new(inner: S) -> Self {
+        FirstBytesRecorder {
+            inner,
+            first: Some(Vec::new()),
+        }
+    }
+
+    /// Stops recording and frees what was kept.
+    fn stop(&mut self) {
+        self.first = None;
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstBytesRecorder<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some(first) = &mut self.first {
+            let new = &buf.filled()[before..];
+            let room = Self::KEEP.saturating_sub(first.len());
+            first.extend_from_slice(&new[..new.len().min(room)]);
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstBytesRecorder<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -452,12 +681,12 @@ async fn request_on(
         conn.session
             .send(frame)
             .await
-            .map_err(|_| ClientError::Closed(conn.session.close_reason()))?;
+            .map_err(|_| conn.pending.closed(conn.session.close_reason()))?;
     }
     let timeout = shared.config.request_timeout;
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(answer)) => answer,
-        Ok(Err(_)) => Err(ClientError::Closed(conn.session.close_reason())),
+        Ok(Err(_)) => Err(conn.pending.closed(conn.session.close_reason())),
         Err(_) => Err(ClientError::Timeout(timeout)),
     }
 }
@@ -584,7 +813,7 @@ async fn start_heartbeat(shared: &Shared, conn: &Conn) -> Result<(), ClientError
     conn.session
         .send(KeepAliveMessage::KeepAlive.to_frame())
         .await
-        .map_err(|_| ClientError::Closed(conn.session.close_reason()))?;
+        .map_err(|_| conn.pending.closed(conn.session.close_reason()))?;
     let hb = Heartbeat::start(conn.session.clone(), shared.config.keep_alive);
     *lock(&shared.heartbeat) = Some(hb);
     Ok(())

@@ -49,16 +49,19 @@ pub(crate) async fn login(
             Ok(Some(user))
         }
         _ => {
-            let failures = Login::new(session).record_denied_login(name);
+            // Logged before the denial is recorded: recording it may start a penalty, whose own
+            // line then follows this one.
+            let failures = session.auth_failures().saturating_add(1);
             tracing::info!(
                 session = session.id(),
                 peer = %session.peer(),
                 protocol,
                 user = name,
                 failures,
-                penalized,
+                during_penalty = penalized,
                 "authentication denied"
             );
+            Login::new(session).record_denied_login(name);
             Ok(None)
         }
     }

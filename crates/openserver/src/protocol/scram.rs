@@ -187,16 +187,19 @@ impl ScramHandler {
             // A proof that did not verify (fake credentials never verify), a replayed
             // client-final, or a penalised source.
             (Ok(_) | Err(ScramError::InvalidProof | ScramError::NonceMismatch), _) => {
-                let failures = Login::new(session).record_denied_login(name);
+                // Logged before the denial is recorded: recording it may start a penalty, whose own
+                // line then follows this one.
+                let failures = session.auth_failures().saturating_add(1);
                 tracing::info!(
                     session = session.id(),
                     peer = %session.peer(),
                     protocol = NAME,
                     user = name,
                     failures,
-                    penalized,
+                    during_penalty = penalized,
                     "authentication denied"
                 );
+                Login::new(session).record_denied_login(name);
                 session.send_message(&ScramMessage::AccessDenied).await?;
                 Ok(())
             }

@@ -126,6 +126,10 @@ pub struct Security {
     /// Sources the penalty table remembers at once; when full, those closest to being
     /// forgotten are dropped first.
     pub penalty_max_sources: usize,
+    /// Connections refused on accept (penalty, caps) that are told why at once: each gets a
+    /// fixed one-frame notice and is kept for at most 2 s so the notice arrives. More
+    /// refusals at the same time are closed without a word; 0 closes every one that way.
+    pub refusal_notices: usize,
 }
 
 impl Default for Security {
@@ -140,6 +144,7 @@ impl Default for Security {
             penalty_initial: Duration::from_secs(1),
             penalty_max: Duration::from_secs(300),
             penalty_max_sources: 65_536,
+            refusal_notices: 64,
         }
     }
 }

@@ -9,13 +9,37 @@
 use super::config::Security;
 use super::penalty::{PenaltyPolicy, PenaltyTable, Source};
 use crate::session::{lock, SessionId};
+use crate::wire::notice;
 use prometheus_client::metrics::counter::Counter;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+/// How long a refused connection is kept to deliver its notice: write it, then read what the
+/// client sends until it closes, so that our close does not reset the connection (a reset can
+/// discard the notice before the client reads it).
+const NOTICE_LINGER: Duration = Duration::from_secs(2);
+
+/// Bytes read from a refused client while its notice lingers, at most.
+const NOTICE_DRAIN: usize = 16 * 1024;
+
+/// Sources whose TLS/plaintext mismatch was logged, at most; then the set starts afresh.
+const MISMATCHES_REMEMBERED: usize = 4096;
+
+/// Which side of a TLS/plaintext mismatch the server saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mismatch {
+    /// A TLS ClientHello on a plaintext listener.
+    TlsClient,
+    /// A plaintext frame on a TLS listener.
+    PlaintextClient,
+}
 
 /// The server-wide state behind `[server.security]`.
 pub(crate) struct Gatekeeper {
@@ -27,6 +51,10 @@ pub(crate) struct Gatekeeper {
     pending: Mutex<Pending>,
     /// Failed logins that started or extended a penalty, for the metrics.
     penalties_started: Counter,
+    /// Refused connections being given their notice, at most `refusal_notices`.
+    notices: Arc<Semaphore>,
+    /// Sources whose TLS/plaintext mismatch has been logged, so each is logged once.
+    mismatches: Mutex<HashSet<(Source, bool)>>,
 }
 
 /// Who holds a pre-login slot. Bounded by `max_unauthenticated`.
@@ -68,11 +96,104 @@ impl Gatekeeper {
             max: config.penalty_max,
             max_sources: config.penalty_max_sources,
         };
+        let notices = Arc::new(Semaphore::new(config.refusal_notices));
         Gatekeeper {
             config,
             penalties: Mutex::new(PenaltyTable::new(policy)),
             pending: Mutex::new(Pending::default()),
             penalties_started: Counter::default(),
+            notices,
+            mismatches: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Whether `peer`'s source is penalised for failed logins; if so, returns how long the
+    /// penalty still runs and logs the refusal at `warn`, at most once per source every
+    /// [`REFUSAL_LOG_EVERY`](super::penalty::REFUSAL_LOG_EVERY) with the refusals not logged
+    /// since. The log stays bounded under a flood: one line per penalised source per period,
+    /// and every penalised source paid for its penalty with password checks.
+    pub(crate) fn penalized_refusal(&self, peer: SocketAddr) -> Option<Duration> {
+        if !self.config.penalties {
+            return None;
+        }
+        let source = Source::of(peer.ip());
+        let now = Instant::now();
+        let (remaining, log) = {
+            let mut table = lock(&self.penalties);
+            let remaining = table.remaining(source, now);
+            if remaining.is_zero() {
+                return None;
+            }
+            (remaining, table.refusal_to_log(source, now))
+        };
+        if let Some(unlogged) = log {
+            tracing::warn!(
+                %peer,
+                %source,
+                penalty_left = ?whole_seconds(remaining),
+                refused_since_last_line = unlogged,
+                "connection refused: too many failed logins from this source"
+            );
+        }
+        Some(remaining)
+    }
+
+    /// Sends `refusal`'s notice on `stream` and closes it, in a task of its own bounded by
+    /// [`NOTICE_LINGER`]. With `refusal_notices` connections already being refused this way,
+    /// closes at once instead: a flood of refused connections costs no more than before.
+    pub(crate) fn refuse(&self, stream: TcpStream, refusal: notice::Refusal) {
+        let Ok(permit) = self.notices.clone().try_acquire_owned() else {
+            return;
+        };
+        let Ok(bytes) = refusal.to_frame().to_bytes() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut stream = stream;
+            let _ = tokio::time::timeout(NOTICE_LINGER, async {
+                stream.write_all(&bytes).await?;
+                stream.shutdown().await?;
+                let mut scratch = [0u8; 1024];
+                let mut drained = 0;
+                while drained < NOTICE_DRAIN {
+                    let n = stream.read(&mut scratch).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    drained += n;
+                }
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+        });
+    }
+
+    /// Logs, once per source, that `peer` spoke the other transport: TLS to a plaintext
+    /// listener or plaintext to a TLS one. Not an attack but a configuration mismatch, which
+    /// the operator can fix from this line.
+    pub(crate) fn transport_mismatch(&self, peer: SocketAddr, mismatch: Mismatch) {
+        let key = (Source::of(peer.ip()), mismatch == Mismatch::TlsClient);
+        {
+            let mut seen = lock(&self.mismatches);
+            if seen.len() >= MISMATCHES_REMEMBERED {
+                seen.clear();
+            }
+            if !seen.insert(key) {
+                return;
+            }
+        }
+        match mismatch {
+            Mismatch::TlsClient => tracing::warn!(
+                %peer,
+                "a client tried TLS on this plaintext listener and was told the server speaks \
+                 plaintext; connect it without TLS, or serve TLS (logged once per source)"
+            ),
+            Mismatch::PlaintextClient => tracing::warn!(
+                %peer,
+                "a client sent plaintext to this TLS listener and was closed; connect it with \
+                 TLS, or serve plaintext with --no-tls (logged once per source)"
+            ),
         }
     }
 
@@ -179,6 +300,11 @@ impl Gatekeeper {
     pub(crate) fn unauthenticated(&self) -> usize {
         lock(&self.pending).sessions.len()
     }
+}
+
+/// `d` rounded up to whole seconds, as the refusal notice says it.
+fn whole_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 /// Whether to drop a new connection when `pending` connections are waiting to log in: never

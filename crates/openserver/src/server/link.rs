@@ -1,10 +1,10 @@
 //! The server's side of the session seam: [`ServerLink`], what every session of a server
 //! reaches of it (penalties, metrics) through [`SessionHost`].
 
-use super::gate::Gatekeeper;
+use super::gate::{Gatekeeper, Mismatch};
 use super::metrics::ServerMetrics;
 use crate::session::telemetry::SessionHost;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// What a server session reaches of its server: one per server, shared by every session, so
@@ -27,6 +27,10 @@ impl SessionHost for ServerLink {
 
     fn frame_queued(&self, protocol_id: u16, wire_len: usize) {
         self.metrics.protocol(protocol_id).sent(wire_len);
+    }
+
+    fn peer_speaks_tls(&self, peer: SocketAddr) {
+        self.gate.transport_mismatch(peer, Mismatch::TlsClient);
     }
 }
 

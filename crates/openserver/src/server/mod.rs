@@ -35,6 +35,7 @@ use crate::session::engine::Engine;
 use crate::session::{lock, Login, SendError, Session, SessionId};
 use crate::tls::stream::TlsStream;
 use crate::tls::ServerTls;
+use crate::wire::notice::Refusal;
 use crate::wire::Frame;
 use driver::DriverContext;
 use link::ServerLink;
@@ -286,12 +287,17 @@ impl Shared {
     /// Applies the connection caps and starts the connection's task. Nothing here waits.
     fn admit(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         self.note_accepted();
+        let gate = &self.ctx.link.gate;
         // First, as the cheapest: a source penalised for failed logins gets no task, no read
-        // and no password check. Debug level, since a flood would otherwise flood the log.
-        let penalty = self.ctx.link.gate.penalty_remaining(peer.ip());
-        if !penalty.is_zero() {
-            tracing::debug!(%peer, ?penalty, "connection refused: source penalized for failed logins");
+        // and no password check, only the fixed notice. The gate rate-limits its log line.
+        if let Some(penalty) = gate.penalized_refusal(peer) {
             self.note_refused(peer, RefusalReason::Penalized);
+            gate.refuse(
+                stream,
+                Refusal::FailedLogins {
+                    retry_after: penalty,
+                },
+            );
             return;
         }
         // Read once: the connection keeps these limits for its whole life.
@@ -299,6 +305,7 @@ impl Shared {
         let Some(permit) = self.connections.try_open(limits.max_connections) else {
             tracing::warn!(%peer, "connection refused: max_connections reached");
             self.note_refused(peer, RefusalReason::MaxConnections);
+            gate.refuse(stream, Refusal::Busy);
             return;
         };
         let Some(mut ip_slot) =
@@ -306,14 +313,20 @@ impl Shared {
         else {
             tracing::warn!(%peer, "connection refused: max_connections_per_ip reached");
             self.note_refused(peer, RefusalReason::MaxConnectionsPerIp);
+            gate.refuse(stream, Refusal::TooManyFromAddress);
             return;
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        match self.ctx.link.gate.admit(id, peer.ip()) {
+        match gate.admit(id, peer.ip()) {
             Ok(pending) => ip_slot.pending = Some(pending),
             Err(refusal) => {
                 tracing::debug!(%peer, %refusal, "connection refused before login");
                 self.note_refused(peer, refusal.into());
+                let notice = match refusal {
+                    gate::Refusal::SourceFull => Refusal::TooManyFromAddress,
+                    gate::Refusal::Full | gate::Refusal::EarlyDrop => Refusal::Busy,
+                };
+                gate.refuse(stream, notice);
                 return;
             }
         }
@@ -386,6 +399,15 @@ impl Shared {
             let accept = TlsStream::accept(tls, stream);
             let stream = match Box::pin(tokio::time::timeout(deadline, accept)).await {
                 Ok(Ok(stream)) => Box::new(stream),
+                Ok(Err(e)) if crate::tls::stream::is_plaintext_peer(&e) => {
+                    self.ctx
+                        .link
+                        .gate
+                        .transport_mismatch(session.peer(), gate::Mismatch::PlaintextClient);
+                    tracing::debug!(error = %e, "TLS handshake failed: the client sent plaintext");
+                    self.note_refused(session.peer(), RefusalReason::TlsHandshake);
+                    return;
+                }
                 Ok(Err(e)) => {
                     tracing::info!(error = %e, "TLS handshake failed");
                     self.note_refused(session.peer(), RefusalReason::TlsHandshake);
@@ -416,10 +438,8 @@ impl Shared {
         };
         let store = self.store.as_ref()?;
         match store.find_user(&name).await {
-            Ok(Some(user)) => {
-                tracing::info!(user = %user.name, protocol = "client_certificate", "authenticated");
-                Some(user)
-            }
+            // Logged by `run_session`, after `session opened`.
+            Ok(Some(user)) => Some(user),
             Ok(None) => {
                 tracing::info!(user = %name, "client certificate names no known user; not logged in");
                 None
@@ -452,15 +472,25 @@ impl Shared {
                 session.shut_down();
             }
             tracing::info!("session opened");
+            if let Some(user) = session.user() {
+                // Logged in during the TLS handshake, by its client certificate.
+                tracing::info!(user = %user.name, protocol = "client_certificate", "authenticated");
+            }
             self.note_opened(session);
             let reason = driver::drive(engine, session, &self.ctx, limits).await;
             self.registry.remove(session.id());
             self.note_closed(session, &reason, session.started().elapsed());
-            let user = session.user().map(|u| u.name).unwrap_or_default();
-            if reason.is_lost() {
-                tracing::warn!(%user, %reason, "session closed: connection lost");
-            } else {
-                tracing::info!(%user, %reason, "session closed");
+            // A session that never logged in has no user to name: it says so instead of
+            // logging an empty one.
+            match (session.user(), reason.is_lost()) {
+                (Some(user), true) => {
+                    tracing::warn!(user = %user.name, %reason, "session closed: connection lost")
+                }
+                (Some(user), false) => tracing::info!(user = %user.name, %reason, "session closed"),
+                (None, true) => {
+                    tracing::warn!(%reason, "session closed before login: connection lost")
+                }
+                (None, false) => tracing::info!(%reason, "session closed before login"),
             }
         }
     }

@@ -74,9 +74,16 @@ impl PenaltyPolicy {
     }
 }
 
+/// A penalised source's refused connections are logged at most once per this period.
+pub(crate) const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// One remembered source.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
+    /// When a refused connection of this source was last logged (`None`: never).
+    refusal_logged: Option<Instant>,
+    /// Refused connections since then that were not logged.
+    refusals_unlogged: u32,
     /// Failed logins since the source was last forgotten.
     strikes: u32,
     /// The source is penalised until this instant (in the past when it is not).
@@ -130,6 +137,8 @@ impl PenaltyTable {
             self.make_room(now);
         }
         let entry = self.entries.entry(source).or_insert(Entry {
+            refusal_logged: None,
+            refusals_unlogged: 0,
             strikes: 0,
             until: now,
             forget_at: now,
@@ -140,6 +149,26 @@ impl PenaltyTable {
         entry.until = entry.until.max(now + penalty);
         entry.forget_at = entry.until + self.policy.max;
         penalty
+    }
+
+    /// Counts a refused connection of `source`; returns `Some(n)` when this one should be
+    /// logged (the first, then one per [`REFUSAL_LOG_EVERY`]), `n` being the refusals not
+    /// logged since the last line. A source the table does not hold is logged every time
+    /// (it is not refused either).
+    pub(crate) fn refusal_to_log(&mut self, source: Source, now: Instant) -> Option<u32> {
+        let Some(entry) = self.entries.get_mut(&source) else {
+            return Some(0);
+        };
+        match entry.refusal_logged {
+            Some(at) if now.saturating_duration_since(at) < REFUSAL_LOG_EVERY => {
+                entry.refusals_unlogged = entry.refusals_unlogged.saturating_add(1);
+                None
+            }
+            _ => {
+                entry.refusal_logged = Some(now);
+                Some(std::mem::take(&mut entry.refusals_unlogged))
+            }
+        }
     }
 
     /// Sources penalised at `now`.
@@ -317,6 +346,23 @@ mod tests {
         assert_eq!(t.penalized(now), 2);
         assert_eq!(t.penalized(now + S(1)), 1);
         assert_eq!(t.penalized(now + S(2)), 0);
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_period_with_the_count_in_between() {
+        let mut t = PenaltyTable::new(policy(0, 16));
+        let a = ip("192.0.2.1");
+        let now = Instant::now();
+        t.record_failure(a, now);
+        assert_eq!(t.refusal_to_log(a, now), Some(0));
+        assert_eq!(t.refusal_to_log(a, now + S(1)), None);
+        assert_eq!(t.refusal_to_log(a, now + S(9)), None);
+        assert_eq!(t.refusal_to_log(a, now + S(10)), Some(2));
+        assert_eq!(t.refusal_to_log(a, now + S(11)), None);
+        // Another source has its own period.
+        let b = ip("192.0.2.2");
+        t.record_failure(b, now);
+        assert_eq!(t.refusal_to_log(b, now + S(11)), Some(0));
     }
 
     #[test]

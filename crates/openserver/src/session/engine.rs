@@ -300,8 +300,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
 
     fn framing_violation(&self, e: &FrameError) {
         let session = &self.session;
-        tracing::warn!(session = session.id(), peer = %session.peer(), error = %e, "framing violation");
+        if matches!(e, FrameError::BadMagic(_))
+            && crate::wire::notice::looks_like_tls(&self.read_buf)
+        {
+            // The peer speaks TLS: a configuration mismatch, not an attack. A server session
+            // answers and logs it once per source; a client reports it to its caller.
+            tracing::debug!(session = session.id(), peer = %session.peer(), "peer speaks TLS");
+            session.peer_speaks_tls();
+        } else {
+            tracing::warn!(session = session.id(), peer = %session.peer(), error = %e, "framing violation");
+        }
         session.close(CloseReason::ProtocolError(e.to_string()));
+    }
+
+    /// Received bytes not handed out as frames: after a framing violation, what broke the
+    /// framing (the client looks at them to tell a TLS server's answer).
+    pub(crate) fn unread(&self) -> &[u8] {
+        &self.read_buf
     }
 
     /// Reads what the socket has: `Ok(true)` if bytes arrived, `Ok(false)` at end of stream.

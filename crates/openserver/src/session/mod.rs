@@ -326,6 +326,16 @@ impl Session {
         self.inner.auth_failures.load(Ordering::Relaxed)
     }
 
+    /// On a server session, the peer sent a TLS record where a frame should start (a TLS
+    /// client on a plaintext listener): logs it once per source and queues the fixed answer
+    /// that tells the client this server speaks plaintext. Nothing on a client session.
+    pub(crate) fn peer_speaks_tls(&self) {
+        if let Some(host) = self.host() {
+            host.peer_speaks_tls(self.inner.peer);
+            let _ = self.try_send(crate::wire::notice::plaintext_only_frame());
+        }
+    }
+
     /// Whether the peer's source is serving a failed-login penalty. A login protocol that sees
     /// `true` must deny the attempt, after the same work as a real check so that neither the
     /// answer nor its timing depends on the credentials, and record the denial with

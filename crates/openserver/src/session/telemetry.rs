@@ -3,7 +3,7 @@
 //! last denied login.
 
 use super::Session;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// What a server session reaches of its server: failed-login penalties and the count of what
@@ -19,6 +19,10 @@ pub(crate) trait SessionHost: Send + Sync + 'static {
 
     /// A frame of `wire_len` bytes (header included) of `protocol_id` was queued for the peer.
     fn frame_queued(&self, protocol_id: u16, wire_len: usize);
+
+    /// `peer` sent a TLS record where a frame should start (a TLS client on a plaintext
+    /// listener): the server logs it once per source.
+    fn peer_speaks_tls(&self, peer: SocketAddr);
 }
 
 impl Session {

@@ -104,6 +104,11 @@ impl ClientTls {
     }
 }
 
+/// The server's certificate is not the pinned one; carries its fingerprint.
+#[derive(Debug, thiserror::Error)]
+#[error("server certificate fingerprint {0} does not match the pinned one")]
+struct FingerprintMismatch(String);
+
 /// Accepts exactly one certificate, by SHA-256 fingerprint; signatures are still checked, so
 /// the server must hold the certificate's key.
 #[derive(Debug)]
@@ -125,10 +130,13 @@ impl ServerCertVerifier for PinnedCert {
         if bool::from(digest.as_slice().ct_eq(&self.sha256)) {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(format!(
-                "server certificate fingerprint {} does not match the pinned one",
-                super::fingerprint(end_entity)
-            )))
+            // A certificate error like any other refused certificate, so that callers can tell
+            // verification failures from the rest.
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(FingerprintMismatch(
+                    super::fingerprint(end_entity),
+                )))),
+            ))
         }
     }
 

@@ -104,6 +104,13 @@ pub fn certificate_user(cert: &CertificateDer<'_>) -> Option<String> {
     cn.as_str().ok().map(str::to_owned)
 }
 
+/// The user the first certificate of a PEM file names (its subject's common name), as a
+/// server with a client CA would log it in; `None` if it has no common name.
+pub fn certificate_file_user(path: &Path) -> Result<Option<String>, TlsError> {
+    let certs = load_certs(path)?;
+    Ok(certs.first().and_then(certificate_user))
+}
+
 /// Parses a SHA-256 fingerprint: 64 hex digits, any case, colons optional, an optional
 /// `SHA256:` prefix.
 pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {

@@ -102,8 +102,17 @@ impl TlsStream {
             Ok(()) => Ok(stream),
             Err(e) => {
                 // The alert rustls queued tells the peer why; best effort, the caller's
-                // deadline bounds it.
+                // deadline bounds it. (A plaintext client reads the alert as a TLS record
+                // and can say that the server speaks TLS.)
                 let _ = poll_fn(|cx| stream.poll_send(cx)).await;
+                let plaintext = matches!(
+                    crate::wire::notice::classify(&stream.incoming),
+                    crate::wire::notice::FirstBytes::Plaintext
+                        | crate::wire::notice::FirstBytes::Refused(_)
+                );
+                if plaintext {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, PlaintextPeer(e)));
+                }
                 Err(e)
             }
         }
@@ -425,6 +434,16 @@ fn encrypted(result: Result<usize, EncryptError>) -> io::Result<Wrote> {
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// A failed TLS accept whose peer sent a session-layer frame: a plaintext client.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent plaintext, not TLS ({0})")]
+struct PlaintextPeer(io::Error);
+
+/// Whether a [`TlsStream::accept`] error means that the client spoke plaintext.
+pub(crate) fn is_plaintext_peer(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<PlaintextPeer>())
 }
 
 #[cfg(test)]

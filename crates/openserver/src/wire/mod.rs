@@ -4,6 +4,8 @@
 //!   [`Decoder`](tokio_util::codec::Decoder)/[`Encoder`](tokio_util::codec::Encoder).
 //! - [`primitives`]: the .NET `BinaryWriter` conventions every message body uses
 //!   (little-endian integers, 7-bit-length UTF-8 strings, arrays, ticks).
+//! - [`notice`]: the fixed refusal notices sent before a close, and how a client recognises
+//!   them and the first bytes of the wrong transport (TLS or plaintext).
 //! - One file per built-in protocol with its typed messages: [`capabilities`], [`keepalive`],
 //!   [`winauth`], [`dbauth`], [`scram`], [`admin`] and [`hello`].
 //!
@@ -15,6 +17,7 @@ pub mod codec;
 pub mod dbauth;
 pub mod hello;
 pub mod keepalive;
+pub mod notice;
 pub mod primitives;
 pub mod scram;
 pub mod winauth;
