@@ -477,6 +477,64 @@ async fn graceful_shutdown_sends_quit_and_returns() {
     assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
 }
 
+/// A logged-in session with 16 MiB queued that its client does not read yet.
+async fn a_session_with_a_backlog(server: &support::harness::TestServer) -> Raw {
+    let mut raw = Raw::connect(server.addr).await;
+    login(&mut raw).await;
+    let session = server.handle.sessions().pop().unwrap();
+    let chunk = Frame::new(10, vec![0u8; 256 * 1024]);
+    for _ in 0..64 {
+        server.handle.send_to(session.id(), chunk.clone()).unwrap();
+    }
+    raw
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_sessions_to_drain_within_the_grace_period() {
+    let mut cfg = config();
+    cfg.limits.outbound_queue = 1000;
+    cfg.limits.shutdown_grace = Duration::from_secs(60);
+    let server = start(cfg).await;
+    let mut raw = a_session_with_a_backlog(&server).await;
+    server.handle.shutdown();
+    // The client has not read its backlog: the server waits for it rather than returning.
+    let mut task = server.task;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut task)
+            .await
+            .is_err(),
+        "the server returned while a session was still draining"
+    );
+    // The client reads everything, the QUIT last; then the server returns.
+    let frames = raw.expect_closed(Duration::from_secs(30)).await;
+    assert_eq!(frames.len(), 65);
+    assert_eq!(frames.last(), Some(&KeepAliveMessage::Quit.to_frame()));
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the server returns once its sessions are closed")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_on_a_stuck_session_after_the_grace_period() {
+    let mut cfg = config();
+    cfg.limits.outbound_queue = 1000;
+    cfg.limits.shutdown_grace = Duration::from_millis(500);
+    let server = start(cfg).await;
+    let _raw = a_session_with_a_backlog(&server).await;
+    let started = std::time::Instant::now();
+    server.handle.shutdown();
+    // The client never reads: the server returns after the grace period, not the 30 s write
+    // deadline.
+    tokio::time::timeout(Duration::from_secs(10), server.task)
+        .await
+        .expect("the server returns after its grace period")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(450), "{:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn connection_caps_close_extra_connections() {
     let mut cfg: ServerConfig = config();
