@@ -8,7 +8,9 @@
 
 mod support;
 
+use openserver::server::RefusalReason;
 use openserver::server::ServerConfig;
+use openserver::session::CloseReason;
 use openserver::wire::capabilities::CapabilitiesMessage;
 use openserver::wire::dbauth::DatabaseAuthMessage;
 use openserver::wire::hello::HelloMessage;
@@ -16,8 +18,6 @@ use openserver::wire::{protocol_id, Frame, Message};
 use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
-use openserver::server::RefusalReason;
-use openserver::session::CloseReason;
 use support::harness::{config, ending, start, Ending, Raw, ALICE, AT_ONCE};
 use tokio::time::Instant;
 
@@ -92,9 +92,16 @@ async fn garbage_bytes_are_cut_off() {
         let mut raw = Raw::connect(server.addr).await;
         // The server may close before all of it is written; that is the point.
         let _ = tokio::io::AsyncWriteExt::write_all(&mut raw.stream, bytes).await;
-        assert!(raw.expect_closed(AT_ONCE).await.is_empty(), "{:?}", &bytes[..8]);
         assert!(
-            matches!(ending(&mut events, raw.peer_id()).await, Ending::Closed(CloseReason::ProtocolError(_))),
+            raw.expect_closed(AT_ONCE).await.is_empty(),
+            "{:?}",
+            &bytes[..8]
+        );
+        assert!(
+            matches!(
+                ending(&mut events, raw.peer_id()).await,
+                Ending::Closed(CloseReason::ProtocolError(_))
+            ),
             "{:?}",
             &bytes[..8]
         );

@@ -38,7 +38,11 @@ fn bless(target: &str, outcomes: &BTreeMap<String, String>) {
         .filter(|l| !l.starts_with(&format!("{target}/")))
         .map(str::to_string)
         .collect();
-    lines.extend(outcomes.iter().map(|(seed, o)| format!("{target}/{seed}\t{o}")));
+    lines.extend(
+        outcomes
+            .iter()
+            .map(|(seed, o)| format!("{target}/{seed}\t{o}")),
+    );
     lines.sort();
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
 }
@@ -61,7 +65,11 @@ fn replay(target: &str, run: fn(&[u8])) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         outcomes.insert(name, fuzzing::outcome(target, &data));
     }
-    assert!(!outcomes.is_empty(), "seed corpus {} is empty", dir.display());
+    assert!(
+        !outcomes.is_empty(),
+        "seed corpus {} is empty",
+        dir.display()
+    );
     if std::env::var_os("OPENSERVER_BLESS_SEEDS").is_some() {
         bless(target, &outcomes);
         return;
@@ -71,12 +79,18 @@ fn replay(target: &str, run: fn(&[u8])) {
     for (seed, outcome) in &outcomes {
         match expected.get(seed) {
             Some(want) if want == outcome => {}
-            Some(want) => wrong.push(format!("{target}/{seed}: expected {want:?}, got {outcome:?}")),
-            None => wrong.push(format!("{target}/{seed}: no expected outcome in {OUTCOMES}")),
+            Some(want) => wrong.push(format!(
+                "{target}/{seed}: expected {want:?}, got {outcome:?}"
+            )),
+            None => wrong.push(format!(
+                "{target}/{seed}: no expected outcome in {OUTCOMES}"
+            )),
         }
     }
     for seed in expected.keys().filter(|s| !outcomes.contains_key(*s)) {
-        wrong.push(format!("{target}/{seed}: listed in {OUTCOMES} but not in the corpus"));
+        wrong.push(format!(
+            "{target}/{seed}: listed in {OUTCOMES} but not in the corpus"
+        ));
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

@@ -10,6 +10,7 @@ use openserver::auth::SqliteUserStore;
 use openserver::client::{Client, ClientConfig, ClientError};
 use openserver::protocol::{HandlerError, Protocol, ProtocolHandler};
 use openserver::server::{Server, ServerConfig};
+use openserver::session::CloseReason;
 use openserver::session::Session;
 use openserver::wire::capabilities::CapabilitiesMessage;
 use openserver::wire::hello::HelloMessage;
@@ -17,7 +18,6 @@ use openserver::wire::scram::ScramMessage;
 use openserver::wire::{protocol_id, Frame, Message, Secret};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use openserver::session::CloseReason;
 use support::harness::{
     config, ending, fast_hasher, start, start_with, Ending, Raw, TestServer, ALICE, AT_ONCE, BOB,
 };

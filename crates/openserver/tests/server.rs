@@ -3,6 +3,7 @@
 mod support;
 
 use bytes::{BufMut, BytesMut};
+use openserver::server::RefusalReason;
 use openserver::server::ServerConfig;
 use openserver::session::CloseReason;
 use openserver::wire::capabilities::CapabilitiesMessage;
@@ -11,7 +12,6 @@ use openserver::wire::hello::HelloMessage;
 use openserver::wire::keepalive::KeepAliveMessage;
 use openserver::wire::{protocol_id, Frame, Message};
 use std::time::Duration;
-use openserver::server::RefusalReason;
 use support::harness::{config, ending, start, Ending, Raw, ALICE, AT_ONCE};
 use support::{java_capture, Side};
 
@@ -532,7 +532,11 @@ async fn shutdown_gives_up_on_a_stuck_session_after_the_grace_period() {
         .expect("the server returns after its grace period")
         .unwrap()
         .unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(450), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

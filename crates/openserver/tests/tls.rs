@@ -4,16 +4,16 @@
 mod support;
 
 use openserver::client::{Client, ClientConfig, ClientError};
-use openserver::tls::{self, ClientTls, ServerTls, ServerVerification};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
 use openserver::server::ServerConfig;
 use openserver::session::CloseReason;
+use openserver::tls::{self, ClientTls, ServerTls, ServerVerification};
 use openserver::wire::dbauth::DatabaseAuthMessage;
 use openserver::wire::{FrameCodec, Message};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::ServerName;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use support::harness::{config, ending, start_with, Ending, Raw, TestServer, ALICE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -162,7 +162,17 @@ async fn tls_1_1_is_refused() {
     // (70), then the close.
     assert_eq!(
         buf.get(..7),
-        Some(&[0x15, 0x03, buf.get(2).copied().unwrap_or(0), 0x00, 0x02, 0x02, 70][..]),
+        Some(
+            &[
+                0x15,
+                0x03,
+                buf.get(2).copied().unwrap_or(0),
+                0x00,
+                0x02,
+                0x02,
+                70
+            ][..]
+        ),
         "expected a fatal protocol_version alert, got {buf:02x?}"
     );
     assert_eq!(buf.len(), 7, "nothing after the alert: {buf:02x?}");
@@ -388,9 +398,15 @@ async fn tls_1_2_is_negotiated_with_the_servers_suite_order() {
         &[&rustls::version::TLS12],
     );
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let mut stream = tls12.connect(name.clone(), tcp).await.expect("TLS 1.2 handshake");
+    let mut stream = tls12
+        .connect(name.clone(), tcp)
+        .await
+        .expect("TLS 1.2 handshake");
     let (_, conn) = stream.get_ref();
-    assert_eq!(conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
     let suite = conn.negotiated_cipher_suite().unwrap().suite();
     assert!(
         matches!(
@@ -414,7 +430,10 @@ async fn tls_1_2_is_negotiated_with_the_servers_suite_order() {
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let mut stream = tls13.connect(name, tcp).await.expect("TLS 1.3 handshake");
     let (_, conn) = stream.get_ref();
-    assert_eq!(conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
     assert_eq!(
         conn.negotiated_cipher_suite().unwrap().suite(),
         S::TLS13_AES_128_GCM_SHA256

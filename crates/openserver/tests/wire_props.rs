@@ -209,10 +209,17 @@ fn check_damaged(
         .unwrap_or(frames.len());
     if too_large < whole {
         prop_assert_eq!(&decoded.frames[..], &frames[..too_large]);
-        prop_assert!(decoded.error.is_some(), "a frame over the limit is an error");
+        prop_assert!(
+            decoded.error.is_some(),
+            "a frame over the limit is an error"
+        );
         return Ok(());
     }
-    prop_assert!(decoded.frames.len() >= whole, "lost intact frames: {:?}", decoded);
+    prop_assert!(
+        decoded.frames.len() >= whole,
+        "lost intact frames: {:?}",
+        decoded
+    );
     prop_assert_eq!(&decoded.frames[..whole], &frames[..whole]);
     if only_cut {
         prop_assert_eq!(decoded.frames.len(), whole);

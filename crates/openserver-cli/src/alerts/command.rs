@@ -123,7 +123,12 @@ mod tests {
     fn running(pid: &str) -> bool {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             // The state follows the parenthesised command name.
-            Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+            Ok(stat) => !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z'),
             Err(_) => false,
         }
     }
@@ -144,7 +149,10 @@ mod tests {
         let started = std::time::Instant::now();
         sink.execute(&alert()).await;
         assert!(started.elapsed() < Duration::from_secs(10));
-        let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .to_string();
         // Killed, not left behind: gone within a bound (SIGKILL is immediate; the bound is
         // for a loaded machine).
         let deadline = std::time::Instant::now() + Duration::from_secs(5);

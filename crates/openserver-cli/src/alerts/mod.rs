@@ -306,7 +306,11 @@ mod tests {
                 delivered.push(alert);
             }
         }
-        assert_eq!(delivered.len() as u64, total, "the healthy sink got every alert");
+        assert_eq!(
+            delivered.len() as u64,
+            total,
+            "the healthy sink got every alert"
+        );
         // The stuck one holds the first SINK_QUEUE alerts; the rest were dropped, not queued.
         assert_eq!(stuck_rx.len(), SINK_QUEUE);
         let first = stuck_rx.try_recv().unwrap();

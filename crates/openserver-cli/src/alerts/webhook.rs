@@ -266,7 +266,9 @@ mod tests {
     /// Answers one request per connection with the next of `statuses`, then 200 to any more;
     /// every body received is pushed to the returned list before its answer is sent, so it is
     /// complete once `deliver` returns.
-    async fn receiver(statuses: Vec<u16>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    async fn receiver(
+        statuses: Vec<u16>,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -328,7 +330,11 @@ mod tests {
             .with_backoff(Duration::from_millis(10));
         assert!(hook.deliver(&alert()).await);
         let bodies = received.lock().unwrap().clone();
-        assert_eq!(bodies.len(), 2, "one retry after the 503, none after the 200");
+        assert_eq!(
+            bodies.len(),
+            2,
+            "one retry after the 503, none after the 200"
+        );
         assert_eq!(bodies[0], bodies[1]);
         let json: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
         assert_eq!(json["reason"], "keep_alive_lost");
@@ -339,7 +345,11 @@ mod tests {
             .unwrap()
             .with_backoff(Duration::from_millis(10));
         assert!(!hook.deliver(&alert()).await);
-        assert_eq!(received.lock().unwrap().len(), 1, "a refused alert is not retried");
+        assert_eq!(
+            received.lock().unwrap().len(),
+            1,
+            "a refused alert is not retried"
+        );
     }
 
     #[tokio::test]

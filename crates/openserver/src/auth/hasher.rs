@@ -325,7 +325,11 @@ mod tests {
         assert!(!h.verify(Some(&stored), "wrong").await.unwrap());
         assert_eq!(h.argon2_checks(), before + 1, "a wrong password: one check");
         assert!(!h.verify(None, "wrong").await.unwrap());
-        assert_eq!(h.argon2_checks(), before + 2, "an unknown user: one check too");
+        assert_eq!(
+            h.argon2_checks(),
+            before + 2,
+            "an unknown user: one check too"
+        );
         assert!(!h.verify_blocking(None, "wrong").unwrap());
         assert_eq!(h.argon2_checks(), before + 3);
     }

@@ -788,9 +788,15 @@ mod tests {
         let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
         store.add_user("alice", &pw("a"), &[]).await.unwrap();
         let before = store.hasher.argon2_checks();
-        assert_eq!(store.verify_password("alice", &pw("b")).await.unwrap(), None);
+        assert_eq!(
+            store.verify_password("alice", &pw("b")).await.unwrap(),
+            None
+        );
         assert_eq!(store.hasher.argon2_checks(), before + 1);
-        assert_eq!(store.verify_password("nobody", &pw("b")).await.unwrap(), None);
+        assert_eq!(
+            store.verify_password("nobody", &pw("b")).await.unwrap(),
+            None
+        );
         assert_eq!(
             store.hasher.argon2_checks(),
             before + 2,

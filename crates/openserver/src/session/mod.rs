@@ -683,7 +683,10 @@ mod tests {
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
-        assert!(!waiter.is_finished(), "closed() resolved on an open session");
+        assert!(
+            !waiter.is_finished(),
+            "closed() resolved on an open session"
+        );
         assert!(
             tokio::time::timeout(Duration::from_millis(50), s.closed())
                 .await

@@ -118,9 +118,9 @@ pub async fn ending(events: &mut broadcast::Receiver<SessionEvent>, peer: Socket
                 Ok(SessionEvent::Closed {
                     peer: p, reason, ..
                 }) if p == peer => return Ending::Closed(reason),
-                Ok(SessionEvent::Refused { peer: p, reason, .. }) if p == peer => {
-                    return Ending::Refused(reason)
-                }
+                Ok(SessionEvent::Refused {
+                    peer: p, reason, ..
+                }) if p == peer => return Ending::Refused(reason),
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => panic!("lost {n} events"),
                 Err(broadcast::error::RecvError::Closed) => panic!("the server went away"),
@@ -221,7 +221,9 @@ impl Raw {
         };
         tokio::time::timeout(within, drain)
             .await
-            .unwrap_or_else(|_| panic!("the server did not close the connection within {within:?}"));
+            .unwrap_or_else(|_| {
+                panic!("the server did not close the connection within {within:?}")
+            });
         frames
     }
 
