@@ -657,3 +657,171 @@ fn sighup_reloads_what_can_change_and_names_what_cannot() {
     assert_eq!(stdout(&small), "Hello still\n", "{}", stderr(&small));
     assert!(serve.terminate().success());
 }
+
+#[test]
+fn sigint_shuts_down_like_sigterm() {
+    for signal in ["INT", "TERM"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let (serve, logs) = Serve::start_logging(&["--listen", "127.0.0.1:0", "--data-dir", data]);
+        serve.until_listening();
+        let status = serve.stop_with(signal);
+        // Handled: a graceful drain and exit 0, not death by the signal.
+        assert!(status.success(), "SIG{signal}: {status:?}");
+        wait_for_log(&logs, &[&format!("SIG{signal} received")]);
+        wait_for_log(&logs, &["shutting down"]);
+    }
+}
+
+#[test]
+fn sighup_reloads_the_certificate_and_a_bad_one_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (serve, logs) = Serve::start_logging(&["--listen", "127.0.0.1:0", "--data-dir", data]);
+    let (lines, addr) = serve.until_listening();
+    let (admin_password, old_fp) = first_start_secrets(&lines);
+    let hello = |fingerprint: &str| {
+        run(
+            &[
+                "hello",
+                "--server",
+                &addr,
+                "--fingerprint",
+                fingerprint,
+                "--user",
+                "admin",
+                "--password-stdin",
+                "x",
+            ],
+            &format!("{admin_password}\n"),
+        )
+    };
+    let hup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &serve.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    };
+    let tls = dir.path().join("tls");
+
+    // A new certificate in place of the old: SIGHUP makes the server present it.
+    let fresh = openserver::tls::self_signed::generate(&[]).unwrap();
+    std::fs::write(
+        tls.join("cert.pem"),
+        format!("{}{}", fresh.cert_pem, fresh.ca_pem),
+    )
+    .unwrap();
+    std::fs::write(tls.join("key.pem"), &fresh.key_pem).unwrap();
+    hup();
+    let line = wait_for_log(&logs, &["TLS certificate reloaded"]);
+    let new_fp = line
+        .split("fingerprint=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no fingerprint in {line}"))
+        .trim_matches('"')
+        .to_string();
+    assert_ne!(new_fp, old_fp);
+    let ok = hello(&new_fp);
+    assert_eq!(stdout(&ok), "Hello x\n", "{}", stderr(&ok));
+    assert_eq!(
+        hello(&old_fp).status.code(),
+        Some(1),
+        "the old certificate is gone"
+    );
+
+    // A broken certificate file: the reload fails and the server keeps the new certificate.
+    std::fs::write(tls.join("cert.pem"), "not a certificate").unwrap();
+    hup();
+    wait_for_log(
+        &logs,
+        &["TLS certificate reload failed", "keeping the old one"],
+    );
+    let still = hello(&new_fp);
+    assert_eq!(stdout(&still), "Hello x\n", "{}", stderr(&still));
+    assert!(serve.terminate().success());
+}
+
+#[test]
+fn user_passwd_and_del_change_who_can_log_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let serve = Serve::start(&["--listen", "127.0.0.1:0", "--data-dir", data]);
+    let (lines, addr) = serve.until_listening();
+    let (_, fingerprint) = first_start_secrets(&lines);
+    let hello = |password: &str| {
+        run(
+            &[
+                "hello",
+                "--server",
+                &addr,
+                "--fingerprint",
+                &fingerprint,
+                "--user",
+                "carol",
+                "--password-stdin",
+                "x",
+            ],
+            &format!("{password}\n"),
+        )
+    };
+    let add = run(
+        &[
+            "user",
+            "add",
+            "carol",
+            "--password-stdin",
+            "--data-dir",
+            data,
+        ],
+        "first\n",
+    );
+    assert!(add.status.success(), "{}", stderr(&add));
+    assert_eq!(stdout(&hello("first")), "Hello x\n");
+
+    let passwd = run(
+        &[
+            "user",
+            "passwd",
+            "carol",
+            "--password-stdin",
+            "--data-dir",
+            data,
+        ],
+        "second\n",
+    );
+    assert!(passwd.status.success(), "{}", stderr(&passwd));
+    assert_eq!(
+        hello("first").status.code(),
+        Some(1),
+        "the old password is refused"
+    );
+    assert_eq!(stdout(&hello("second")), "Hello x\n");
+
+    let del = run(&["user", "del", "carol", "--data-dir", data], "");
+    assert!(del.status.success(), "{}", stderr(&del));
+    assert_eq!(
+        hello("second").status.code(),
+        Some(1),
+        "a deleted user is refused"
+    );
+    let listing = stdout(&run(&["user", "list", "--data-dir", data], ""));
+    assert!(!listing.contains("carol"), "{listing}");
+    // Unknown users are clear errors.
+    let again = run(&["user", "del", "carol", "--data-dir", data], "");
+    assert_eq!(again.status.code(), Some(1));
+    let missing = run(
+        &[
+            "user",
+            "passwd",
+            "nobody",
+            "--password-stdin",
+            "--data-dir",
+            data,
+        ],
+        "x\n",
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(serve.terminate().success());
+}

@@ -11,7 +11,7 @@ use openserver::wire::hello::HelloMessage;
 use openserver::wire::keepalive::KeepAliveMessage;
 use openserver::wire::{protocol_id, Message, Secret};
 use std::time::Duration;
-use support::harness::{config, start_with, Raw, TestServer, ALICE, BOB, WAIT};
+use support::harness::{config, start_with, Raw, TestServer, ALICE, AT_ONCE, BOB, WAIT};
 
 async fn admin_server(role: &'static str) -> TestServer {
     start_with(config(), move |b| b.admin(role)).await
@@ -93,7 +93,7 @@ async fn an_admin_lists_sessions_and_kicks_one() {
             session_id: bob_info.id
         }
     );
-    let last = bob.expect_closed().await;
+    let last = bob.expect_closed(AT_ONCE).await;
     assert_eq!(last, vec![KeepAliveMessage::Quit.to_frame()]);
     let deadline = tokio::time::Instant::now() + WAIT;
     while server.handle.session(bob_info.id).is_some() {
@@ -139,7 +139,7 @@ async fn kicking_oneself_still_gets_the_answer() {
     let own = sessions[0].id;
     raw.send(AdminMessage::Kick { session_id: own }.to_frame())
         .await;
-    let frames = raw.expect_closed().await;
+    let frames = raw.expect_closed(AT_ONCE).await;
     assert_eq!(
         frames,
         vec![
@@ -214,7 +214,7 @@ async fn the_handle_kicks_too() {
     let session = server.handle.kick(id).expect("bob's session is open");
     assert_eq!(session.close_reason(), Some(CloseReason::Kicked));
     assert_eq!(
-        bob.expect_closed().await,
+        bob.expect_closed(AT_ONCE).await,
         vec![KeepAliveMessage::Quit.to_frame()]
     );
     assert!(server.handle.kick(u64::MAX).is_none());

@@ -8,7 +8,9 @@
 
 mod support;
 
+use openserver::server::RefusalReason;
 use openserver::server::ServerConfig;
+use openserver::session::CloseReason;
 use openserver::wire::capabilities::CapabilitiesMessage;
 use openserver::wire::dbauth::DatabaseAuthMessage;
 use openserver::wire::hello::HelloMessage;
@@ -16,7 +18,7 @@ use openserver::wire::{notice, protocol_id, Frame, Message};
 use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
-use support::harness::{config, start, Raw, ALICE};
+use support::harness::{config, ending, start, Ending, Raw, ALICE, AT_ONCE};
 use tokio::time::Instant;
 
 const HOME: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
@@ -86,16 +88,25 @@ async fn garbage_bytes_are_cut_off() {
         &noise,
     ];
     for bytes in cases {
+        let mut events = server.handle.events();
         let mut raw = Raw::connect(server.addr).await;
         // The server may close before all of it is written; that is the point.
         let _ = tokio::io::AsyncWriteExt::write_all(&mut raw.stream, bytes).await;
-        let answer = raw.expect_closed().await;
+        let answer = raw.expect_closed(AT_ONCE).await;
         if bytes[0] == 0x16 {
             // A TLS client is told, in a frame, that this server speaks plaintext.
             assert_eq!(answer, [notice::plaintext_only_frame()]);
         } else {
             assert!(answer.is_empty(), "{:?}", &bytes[..8]);
         }
+        assert!(
+            matches!(
+                ending(&mut events, raw.peer_id()).await,
+                Ending::Closed(CloseReason::ProtocolError(_))
+            ),
+            "{:?}",
+            &bytes[..8]
+        );
         real_client(server.addr).await;
     }
 }
@@ -119,9 +130,17 @@ async fn wrong_magic_and_bad_lengths_are_cut_off_before_any_body_is_read() {
         header([0x53, 0x55], 4097),
     ];
     for bytes in cases {
+        let mut events = server.handle.events();
         let mut raw = Raw::connect(server.addr).await;
         raw.send_bytes(&bytes).await;
-        assert!(raw.expect_closed().await.is_empty(), "{bytes:02x?}");
+        // At once: a limit that let the 4,097-byte frame through would wait for its body
+        // until the login deadline.
+        assert!(raw.expect_closed(AT_ONCE).await.is_empty(), "{bytes:02x?}");
+        let end = ending(&mut events, raw.peer_id()).await;
+        assert!(
+            matches!(&end, Ending::Closed(CloseReason::ProtocolError(_))),
+            "{bytes:02x?}: {end:?}"
+        );
         real_client(server.addr).await;
     }
 }
@@ -178,7 +197,7 @@ async fn byte_at_a_time_frames_work_but_do_not_extend_the_auth_deadline() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         slow.send_bytes(&[*byte]).await;
     }
-    assert!(slow.expect_closed().await.is_empty());
+    assert!(slow.expect_closed(Duration::from_secs(5)).await.is_empty());
     assert_waited(started, 10, 11);
     real_client(server.addr).await;
 }
@@ -200,7 +219,7 @@ async fn trickling_after_login_does_not_reset_the_idle_timeout() {
         tokio::time::sleep(Duration::from_secs(20)).await;
         raw.send_bytes(&[*byte]).await;
     }
-    assert!(raw.expect_closed().await.is_empty());
+    assert!(raw.expect_closed(Duration::from_secs(25)).await.is_empty());
     assert_waited(started, 60, 61);
     real_client(server.addr).await;
 }
@@ -222,7 +241,7 @@ async fn half_sent_frames_then_silence_are_closed_at_the_auth_deadline() {
     // They hold nothing a real client needs.
     real_client(server.addr).await;
     for raw in &mut stalled {
-        assert!(raw.expect_closed().await.is_empty());
+        assert!(raw.expect_closed(Duration::from_secs(12)).await.is_empty());
     }
     assert_waited(started, 10, 11);
     real_client(server.addr).await;
@@ -238,16 +257,36 @@ async fn silent_clients_are_closed_at_the_auth_deadline() {
     }
     real_client(server.addr).await;
     for raw in &mut silent {
-        assert!(raw.expect_closed().await.is_empty());
+        assert!(raw.expect_closed(Duration::from_secs(12)).await.is_empty());
     }
     assert_waited(started, 10, 11);
     real_client(server.addr).await;
 }
 
-#[tokio::test(start_paused = true)]
+/// Asserts that a new connection from `from` is refused at once (not left to the 10 s login
+/// deadline) because its source is penalised.
+async fn assert_penalised(server: &support::harness::TestServer, from: IpAddr) {
+    let mut events = server.handle.events();
+    let mut refused = Raw::connect_from(server.addr, from).await;
+    assert!(is_notice(
+        &refused.expect_closed(AT_ONCE).await,
+        "too many failed logins"
+    ));
+    assert_eq!(
+        ending(&mut events, refused.peer_id()).await,
+        Ending::Refused(RefusalReason::Penalized)
+    );
+}
+
+// Real time, not paused: penalties are judged on real sockets, where a paused clock could jump
+// ahead while a refusal is still in flight. The penalty is scaled down from the default 1 s to
+// 500 ms so the doubling shows in seconds, with margins of 1.5 s for a loaded machine.
+#[tokio::test]
 async fn password_guessing_is_throttled_per_source() {
-    // Defaults: 3 denials per connection; 3 free failures per source, then 1 s doubling.
-    let server = start(config()).await;
+    // 3 denials per connection; 3 free failures per source, then 500 ms doubling.
+    let mut cfg = config();
+    cfg.security.penalty_initial = Duration::from_millis(500);
+    let server = start(cfg).await;
     let addr = server.addr;
     // A connection the guesser opens early, before any penalty.
     let mut spare = Raw::connect(addr).await;
@@ -256,7 +295,9 @@ async fn password_guessing_is_throttled_per_source() {
         .await;
     spare.recv().await.unwrap();
 
-    // Three wrong guesses: each denied, the third denial sent, then the connection closed.
+    // Three wrong guesses: each denied, the third denial sent, then the connection closed at
+    // once (not at the login deadline), as auth_failures.
+    let mut events = server.handle.events();
     let mut first = Raw::connect(addr).await;
     for guess in ["123456", "password"] {
         first.send(login_frame(ALICE.0, guess)).await;
@@ -264,8 +305,12 @@ async fn password_guessing_is_throttled_per_source() {
     }
     first.send(login_frame(ALICE.0, "qwerty")).await;
     assert_eq!(
-        first.expect_closed().await,
+        first.expect_closed(AT_ONCE).await,
         vec![DatabaseAuthMessage::AccessDenied.to_frame()]
+    );
+    assert_eq!(
+        ending(&mut events, first.peer_id()).await,
+        Ending::Closed(CloseReason::AuthFailures)
     );
 
     // The free failures are used up: the fourth starts a penalty. While it runs, even the
@@ -277,32 +322,31 @@ async fn password_guessing_is_throttled_per_source() {
     assert_eq!(hex::encode(second.recv_bytes().await), DENIED);
     spare.send(login_frame(ALICE.0, ALICE.1)).await;
     assert_eq!(hex::encode(spare.recv_bytes().await), DENIED);
+    let sixth = Instant::now();
 
-    // New connections from the guesser's address are closed at once, before any read.
-    let refused_at = Instant::now();
-    let mut refused = Raw::connect(addr).await;
-    assert!(is_notice(
-        &refused.expect_closed().await,
-        "too many failed logins"
-    ));
-    assert!(refused_at.elapsed() < Duration::from_secs(1));
-
+    // New connections from the guesser's address are turned away at once, before any read.
+    assert_penalised(&server, HOME).await;
     // Another address is not affected.
     real_client_from(addr, NEIGHBOUR).await;
 
-    // Six failures: the penalty is 4 s. Once it is over the address is welcome again...
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Six failures: the penalty is 4 x 500 ms = 2 s. Once it is over the address is welcome
+    // again...
+    tokio::time::sleep_until(sixth + Duration::from_millis(2500)).await;
     real_client(addr).await;
-    // ...but remembered: the next failure costs 8 s straight away.
+    // ...but remembered: the next failure doubles it to 4 s straight away (8 s at the default
+    // 1 s), so 2.5 s later, past the previous penalty, the address is still turned away.
     let mut again = Raw::connect(addr).await;
     again.send(login_frame(ALICE.0, "dragon")).await;
     assert_eq!(hex::encode(again.recv_bytes().await), DENIED);
-    let mut refused = Raw::connect(addr).await;
-    assert!(is_notice(&refused.expect_closed().await, "Retry in 8 s."));
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    let mut refused = Raw::connect(addr).await;
-    assert!(is_notice(&refused.expect_closed().await, "Retry in 1 s."));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seventh = Instant::now();
+    assert_penalised(&server, HOME).await;
+    tokio::time::sleep_until(seventh + Duration::from_millis(2500)).await;
+    assert!(
+        seventh.elapsed() < Duration::from_millis(3900),
+        "the machine stalled too long to judge the 4 s penalty"
+    );
+    assert_penalised(&server, HOME).await;
+    tokio::time::sleep_until(seventh + Duration::from_millis(4500)).await;
     real_client(addr).await;
 }
 
@@ -334,11 +378,16 @@ async fn logged_in_sessions_leave_the_pre_login_caps() {
         raw.recv().await.expect("admitted");
         waiting.push(raw);
     }
+    let mut events = server.handle.events();
     let mut third = Raw::connect(server.addr).await;
     assert!(is_notice(
-        &third.expect_closed().await,
+        &third.expect_closed(AT_ONCE).await,
         "too many connections from this address"
     ));
+    assert_eq!(
+        ending(&mut events, third.peer_id()).await,
+        Ending::Refused(RefusalReason::MaxUnauthenticatedPerIp)
+    );
     // Once one of them leaves, a real client fits again.
     drop(waiting.pop());
     for attempt in 0.. {

@@ -216,6 +216,59 @@ async fn reconnects_with_backoff_and_replays_the_login() {
 }
 
 #[tokio::test]
+async fn reconnect_attempts_wait_the_doubling_delay_then_give_up() {
+    let server = start(config()).await;
+    let policy = ReconnectPolicy::new(Duration::from_millis(100), Duration::from_millis(400))
+        .with_max_attempts(4);
+    let client = Client::connect(
+        server.addr.to_string(),
+        ClientConfig::default().with_reconnect(policy),
+    )
+    .await
+    .unwrap();
+    let mut events = client.events();
+    // The server goes away for good: every attempt fails.
+    server.handle.shutdown();
+    server.task.await.unwrap().unwrap();
+    assert!(matches!(
+        next_event(&mut events).await,
+        ClientEvent::Disconnected(_)
+    ));
+    let mut attempts = Vec::new();
+    for expected in 1..=4u32 {
+        match next_event(&mut events).await {
+            ClientEvent::Reconnecting { attempt, delay } => {
+                assert_eq!(attempt, expected);
+                attempts.push((std::time::Instant::now(), delay));
+            }
+            other => panic!("expected attempt {expected}, got {other:?}"),
+        }
+    }
+    // 100, 200, 400 (the cap), 400 ms, each with up to 25% jitter off.
+    for ((_, delay), base) in attempts.iter().zip([100u64, 200, 400, 400]) {
+        let base = Duration::from_millis(base);
+        assert!(
+            *delay <= base && *delay >= base.mul_f64(0.75),
+            "{delay:?} for base {base:?}"
+        );
+    }
+    // Each announced delay was actually waited before the next attempt was announced (a
+    // lower bound only, which a loaded machine cannot break).
+    for pair in attempts.windows(2) {
+        let ((at, delay), (next_at, _)) = (pair[0], pair[1]);
+        assert!(
+            next_at - at >= delay,
+            "attempt announced {:?} after a delay of {delay:?}",
+            next_at - at
+        );
+    }
+    // After the fourth failure the client gives up and says so.
+    tokio::time::timeout(Duration::from_secs(10), client.closed())
+        .await
+        .expect("the client gives up after four attempts");
+}
+
+#[tokio::test]
 async fn connect_errors_are_clear() {
     // Bind then drop, so the port is (almost certainly) closed.
     let addr = {

@@ -11,7 +11,7 @@ use openserver::wire::hello::HelloMessage;
 use openserver::wire::keepalive::KeepAliveMessage;
 use openserver::wire::{Frame, Message};
 use std::time::Duration;
-use support::harness::{config, start, Raw, ALICE, WAIT};
+use support::harness::{config, start, Raw, ALICE, AT_ONCE, WAIT};
 use tokio::sync::broadcast;
 
 fn login(user: &str, password: &str) -> Frame {
@@ -87,7 +87,7 @@ async fn a_scripted_session_is_opened_denied_authenticated_and_closed() {
     raw.send(HelloMessage("events".into()).to_frame()).await;
     raw.recv().await.unwrap();
     raw.send(KeepAliveMessage::Quit.to_frame()).await;
-    raw.expect_closed().await;
+    raw.expect_closed(AT_ONCE).await;
     match next(&mut events).await {
         SessionEvent::Closed {
             id: closed_id,
@@ -232,7 +232,7 @@ async fn refused_connections_are_events_and_counted() {
         SessionEvent::Opened { .. }
     ));
     let mut second = Raw::connect(server.addr).await;
-    second.expect_closed().await;
+    second.expect_closed(AT_ONCE).await;
     match next(&mut events).await {
         SessionEvent::Refused { peer, reason, .. } => {
             assert_eq!(reason, RefusalReason::MaxConnectionsPerIp);

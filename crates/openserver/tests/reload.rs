@@ -10,7 +10,7 @@ use openserver::wire::capabilities::CapabilitiesMessage;
 use openserver::wire::keepalive::KeepAliveMessage;
 use openserver::wire::{notice, protocol_id, Frame, Message};
 use std::time::Duration;
-use support::harness::{config, start, Raw, ALICE, WAIT};
+use support::harness::{config, start, Raw, ALICE, AT_ONCE, WAIT};
 
 /// A Hello frame with a `len`-byte body: before login it is answered `Not authenticated.`,
 /// which shows the session read it whole.
@@ -51,7 +51,7 @@ async fn set_limits_applies_to_the_next_session_only() {
     header.put_u16_le(0x5553);
     header.put_i32_le(200);
     new.send_bytes(&header).await;
-    assert!(new.expect_closed().await.is_empty());
+    assert!(new.expect_closed(AT_ONCE).await.is_empty());
 
     // The old session still takes 1,000 bytes before login.
     old.send(hello_of(1000)).await;
@@ -88,7 +88,7 @@ async fn a_lower_max_connections_refuses_new_ones_and_closes_none() {
         .unwrap();
     let mut refused = Raw::connect(server.addr).await;
     assert_eq!(
-        refused.expect_closed().await,
+        refused.expect_closed(AT_ONCE).await,
         [notice::Refusal::Busy.to_frame()]
     );
     old.send(hello_of(1)).await;

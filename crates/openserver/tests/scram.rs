@@ -10,6 +10,7 @@ use openserver::auth::SqliteUserStore;
 use openserver::client::{Client, ClientConfig, ClientError};
 use openserver::protocol::{HandlerError, Protocol, ProtocolHandler};
 use openserver::server::{Server, ServerConfig};
+use openserver::session::CloseReason;
 use openserver::session::Session;
 use openserver::wire::capabilities::CapabilitiesMessage;
 use openserver::wire::hello::HelloMessage;
@@ -17,7 +18,9 @@ use openserver::wire::scram::ScramMessage;
 use openserver::wire::{protocol_id, Frame, Message, Secret};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use support::harness::{config, fast_hasher, start, start_with, Raw, TestServer, ALICE, BOB};
+use support::harness::{
+    config, ending, fast_hasher, start, start_with, Ending, Raw, TestServer, ALICE, AT_ONCE, BOB,
+};
 
 /// A config whose abuse limits stay out of the way of tests that fail on purpose; one test
 /// below checks that SCRAM denials do count.
@@ -321,13 +324,52 @@ async fn out_of_order_messages_get_an_error_and_the_session_goes_on() {
 async fn denials_count_toward_the_connection_limit() {
     // Default security: three denied logins per connection.
     let server = start_with(config(), |b| b.scram()).await;
+    let mut events = server.handle.events();
     let mut raw = Raw::connect(server.addr).await;
     for _ in 0..2 {
         assert_eq!(raw_login(&mut raw, BOB.0, "wrong").await.1, DENIED);
     }
     let (_, third) = raw_login(&mut raw, "mallory", "wrong").await;
     assert_eq!(third, DENIED);
-    raw.expect_closed().await;
+    // Closed at once after the third denial, not left to the login deadline.
+    assert!(raw.expect_closed(AT_ONCE).await.is_empty());
+    assert_eq!(
+        ending(&mut events, raw.peer_id()).await,
+        Ending::Closed(CloseReason::AuthFailures)
+    );
+}
+
+#[tokio::test]
+async fn a_penalised_source_is_denied_even_with_the_right_password() {
+    // Penalties on (the default), with a penalty long enough that it cannot end mid-test;
+    // the per-connection limit is out of the way so one connection can make every attempt.
+    let mut cfg = config();
+    cfg.security.max_auth_failures = 100;
+    cfg.security.penalty_initial = std::time::Duration::from_secs(60);
+    let server = start_with(cfg, |b| b.scram()).await;
+    // Three free failures, then the fourth starts the source's penalty.
+    let mut raw = Raw::connect(server.addr).await;
+    for _ in 0..4 {
+        assert_eq!(raw_login(&mut raw, BOB.0, "wrong").await.1, DENIED);
+    }
+    // The right password is denied like any other attempt while the penalty runs.
+    assert_eq!(raw_login(&mut raw, ALICE.0, ALICE.1).await.1, DENIED);
+    assert_eq!(
+        raw_hello(&mut raw).await.protocol_id,
+        protocol_id::CAPABILITIES,
+        "still not logged in"
+    );
+    // Another source logs in with SCRAM as usual.
+    let neighbour = std::net::IpAddr::from([127, 0, 0, 2]);
+    let mut other = Raw::connect_from(server.addr, neighbour).await;
+    let (_, answer) = raw_login(&mut other, ALICE.0, ALICE.1).await;
+    assert_ne!(answer, DENIED);
+    assert_eq!(
+        HelloMessage::decode(&raw_hello(&mut other).await.body)
+            .unwrap()
+            .0,
+        "Hello x"
+    );
 }
 
 #[tokio::test]
@@ -461,13 +503,26 @@ impl Protocol for Impostor {
 #[tokio::test]
 async fn the_client_checks_the_server() {
     let server = start_with(lenient(), |b| b.protocol(Impostor { iterations: 4096 })).await;
+    let mut events = server.handle.events();
     let client = connect(server.addr).await;
+    let peer = loop {
+        match events.recv().await.expect("events") {
+            openserver::server::SessionEvent::Opened { peer, .. } => break peer,
+            _ => continue,
+        }
+    };
     assert!(matches!(
         client.authenticate_scram(ALICE.0, ALICE.1).await,
         Err(ClientError::ServerNotVerified(_))
     ));
-    // Nothing more goes to a server that could not prove itself.
-    assert!(!client.is_connected() || client.hello("x").await.is_err());
+    // Nothing more goes to a server that could not prove itself: the client hangs up at once.
+    assert!(!client.is_connected());
+    assert!(client.protocol_ids().await.is_err());
+    let end = tokio::time::timeout(AT_ONCE, ending(&mut events, peer)).await;
+    assert_eq!(
+        end.expect("the client hangs up at once"),
+        Ending::Closed(CloseReason::PeerClosed)
+    );
 
     for iterations in [1, 4095, 1_000_001] {
         let server = start_with(lenient(), |b| b.protocol(Impostor { iterations })).await;

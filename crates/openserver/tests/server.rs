@@ -3,6 +3,7 @@
 mod support;
 
 use bytes::{BufMut, BytesMut};
+use openserver::server::RefusalReason;
 use openserver::server::ServerConfig;
 use openserver::session::CloseReason;
 use openserver::wire::capabilities::CapabilitiesMessage;
@@ -11,7 +12,7 @@ use openserver::wire::hello::HelloMessage;
 use openserver::wire::keepalive::KeepAliveMessage;
 use openserver::wire::{notice, protocol_id, Frame, Message};
 use std::time::Duration;
-use support::harness::{config, start, Raw, ALICE};
+use support::harness::{config, ending, start, Ending, Raw, ALICE, AT_ONCE};
 use support::{java_capture, Side};
 
 /// The capture's frames grouped by section: the DatabaseAuth session, the WinAuth session.
@@ -178,6 +179,7 @@ async fn auth_gate_refuses_application_protocols_until_login() {
 #[tokio::test]
 async fn wrong_password_and_unknown_user_get_the_same_plain_denial() {
     let server = start(config()).await;
+    let mut events = server.handle.events();
     let mut raw = Raw::connect(server.addr).await;
     let attempt = |user: &str, password: &str| {
         DatabaseAuthMessage::Authenticate {
@@ -196,10 +198,15 @@ async fn wrong_password_and_unknown_user_get_the_same_plain_denial() {
         capabilities_error(&raw.recv().await.unwrap()).1,
         "Not authenticated."
     );
-    // The third denial (security.max_auth_failures) is sent too, then the connection closes.
+    // The third denial (security.max_auth_failures) is sent too, then the connection closes
+    // at once (not at the login deadline), as auth_failures.
     raw.send(attempt("", "")).await;
-    let frames = raw.expect_closed().await;
+    let frames = raw.expect_closed(AT_ONCE).await;
     assert_eq!(frames, vec![DatabaseAuthMessage::AccessDenied.to_frame()]);
+    assert_eq!(
+        ending(&mut events, raw.peer_id()).await,
+        Ending::Closed(CloseReason::AuthFailures)
+    );
 }
 
 #[tokio::test]
@@ -276,15 +283,22 @@ async fn framing_violations_close_the_connection() {
         &[0x53, 0x55, 0x01, 0x00, 0x01, 0x00],
     ];
     for bytes in cases {
+        let mut events = server.handle.events();
         let mut raw = Raw::connect(server.addr).await;
         raw.send_bytes(bytes).await;
-        assert!(raw.expect_closed().await.is_empty(), "{bytes:?}");
+        assert!(raw.expect_closed(AT_ONCE).await.is_empty(), "{bytes:?}");
+        let end = ending(&mut events, raw.peer_id()).await;
+        assert!(
+            matches!(&end, Ending::Closed(CloseReason::ProtocolError(_))),
+            "{bytes:?}: {end:?}"
+        );
     }
 }
 
 #[tokio::test]
 async fn frame_limit_rises_after_authentication() {
     let server = start(config()).await;
+    let mut events = server.handle.events();
     let mut raw = Raw::connect(server.addr).await;
     login(&mut raw).await;
     let big = "x".repeat(200 * 1024);
@@ -299,16 +313,26 @@ async fn frame_limit_rises_after_authentication() {
     header.put_u16_le(0x5553);
     header.put_i32_le(16 * 1024 * 1024 + 1);
     raw.send_bytes(&header).await;
-    assert!(raw.expect_closed().await.is_empty());
+    assert!(raw.expect_closed(AT_ONCE).await.is_empty());
+    let end = ending(&mut events, raw.peer_id()).await;
+    assert!(
+        matches!(&end, Ending::Closed(CloseReason::ProtocolError(_))),
+        "{end:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn unauthenticated_sessions_close_at_the_auth_deadline() {
     let server = start(config()).await;
+    let mut events = server.handle.events();
     let started = tokio::time::Instant::now();
     let mut raw = Raw::connect(server.addr).await;
-    assert!(raw.expect_closed().await.is_empty());
+    assert!(raw.expect_closed(Duration::from_secs(12)).await.is_empty());
     assert_waited(started, 10, 11);
+    assert_eq!(
+        ending(&mut events, raw.peer_id()).await,
+        Ending::Closed(CloseReason::AuthTimeout)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -319,7 +343,7 @@ async fn idle_sessions_close_at_the_idle_timeout() {
     let mut raw = Raw::connect(server.addr).await;
     login(&mut raw).await;
     let started = tokio::time::Instant::now();
-    assert!(raw.expect_closed().await.is_empty());
+    assert!(raw.expect_closed(Duration::from_secs(62)).await.is_empty());
     assert_waited(started, 59, 61);
 }
 
@@ -333,7 +357,7 @@ async fn keep_alive_loss_is_detected_after_thirty_silent_seconds() {
     raw.send(KeepAliveMessage::KeepAlive.to_frame()).await;
     let started = tokio::time::Instant::now();
     // The server heartbeats every 10 s, then gives up on the silent client at 30 s.
-    let frames = raw.expect_closed().await;
+    let frames = raw.expect_closed(Duration::from_secs(32)).await;
     assert_waited(started, 30, 31);
     let beats = frames
         .iter()
@@ -356,24 +380,30 @@ async fn a_client_that_keeps_beating_stays_connected_and_quit_closes() {
     }
     assert_eq!(server.handle.session_count(), 1);
     raw.send(KeepAliveMessage::Quit.to_frame()).await;
-    raw.expect_closed().await;
+    raw.expect_closed(AT_ONCE).await;
 }
 
 #[tokio::test]
 async fn a_peer_that_does_not_read_is_disconnected_as_slow_consumer() {
     let mut cfg = config();
     cfg.limits.write_timeout = Duration::from_millis(300);
-    cfg.limits.outbound_queue = 8;
+    // Room for everything pushed below: the queue never fills, so only the write deadline
+    // can end the session.
+    cfg.limits.outbound_queue = 1000;
     let server = start(cfg).await;
     let mut raw = Raw::connect(server.addr).await;
     login(&mut raw).await;
     let session = server.handle.sessions().pop().unwrap();
-    // Push until the server gives up on the peer; the client never reads.
+    // 16 MiB, more than loopback socket buffers hold; the client never reads.
     let chunk = Frame::new(10, vec![0u8; 256 * 1024]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for _ in 0..64 {
+        server.handle.send_to(session.id(), chunk.clone()).unwrap();
+    }
+    // The 300 ms deadline from the config, with room for a loaded machine; a deadline not
+    // taken from the config (the 30 s default, or none) leaves the session open.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !session.is_closing() && tokio::time::Instant::now() < deadline {
-        let _ = server.handle.send_to(session.id(), chunk.clone());
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(session.close_reason(), Some(CloseReason::SlowConsumer));
     drop(raw);
@@ -436,7 +466,7 @@ async fn graceful_shutdown_sends_quit_and_returns() {
     b.recv().await.unwrap();
     server.handle.shutdown();
     for raw in [&mut a, &mut b] {
-        let frames = raw.expect_closed().await;
+        let frames = raw.expect_closed(AT_ONCE).await;
         assert_eq!(frames, vec![KeepAliveMessage::Quit.to_frame()]);
     }
     tokio::time::timeout(Duration::from_secs(10), server.task)
@@ -445,6 +475,68 @@ async fn graceful_shutdown_sends_quit_and_returns() {
         .unwrap()
         .unwrap();
     assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
+}
+
+/// A logged-in session with 16 MiB queued that its client does not read yet.
+async fn a_session_with_a_backlog(server: &support::harness::TestServer) -> Raw {
+    let mut raw = Raw::connect(server.addr).await;
+    login(&mut raw).await;
+    let session = server.handle.sessions().pop().unwrap();
+    let chunk = Frame::new(10, vec![0u8; 256 * 1024]);
+    for _ in 0..64 {
+        server.handle.send_to(session.id(), chunk.clone()).unwrap();
+    }
+    raw
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_sessions_to_drain_within_the_grace_period() {
+    let mut cfg = config();
+    cfg.limits.outbound_queue = 1000;
+    cfg.limits.shutdown_grace = Duration::from_secs(60);
+    let server = start(cfg).await;
+    let mut raw = a_session_with_a_backlog(&server).await;
+    server.handle.shutdown();
+    // The client has not read its backlog: the server waits for it rather than returning.
+    let mut task = server.task;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut task)
+            .await
+            .is_err(),
+        "the server returned while a session was still draining"
+    );
+    // The client reads everything, the QUIT last; then the server returns.
+    let frames = raw.expect_closed(Duration::from_secs(30)).await;
+    assert_eq!(frames.len(), 65);
+    assert_eq!(frames.last(), Some(&KeepAliveMessage::Quit.to_frame()));
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the server returns once its sessions are closed")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_on_a_stuck_session_after_the_grace_period() {
+    let mut cfg = config();
+    cfg.limits.outbound_queue = 1000;
+    cfg.limits.shutdown_grace = Duration::from_millis(500);
+    let server = start(cfg).await;
+    let _raw = a_session_with_a_backlog(&server).await;
+    let started = std::time::Instant::now();
+    server.handle.shutdown();
+    // The client never reads: the server returns after the grace period, not the 30 s write
+    // deadline.
+    tokio::time::timeout(Duration::from_secs(10), server.task)
+        .await
+        .expect("the server returns after its grace period")
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -460,11 +552,16 @@ async fn connection_caps_close_extra_connections() {
         raw.recv().await.unwrap();
         kept.push(raw);
     }
+    let mut events = server.handle.events();
     let mut third = Raw::connect(server.addr).await;
     // Refused at once, told why in the one refusal notice.
     assert_eq!(
-        third.expect_closed().await,
+        third.expect_closed(AT_ONCE).await,
         [notice::Refusal::TooManyFromAddress.to_frame()]
+    );
+    assert_eq!(
+        ending(&mut events, third.peer_id()).await,
+        Ending::Refused(RefusalReason::MaxConnectionsPerIp)
     );
     // A slot frees when a session leaves.
     drop(kept.pop());
@@ -489,10 +586,15 @@ async fn connection_caps_close_extra_connections() {
         .send(CapabilitiesMessage::GetProtocolIds.to_frame())
         .await;
     first.recv().await.unwrap();
+    let mut events = server.handle.events();
     let mut second = Raw::connect(server.addr).await;
     assert_eq!(
-        second.expect_closed().await,
+        second.expect_closed(AT_ONCE).await,
         [notice::Refusal::Busy.to_frame()]
+    );
+    assert_eq!(
+        ending(&mut events, second.peer_id()).await,
+        Ending::Refused(RefusalReason::MaxConnections)
     );
 }
 
@@ -519,7 +621,7 @@ async fn server_started_keep_alive_beats_first_and_drops_a_silent_client() {
     login(&mut raw).await;
     let started = tokio::time::Instant::now();
     // The client never sends KEEP_ALIVE; the server beats anyway and gives up at 30 s.
-    let frames = raw.expect_closed().await;
+    let frames = raw.expect_closed(Duration::from_secs(32)).await;
     assert_waited(started, 30, 31);
     assert!(
         frames.contains(&KeepAliveMessage::KeepAlive.to_frame()),

@@ -4,12 +4,18 @@
 mod support;
 
 use openserver::client::{Client, ClientConfig, ClientError};
+use openserver::server::ServerConfig;
+use openserver::session::CloseReason;
 use openserver::tls::{self, ClientTls, ServerTls, ServerVerification};
+use openserver::wire::dbauth::DatabaseAuthMessage;
 use openserver::wire::notice;
+use openserver::wire::{FrameCodec, Message};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::ServerName;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
-use support::harness::{config, start_with, Raw, TestServer, ALICE};
+use support::harness::{config, ending, start_with, Ending, Raw, TestServer, ALICE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Certs {
@@ -24,8 +30,16 @@ fn server_certs() -> Certs {
 }
 
 async fn tls_server(certs: &Certs, client_ca: Option<&Path>) -> (TestServer, ServerTls) {
+    tls_server_with(certs, client_ca, config()).await
+}
+
+async fn tls_server_with(
+    certs: &Certs,
+    client_ca: Option<&Path>,
+    config: ServerConfig,
+) -> (TestServer, ServerTls) {
     let tls = ServerTls::from_pem_files(&certs.set.cert, &certs.set.key, client_ca).unwrap();
-    let server = start_with(config(), {
+    let server = start_with(config, {
         let tls = tls.clone();
         move |b| b.tls(tls)
     })
@@ -155,11 +169,24 @@ async fn tls_1_1_is_refused() {
     stream.write_all(&tls11_client_hello()).await.unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
-    // No ServerHello (a handshake record, 0x16); an alert (0x15) or nothing, then close.
-    assert!(buf.is_empty() || buf[0] == 0x15, "{buf:02x?}");
-    if buf.len() >= 7 {
-        assert_eq!(buf[6], 70, "alert is protocol_version: {buf:02x?}");
-    }
+    // No ServerHello: one alert record (0x15, TLS 1.x, length 2), fatal (2) protocol_version
+    // (70), then the close.
+    assert_eq!(
+        buf.get(..7),
+        Some(
+            &[
+                0x15,
+                0x03,
+                buf.get(2).copied().unwrap_or(0),
+                0x00,
+                0x02,
+                0x02,
+                70
+            ][..]
+        ),
+        "expected a fatal protocol_version alert, got {buf:02x?}"
+    );
+    assert_eq!(buf.len(), 7, "nothing after the alert: {buf:02x?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -169,7 +196,7 @@ async fn a_stalled_handshake_is_abandoned_after_five_seconds() {
     let started = tokio::time::Instant::now();
     let mut raw = Raw::connect(server.addr).await;
     raw.send_bytes(&tls11_client_hello()[..10]).await;
-    assert!(raw.expect_closed().await.is_empty());
+    assert!(raw.expect_closed(Duration::from_secs(6)).await.is_empty());
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
@@ -312,6 +339,156 @@ async fn bad_certificate_files_are_clear_errors() {
     std::fs::write(&empty, "not pem").unwrap();
     let err = ServerTls::from_pem_files(&empty, &empty, None).unwrap_err();
     assert!(err.to_string().contains("no CERTIFICATE"), "{err}");
+}
+
+/// A rustls client that trusts the test CA and offers only `suites`, in that order, and the
+/// given protocol versions.
+fn rustls_client(
+    certs: &Certs,
+    suites: Vec<rustls::SupportedCipherSuite>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&certs.set.ca).unwrap();
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = suites;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Logs in as alice over an established TLS stream and checks the answer.
+async fn login_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: &mut S) {
+    let login = DatabaseAuthMessage::Authenticate {
+        user: ALICE.0.into(),
+        password: ALICE.1.into(),
+    }
+    .to_frame();
+    stream.write_all(&login.to_bytes().unwrap()).await.unwrap();
+    let mut codec = FrameCodec::default();
+    let mut buf = bytes::BytesMut::new();
+    let frame = loop {
+        use tokio_util::codec::Decoder;
+        if let Some(frame) = codec.decode(&mut buf).unwrap() {
+            break frame;
+        }
+        assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "closed");
+    };
+    assert_eq!(
+        DatabaseAuthMessage::decode(&frame.body).unwrap(),
+        DatabaseAuthMessage::Authenticated { user_id: 7 }
+    );
+}
+
+#[tokio::test]
+async fn tls_1_2_is_negotiated_with_the_servers_suite_order() {
+    use rustls::crypto::ring::cipher_suite as cs;
+    use rustls::CipherSuite as S;
+    let certs = server_certs();
+    let (server, _) = tls_server(&certs, None).await;
+    let name = ServerName::try_from("localhost").unwrap();
+
+    // A TLS 1.2-only client that prefers AES-256 (and ChaCha20) gets TLS 1.2 with the server's
+    // first choice, AES-128-GCM with SHA-256, for the certificate's key type.
+    let tls12 = rustls_client(
+        &certs,
+        vec![
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ],
+        &[&rustls::version::TLS12],
+    );
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut stream = tls12
+        .connect(name.clone(), tcp)
+        .await
+        .expect("TLS 1.2 handshake");
+    let (_, conn) = stream.get_ref();
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let suite = conn.negotiated_cipher_suite().unwrap().suite();
+    assert!(
+        matches!(
+            suite,
+            S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        ),
+        "{suite:?}"
+    );
+    login_over(&mut stream).await;
+
+    // TLS 1.3, the client preferring AES-256 and ChaCha20: the server's order still wins.
+    let tls13 = rustls_client(
+        &certs,
+        vec![
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS13_AES_128_GCM_SHA256,
+        ],
+        &[&rustls::version::TLS13],
+    );
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut stream = tls13.connect(name, tcp).await.expect("TLS 1.3 handshake");
+    let (_, conn) = stream.get_ref();
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(
+        conn.negotiated_cipher_suite().unwrap().suite(),
+        S::TLS13_AES_128_GCM_SHA256
+    );
+    login_over(&mut stream).await;
+}
+
+// Real time: the handshake is real TLS over real sockets, which a paused clock could skip past.
+#[tokio::test]
+async fn the_login_deadline_counts_from_accept_during_a_slow_handshake() {
+    let certs = server_certs();
+    let mut cfg = config();
+    cfg.limits.tls_handshake_timeout = Duration::from_secs(4);
+    cfg.limits.auth_timeout = Duration::from_millis(3500);
+    let (server, _) = tls_server_with(&certs, None, cfg).await;
+    let mut events = server.handle.events();
+    let connector = rustls_client(
+        &certs,
+        rustls::crypto::ring::default_provider().cipher_suites,
+        &[&rustls::version::TLS13],
+    );
+    let started = std::time::Instant::now();
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let peer = tcp.local_addr().unwrap();
+    // 2.5 s of silence before the ClientHello: within the handshake deadline, but most of the
+    // login deadline.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut stream = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("handshake within its deadline");
+    // Silent after the handshake: closed 3.5 s after accept, not 3.5 s after the handshake
+    // (6 s after accept).
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(3400) && waited < Duration::from_millis(5500),
+        "closed after {waited:?}"
+    );
+    assert_eq!(
+        ending(&mut events, peer).await,
+        Ending::Closed(CloseReason::AuthTimeout)
+    );
 }
 
 /// A server whose first failed login from an address earns a 60 s penalty; `notices` as

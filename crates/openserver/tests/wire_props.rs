@@ -157,23 +157,80 @@ fn encode_frames(frames: &[Frame]) -> Vec<u8> {
     bytes.to_vec()
 }
 
-/// A stream of valid frames, possibly damaged, so that every error kind and clean ends occur.
-fn damaged_stream() -> impl Strategy<Value = Vec<u8>> {
+/// A stream of valid frames, possibly damaged, so that every error kind and clean ends occur;
+/// with the frames and the number of leading bytes the damage left intact.
+fn damaged_stream() -> impl Strategy<Value = (Vec<Frame>, Vec<u8>, usize, bool)> {
     (frames(), damage()).prop_map(|(frames, damage)| {
         let mut bytes = encode_frames(&frames);
         let at = |per_mille: u16| bytes.len() * usize::from(per_mille) / 1000;
-        match damage {
-            Damage::None => {}
-            Damage::Truncate(p) => bytes.truncate(at(p)),
+        let (intact, truncated) = match damage {
+            Damage::None => (bytes.len(), true),
+            Damage::Truncate(p) => {
+                let k = at(p);
+                bytes.truncate(k);
+                (k, true)
+            }
             Damage::Overwrite(p, b) => {
                 let i = at(p);
-                if let Some(slot) = bytes.get_mut(i) {
-                    *slot = b;
+                match bytes.get_mut(i) {
+                    Some(slot) if *slot != b => {
+                        *slot = b;
+                        (i, false)
+                    }
+                    _ => (bytes.len(), true),
                 }
             }
-        }
-        bytes
+        };
+        (frames, bytes, intact, truncated)
     })
+}
+
+/// What decoding a damaged stream must give, from the frames it was made of: every frame that
+/// lies wholly in the intact part decodes to itself, up to the first one over the limit, which
+/// is an error; a stream that was only cut ends cleanly exactly when it was cut between frames.
+fn check_damaged(
+    frames: &[Frame],
+    bytes: &[u8],
+    intact: usize,
+    only_cut: bool,
+    max: usize,
+    decoded: &support::Decoded,
+) -> Result<(), TestCaseError> {
+    let limit = openserver::wire::FrameCodec::new(max).max_payload();
+    let mut ends = vec![0];
+    for frame in frames {
+        ends.push(ends.last().unwrap() + frame.wire_len());
+    }
+    // Frames wholly inside the intact part, and the first one over the limit.
+    let whole = ends[1..].iter().take_while(|end| **end <= intact).count();
+    let too_large = frames
+        .iter()
+        .position(|f| f.body.len() + 2 > limit)
+        .unwrap_or(frames.len());
+    if too_large < whole {
+        prop_assert_eq!(&decoded.frames[..], &frames[..too_large]);
+        prop_assert!(
+            decoded.error.is_some(),
+            "a frame over the limit is an error"
+        );
+        return Ok(());
+    }
+    prop_assert!(
+        decoded.frames.len() >= whole,
+        "lost intact frames: {:?}",
+        decoded
+    );
+    prop_assert_eq!(&decoded.frames[..whole], &frames[..whole]);
+    if only_cut {
+        prop_assert_eq!(decoded.frames.len(), whole);
+        prop_assert_eq!(
+            decoded.error.is_none(),
+            bytes.len() == ends[whole],
+            "clean end exactly at a frame boundary: {:?}",
+            decoded
+        );
+    }
+    Ok(())
 }
 
 proptest! {
@@ -211,12 +268,13 @@ proptest! {
     }
 
     #[test]
-    fn damaged_streams_decode_the_same_in_any_chunking(
-        bytes in damaged_stream(),
+    fn damaged_streams_decode_what_survived_in_any_chunking(
+        (frames, bytes, intact, only_cut) in damaged_stream(),
         sizes in chunk_sizes(),
         max in max_payload(),
     ) {
         let whole = decode_all(max, &bytes);
+        check_damaged(&frames, &bytes, intact, only_cut, max, &whole)?;
         prop_assert_eq!(&decode_chunks(max, chunked(&bytes, &sizes)), &whole);
         prop_assert_eq!(&decode_chunks(max, bytes.chunks(1)), &whole);
     }
@@ -229,10 +287,19 @@ proptest! {
     ) {
         // Random bytes mostly fail on the magic; lead with a valid one half the time.
         let whole = decode_all(max, &bytes);
+        if bytes.first().is_some_and(|b| *b != 0x53) {
+            prop_assert!(whole.frames.is_empty() && whole.error.is_some(), "{:?}", whole);
+        }
         prop_assert_eq!(&decode_chunks(max, chunked(&bytes, &sizes)), &whole);
         let mut led = vec![0x53, 0x55];
         led.extend_from_slice(&bytes);
         let whole = decode_all(max, &led);
+        // Whatever decoded is the stream's own bytes: the frames re-encode to its prefix.
+        let reencoded = encode_frames(&whole.frames);
+        prop_assert_eq!(&led[..reencoded.len()], &reencoded[..]);
+        if whole.error.is_none() {
+            prop_assert_eq!(reencoded.len(), led.len(), "a clean end consumed everything");
+        }
         prop_assert_eq!(&decode_chunks(max, chunked(&led, &sizes)), &whole);
         prop_assert_eq!(&decode_chunks(max, led.chunks(1)), &whole);
     }

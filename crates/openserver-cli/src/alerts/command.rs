@@ -119,14 +119,49 @@ mod tests {
         assert_eq!(json["session"], 5);
     }
 
+    /// Whether process `pid` is still running (a zombie waiting to be reaped is not).
+    fn running(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state follows the parenthesised command name.
+            Ok(stat) => !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z'),
+            Err(_) => false,
+        }
+    }
+
     #[tokio::test]
     async fn a_command_that_hangs_is_killed_after_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        // `exec`, so the pid written is the sleeping process itself.
         let sink = CommandSink::new(
-            vec!["/bin/sh".into(), "-c".into(), "sleep 30".into()],
-            Duration::from_millis(200),
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("echo $$ > {}; exec sleep 30", pid_file.display()),
+            ],
+            Duration::from_secs(1),
         );
         let started = std::time::Instant::now();
         sink.execute(&alert()).await;
         assert!(started.elapsed() < Duration::from_secs(10));
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .to_string();
+        // Killed, not left behind: gone within a bound (SIGKILL is immediate; the bound is
+        // for a loaded machine).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while running(&pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the timed-out command {pid} is still running"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -155,13 +155,13 @@ pub fn start(config: &AlertsConfig, events: broadcast::Receiver<SessionEvent>) -
     let mut sinks = Vec::new();
     if let Some(url) = &config.webhook {
         let hook = Webhook::new(url, config.webhook_ca.as_deref(), config.timeout)?;
-        let (tx, rx) = mpsc::channel(SINK_QUEUE);
+        let (tx, rx) = sink_queue();
         tokio::spawn(hook.run(rx));
         sinks.push(("webhook", tx));
     }
     if !config.command.is_empty() {
         let command = CommandSink::new(config.command.clone(), config.timeout);
-        let (tx, rx) = mpsc::channel(SINK_QUEUE);
+        let (tx, rx) = sink_queue();
         tokio::spawn(command.run(rx));
         sinks.push(("command", tx));
     }
@@ -178,6 +178,11 @@ pub fn start(config: &AlertsConfig, events: broadcast::Receiver<SessionEvent>) -
         "alerts on"
     );
     Ok(())
+}
+
+/// One sink's queue: bounded, so a stuck sink costs at most [`SINK_QUEUE`] alerts of memory.
+fn sink_queue() -> (mpsc::Sender<Alert>, mpsc::Receiver<Alert>) {
+    mpsc::channel(SINK_QUEUE)
 }
 
 /// Turns events into alerts and hands them to the sinks.
@@ -270,6 +275,46 @@ mod tests {
             name: name.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
         }
+    }
+
+    fn session_alert(id: u64) -> Alert {
+        Alert::Session(payload::SessionAlert::new(
+            id,
+            "127.0.0.1:5".parse().unwrap(),
+            None,
+            &CloseReason::KeepAliveLost,
+            Duration::from_secs(1),
+            SystemTime::now(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_stuck_sink_loses_alerts_past_its_queue_and_holds_up_nobody() {
+        let (stuck, mut stuck_rx) = sink_queue();
+        let (healthy, mut healthy_rx) = sink_queue();
+        let dispatcher = Dispatcher {
+            filter: Filter::new(&AlertsConfig::default()),
+            limiter: Limiter::new(1000, Duration::from_secs(60)),
+            sinks: vec![("command", stuck), ("webhook", healthy)],
+        };
+        let total = SINK_QUEUE as u64 + 20;
+        let mut delivered = Vec::new();
+        for id in 0..total {
+            // Never waits, though one sink reads nothing.
+            dispatcher.dispatch(session_alert(id));
+            while let Ok(alert) = healthy_rx.try_recv() {
+                delivered.push(alert);
+            }
+        }
+        assert_eq!(
+            delivered.len() as u64,
+            total,
+            "the healthy sink got every alert"
+        );
+        // The stuck one holds the first SINK_QUEUE alerts; the rest were dropped, not queued.
+        assert_eq!(stuck_rx.len(), SINK_QUEUE);
+        let first = stuck_rx.try_recv().unwrap();
+        assert_eq!(first.describe(), session_alert(0).describe());
     }
 
     #[test]

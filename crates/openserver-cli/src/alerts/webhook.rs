@@ -263,14 +263,20 @@ mod tests {
         assert_eq!((w.port, w.path.as_str()), (80, "/"));
     }
 
-    /// Answers one request per connection with the next of `statuses`; returns the bodies.
-    async fn receiver(statuses: Vec<u16>) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+    /// Answers one request per connection with the next of `statuses`, then 200 to any more;
+    /// every body received is pushed to the returned list before its answer is sent, so it is
+    /// complete once `deliver` returns.
+    async fn receiver(
+        statuses: Vec<u16>,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            let mut bodies = Vec::new();
-            for status in statuses {
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let received = bodies.clone();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let status = statuses.get(n).copied().unwrap_or(200);
                 let (mut stream, _) = listener.accept().await.unwrap();
                 let mut request = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -295,15 +301,14 @@ mod tests {
                         break body.to_string();
                     }
                 };
-                bodies.push(body);
+                received.lock().unwrap().push(body);
                 let answer = format!(
                     "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                 );
                 stream.write_all(answer.as_bytes()).await.unwrap();
             }
-            bodies
         });
-        (url, task)
+        (url, bodies)
     }
 
     fn alert() -> Alert {
@@ -324,21 +329,39 @@ mod tests {
             .unwrap()
             .with_backoff(Duration::from_millis(10));
         assert!(hook.deliver(&alert()).await);
-        let bodies = tokio::time::timeout(Duration::from_secs(30), received)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(bodies.len(), 2);
+        let bodies = received.lock().unwrap().clone();
+        assert_eq!(
+            bodies.len(),
+            2,
+            "one retry after the 503, none after the 200"
+        );
         assert_eq!(bodies[0], bodies[1]);
         let json: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
         assert_eq!(json["reason"], "keep_alive_lost");
 
+        // The receiver would take a retry (and answer 200): none comes after a 404.
         let (url, received) = receiver(vec![404]).await;
         let hook = Webhook::new(&url, None, Duration::from_secs(30))
             .unwrap()
             .with_backoff(Duration::from_millis(10));
         assert!(!hook.deliver(&alert()).await);
-        assert_eq!(received.await.unwrap().len(), 1);
+        assert_eq!(
+            received.lock().unwrap().len(),
+            1,
+            "a refused alert is not retried"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_webhook_gets_exactly_three_tries() {
+        let (url, received) = receiver(vec![503, 502, 500]).await;
+        let hook = Webhook::new(&url, None, Duration::from_secs(30))
+            .unwrap()
+            .with_backoff(Duration::from_millis(10));
+        assert!(!hook.deliver(&alert()).await);
+        // A fourth try would have been answered 200.
+        assert_eq!(received.lock().unwrap().len(), ATTEMPTS as usize);
+        assert_eq!(ATTEMPTS, 3);
     }
 
     #[tokio::test]

@@ -76,9 +76,14 @@ impl Serve {
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.stop_with("TERM")
+    }
+
+    /// Sends `SIG<signal>` and waits (bounded) for the exit status.
+    pub fn stop_with(mut self, signal: &str) -> std::process::ExitStatus {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success());
@@ -89,7 +94,7 @@ impl Serve {
             }
             assert!(
                 Instant::now() < deadline,
-                "server did not exit after SIGTERM"
+                "server did not exit after SIG{signal}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

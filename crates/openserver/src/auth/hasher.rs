@@ -61,6 +61,9 @@ struct Inner {
     dummy: OnceLock<String>,
     #[cfg(test)]
     gauge: Gauge,
+    /// Argon2 verifications actually run, so tests can check that an unknown user costs one.
+    #[cfg(test)]
+    checks: std::sync::atomic::AtomicUsize,
 }
 
 impl PasswordHasher {
@@ -83,8 +86,16 @@ impl PasswordHasher {
                 dummy: OnceLock::new(),
                 #[cfg(test)]
                 gauge: Gauge::default(),
+                #[cfg(test)]
+                checks: Default::default(),
             }),
         })
+    }
+
+    /// How many argon2 verifications have run (tests only).
+    #[cfg(test)]
+    pub(crate) fn argon2_checks(&self) -> usize {
+        self.inner.checks.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The parameters new hashes are made with.
@@ -200,6 +211,9 @@ impl Inner {
         }
         // Verification uses the parameters recorded in the hash, so older hashes keep working
         // after a parameter change.
+        #[cfg(test)]
+        self.checks
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         match self.argon2.verify_password(password, &parsed) {
             Ok(()) => Ok(true),
             Err(PhcError::Password) => Ok(false),
@@ -301,6 +315,23 @@ mod tests {
         assert!(!h.verify(None, "").await.unwrap());
         h.warm_up().await.unwrap();
         assert!(!h.verify_blocking(None, "anything").unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_costs_one_real_check_like_a_wrong_password() {
+        let h = small(1);
+        let stored = h.hash("right").await.unwrap();
+        let before = h.argon2_checks();
+        assert!(!h.verify(Some(&stored), "wrong").await.unwrap());
+        assert_eq!(h.argon2_checks(), before + 1, "a wrong password: one check");
+        assert!(!h.verify(None, "wrong").await.unwrap());
+        assert_eq!(
+            h.argon2_checks(),
+            before + 2,
+            "an unknown user: one check too"
+        );
+        assert!(!h.verify_blocking(None, "wrong").unwrap());
+        assert_eq!(h.argon2_checks(), before + 3);
     }
 
     #[tokio::test]

@@ -784,6 +784,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn unknown_users_and_wrong_passwords_each_cost_one_argon2_check() {
+        let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        store.add_user("alice", &pw("a"), &[]).await.unwrap();
+        let before = store.hasher.argon2_checks();
+        assert_eq!(
+            store.verify_password("alice", &pw("b")).await.unwrap(),
+            None
+        );
+        assert_eq!(store.hasher.argon2_checks(), before + 1);
+        assert_eq!(
+            store.verify_password("nobody", &pw("b")).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store.hasher.argon2_checks(),
+            before + 2,
+            "an unknown user costs a real hash check"
+        );
+    }
+
+    #[tokio::test]
     async fn ids_are_not_reused() {
         let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
         let a = store.add_user("a", &pw("x"), &[]).await.unwrap();

@@ -655,14 +655,33 @@ mod tests {
 
     #[tokio::test]
     async fn closed_resolves_for_waiters_and_after_the_fact() {
+        let bound = Duration::from_secs(5);
         let (s, _) = session(1);
         let waiter = tokio::spawn({
             let s = s.clone();
             async move { s.closed().await }
         });
-        tokio::task::yield_now().await;
+        // An open session's `closed` does not resolve, however often it is polled.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !waiter.is_finished(),
+            "closed() resolved on an open session"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), s.closed())
+                .await
+                .is_err(),
+            "closed() resolved on an open session"
+        );
         s.close(CloseReason::Quit);
-        waiter.await.unwrap();
-        s.closed().await;
+        tokio::time::timeout(bound, waiter)
+            .await
+            .expect("a waiter wakes when the session closes")
+            .unwrap();
+        tokio::time::timeout(bound, s.closed())
+            .await
+            .expect("closed() resolves at once after the close");
     }
 }

@@ -353,13 +353,29 @@ mod tests {
 
     #[test]
     fn huge_claimed_lengths_fail_without_allocating() {
+        // The error names the whole claimed length, so the check ran before anything was
+        // allocated or read (Linux overcommits, so a missing check would not crash).
         let mut r = Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x07, b'a']);
-        assert!(matches!(r.string(), Err(DecodeError::Truncated { .. })));
-        let mut r = Reader::new(&[0xff, 0xff, 0xff, 0x7f]);
-        assert!(matches!(
-            r.array_of(2, |r| r.u16()),
-            Err(DecodeError::Truncated { .. })
-        ));
+        assert_eq!(
+            r.string(),
+            Err(DecodeError::Truncated {
+                needed: i32::MAX as usize,
+                remaining: 1
+            })
+        );
+        let mut r = Reader::new(&[0xff, 0xff, 0xff, 0x7f, 1, 2]);
+        let mut items = 0;
+        assert_eq!(
+            r.array_of(2, |r| {
+                items += 1;
+                r.u16()
+            }),
+            Err(DecodeError::Truncated {
+                needed: 2 * i32::MAX as usize,
+                remaining: 2
+            })
+        );
+        assert_eq!(items, 0, "no element is read before the count is checked");
         let mut r = Reader::new(&[0xff, 0xff, 0xff, 0xff]);
         assert_eq!(r.byte_array(), Err(DecodeError::NegativeLength(-1)));
     }
@@ -405,13 +421,49 @@ mod tests {
         }
 
         #[test]
-        fn reader_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let mut r = Reader::new(&bytes);
-            let _ = r.string();
-            let _ = r.array_of(2, |r| r.u16());
-            let _ = r.byte_array();
-            let _ = r.date_time();
-            let _ = r.bool();
+        fn reader_never_panics(
+            s in ".{0,8}",
+            items in proptest::collection::vec(any::<u16>(), 0..8),
+            blob in proptest::collection::vec(any::<u8>(), 0..8),
+            ticks in 0i64..i64::MAX,
+            flag in any::<bool>(),
+            cut in any::<proptest::sample::Index>(),
+            flip in any::<(proptest::sample::Index, u8)>(),
+        ) {
+            // A valid record of every field kind: it reads back exactly. Random bytes would
+            // fail on the first length and never reach the later readers.
+            let mut b = BytesMut::new();
+            b.put_string(&s);
+            b.put_i32_le(items.len() as i32);
+            for item in &items {
+                b.put_u16_le(*item);
+            }
+            b.put_i32_le(blob.len() as i32);
+            b.put_slice(&blob);
+            b.put_i64_le(ticks);
+            b.put_u8(u8::from(flag));
+            let read = |bytes: &[u8]| -> Result<_, DecodeError> {
+                let mut r = Reader::new(bytes);
+                let out = (
+                    r.string()?,
+                    r.array_of(2, |r| r.u16())?,
+                    r.byte_array()?.to_vec(),
+                    r.i64()?,
+                    r.bool()?,
+                );
+                r.finish()?;
+                Ok(out)
+            };
+            prop_assert_eq!(read(&b), Ok((s, items, blob, ticks, flag)));
+            // Cut short anywhere, it is an error, never a panic or a partial success.
+            let at = cut.index(b.len());
+            prop_assert!(read(&b[..at]).is_err());
+            // One byte changed anywhere: any outcome but a panic.
+            let mut damaged = b.to_vec();
+            let (i, x) = flip;
+            let i = i.index(damaged.len());
+            damaged[i] ^= x;
+            let _ = read(&damaged);
         }
     }
 }

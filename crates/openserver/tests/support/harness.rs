@@ -2,13 +2,15 @@
 
 use bytes::BytesMut;
 use openserver::auth::{HashParams, PasswordHasher, SqliteUserStore};
-use openserver::server::{Server, ServerConfig, ServerHandle};
+use openserver::server::{RefusalReason, Server, ServerConfig, ServerHandle, SessionEvent};
+use openserver::session::CloseReason;
 use openserver::wire::{Frame, FrameCodec, Secret};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::codec::Decoder;
 
@@ -93,6 +95,43 @@ pub struct Raw {
 /// when nothing else is due, so it must outlast every deadline they test (at most 61 s).
 pub const WAIT: Duration = Duration::from_secs(120);
 
+/// The bound for a connection the server must cut on sight (a framing violation, a cap, the
+/// last allowed denial): generous for a loaded 2-core machine, and far under the 10 s login
+/// deadline that would otherwise close it anyway.
+pub const AT_ONCE: Duration = Duration::from_secs(3);
+
+/// How a connection ended, as the server reported it in its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// It became a session, which closed for this reason.
+    Closed(CloseReason),
+    /// It was refused before it became a session.
+    Refused(RefusalReason),
+}
+
+/// Waits (up to [`WAIT`]) for the event that ends the connection from `peer`, skipping every
+/// other event. Subscribe with `handle.events()` before the connection is made.
+pub async fn ending(events: &mut broadcast::Receiver<SessionEvent>, peer: SocketAddr) -> Ending {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(SessionEvent::Closed {
+                    peer: p, reason, ..
+                }) if p == peer => return Ending::Closed(reason),
+                Ok(SessionEvent::Refused {
+                    peer: p, reason, ..
+                }) if p == peer => return Ending::Refused(reason),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => panic!("lost {n} events"),
+                Err(broadcast::error::RecvError::Closed) => panic!("the server went away"),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .expect("the connection's closing event in time")
+}
+
 impl Raw {
     pub async fn connect(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).await.expect("connect");
@@ -167,14 +206,29 @@ impl Raw {
         self.buf.split_to(n).to_vec()
     }
 
-    /// Asserts the server closes the connection, skipping frames it sends first (a QUIT, an
-    /// answer); returns those frames.
-    pub async fn expect_closed(&mut self) -> Vec<Frame> {
+    /// Asserts the server closes the connection within `within` (the bound the feature under
+    /// test promises: [`AT_ONCE`] for a connection cut on sight, a deadline plus a margin for
+    /// one closed by a timer), skipping frames it sends first (a QUIT, an answer); returns
+    /// those frames. A bound well under the 10 s login deadline is what makes a protection
+    /// that fails open fail the test: otherwise the deadline would close the connection too.
+    pub async fn expect_closed(&mut self, within: Duration) -> Vec<Frame> {
         let mut frames = Vec::new();
-        while let Some(frame) = self.recv().await {
-            frames.push(frame);
-            assert!(frames.len() < 10_000, "server keeps sending");
-        }
+        let drain = async {
+            while let Some(frame) = self.recv().await {
+                frames.push(frame);
+                assert!(frames.len() < 10_000, "server keeps sending");
+            }
+        };
+        tokio::time::timeout(within, drain)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the server did not close the connection within {within:?}")
+            });
         frames
+    }
+
+    /// The server's view of this connection's address (its peer), to find its events.
+    pub fn peer_id(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local address")
     }
 }
