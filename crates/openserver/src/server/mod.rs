@@ -140,7 +140,7 @@ impl ServerBuilder {
         let registry = Arc::new(Registry::default());
         if let Some(role) = self.admin_role {
             self.protocols
-                .insert(Arc::new(Admin::new(registry.clone(), role)));
+                .insert(Arc::new(Admin::new(registry.clone(), role, self.store.clone())));
         }
         if self.scram {
             let store = self.store.clone().ok_or_else(|| {
