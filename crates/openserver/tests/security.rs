@@ -169,6 +169,7 @@ async fn a_penalised_right_guess_changes_nothing_a_stranger_can_see() {
     config.security.max_auth_failures = 10;
     config.security.penalty_free_failures = 0;
     config.security.penalty_initial = Duration::from_secs(600);
+    config.security.penalty_max = Duration::from_secs(600);
     let server = serve(config, Arc::new(store), |b| b.scram()).await;
     let addr = server.addr;
 
@@ -240,7 +241,11 @@ async fn exchanges_abandoned_by_closing_count_toward_the_penalty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    // The source is penalised: its next connection is closed at once.
+    // The source is penalised: its next connection is closed at once, not at the login
+    // deadline (time is paused, so the wait is exact).
+    let refused_at = tokio::time::Instant::now();
     let mut refused = Raw::connect(server.addr).await;
     assert!(refused.expect_closed().await.is_empty());
+    let waited = refused_at.elapsed();
+    assert!(waited < Duration::from_secs(1), "closed after {waited:?}");
 }
