@@ -249,3 +249,59 @@ async fn exchanges_abandoned_by_closing_count_toward_the_penalty() {
     let waited = refused_at.elapsed();
     assert!(waited < Duration::from_secs(1), "closed after {waited:?}");
 }
+
+#[tokio::test]
+async fn a_pre_login_client_that_stops_reading_loses_its_slot_at_the_login_deadline() {
+    use openserver::wire::Frame;
+    let mut config = config();
+    config.limits.auth_timeout = Duration::from_secs(2);
+    // Far beyond the bound checked below: the slot must not wait for the write deadline.
+    config.limits.write_timeout = Duration::from_secs(120);
+    config.security.max_unauthenticated_per_ip = 1;
+    let server = serve(config, test_store().await, |b| b).await;
+
+    // A small receive buffer, so the server's answers back up quickly.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut staller = socket.connect(server.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    // Asks and asks, never reading an answer, until the server stops reading too (or closes).
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        let ask = CapabilitiesMessage::GetProtocolIds.to_frame();
+        let batch: Vec<u8> = (0..1000)
+            .flat_map(|_| Frame::to_bytes(&ask).unwrap().to_vec())
+            .collect();
+        for _ in 0..2000 {
+            if staller.write_all(&batch).await.is_err() {
+                break;
+            }
+        }
+        staller
+    });
+    // Its session ends about the login deadline, and the source's only waiting slot with it:
+    // a real client from the same address gets in (until then it is refused at accept).
+    let bound = Duration::from_secs(20);
+    loop {
+        let mut raw = Raw::connect(server.addr).await;
+        let login = DatabaseAuthMessage::Authenticate {
+            user: ALICE.0.into(),
+            password: Secret::new(ALICE.1),
+        };
+        raw.send(login.to_frame()).await;
+        if let Some(answer) = raw.recv().await {
+            assert!(matches!(
+                DatabaseAuthMessage::decode(&answer.body),
+                Ok(DatabaseAuthMessage::Authenticated { .. })
+            ));
+            break;
+        }
+        assert!(
+            started.elapsed() < bound,
+            "the staller still holds its slot after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    writer.abort();
+}
