@@ -236,6 +236,18 @@ impl Dispatcher {
         else {
             return;
         };
+        self.on_closed(id, peer, user, reason, duration);
+    }
+
+    /// A session closed: an alert if the filter takes it and the budget allows.
+    fn on_closed(
+        &mut self,
+        id: openserver::session::SessionId,
+        peer: std::net::SocketAddr,
+        user: Option<User>,
+        reason: CloseReason,
+        duration: Duration,
+    ) {
         if !self.filter.matches(&reason, user.as_ref()) {
             return;
         }
@@ -308,7 +320,7 @@ mod tests {
         assert!(!f.matches(&CloseReason::Idle, None));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn strangers_do_not_hold_back_a_users_alert() {
         let (tx, mut alerts) = mpsc::channel(64);
         let config = AlertsConfig::default();
@@ -317,17 +329,19 @@ mod tests {
             limiter: Limiter::new(config.max_per_minute, config.summary_interval),
             sinks: vec![("test", tx)],
         };
-        let closed = |id, user: Option<User>| SessionEvent::Closed {
-            id,
-            peer: "192.0.2.9:4000".parse().unwrap(),
-            user,
-            reason: CloseReason::Io("connection reset".into()),
-            duration: Duration::from_secs(1),
+        let mut closed = |id, user: Option<User>| {
+            dispatcher.on_closed(
+                id,
+                "192.0.2.9:4000".parse().unwrap(),
+                user,
+                CloseReason::Io("connection reset".into()),
+                Duration::from_secs(1),
+            )
         };
         for id in 0..15 {
-            dispatcher.on_event(closed(id, None));
+            closed(id, None);
         }
-        dispatcher.on_event(closed(99, Some(user("alice", &[]))));
+        closed(99, Some(user("alice", &[])));
         let Some(Alert::Session(first)) = alerts.try_recv().ok() else {
             panic!("the user's lost connection alerts at once");
         };
