@@ -92,7 +92,9 @@ async fn a_demoted_or_deleted_admin_loses_admin_on_an_open_session() {
     assert!(try_list(&mut alice).await.is_err());
     // The new account logs in and has Admin.
     let mut again = db_login(&server, (ALICE.0, "new")).await;
-    try_list(&mut again).await.expect("the new account is an admin");
+    try_list(&mut again)
+        .await
+        .expect("the new account is an admin");
 }
 
 const HOME: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
@@ -190,7 +192,10 @@ async fn a_penalised_right_guess_changes_nothing_a_stranger_can_see() {
     let mut real = Raw::connect_from(addr, lo(4)).await;
     assert!(db_attempt(&mut real, "carol", "right").await);
     let (after, accepted) = scram_login(addr, lo(5), "carol", "right").await;
-    assert!(accepted, "SCRAM credentials were stored at the accepted login");
+    assert!(
+        accepted,
+        "SCRAM credentials were stored at the accepted login"
+    );
     assert_ne!(after, before);
 }
 
@@ -227,9 +232,7 @@ async fn client_firsts_on_one_connection_are_bounded() {
 async fn exchanges_abandoned_by_closing_count_toward_the_penalty() {
     // Defaults: three free failures per source, then a penalty.
     let server = serve(config(), test_store().await, |b| b.scram()).await;
-    let free = ServerConfig::default()
-        .security
-        .penalty_free_failures;
+    let free = ServerConfig::default().security.penalty_free_failures;
     for _ in 0..=free {
         let mut raw = Raw::connect(server.addr).await;
         scram_first(&mut raw, ALICE.0, "x").await;

@@ -374,7 +374,10 @@ mod tests {
         let ((), text) = webhook::tests::logged(async { start(&config, rx).unwrap() }).await;
         assert!(text.contains("alerts on"), "{text}");
         assert!(text.contains("http://127.0.0.1:9"), "{text}");
-        assert!(!text.contains("T0KEN") && !text.contains("S3CRET"), "{text}");
+        assert!(
+            !text.contains("T0KEN") && !text.contains("S3CRET"),
+            "{text}"
+        );
         drop(events);
     }
 

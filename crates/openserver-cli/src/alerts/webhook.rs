@@ -488,11 +488,18 @@ pub(crate) mod tests {
         assert!(text.contains("retrying"), "{text}");
         assert!(text.contains("alert dropped"), "{text}");
         assert!(text.contains(&format!("http://127.0.0.1:{port}")), "{text}");
-        assert!(!text.contains("T0KEN") && !text.contains("S3CRET"), "{text}");
+        assert!(
+            !text.contains("T0KEN") && !text.contains("S3CRET"),
+            "{text}"
+        );
         assert!(!format!("{hook:?}").contains("T0KEN"));
 
         // Nor do configuration errors repeat the secret part.
-        for bad in ["ftp://host/T0KEN", "not a url T0KEN", "http://user:T0KEN@host/"] {
+        for bad in [
+            "ftp://host/T0KEN",
+            "not a url T0KEN",
+            "http://user:T0KEN@host/",
+        ] {
             let err = parse_url(bad).unwrap_err().to_string();
             assert!(!err.contains("T0KEN"), "{err}");
         }

@@ -145,7 +145,11 @@ fn open(path: &Path, config: &FileConfig) -> Result<SqliteUserStore> {
 
 /// Opens the user database with the `[auth]` settings: SCRAM verifiers at
 /// `scram_iterations` while `scram` is on, none otherwise (a password set then has none).
-pub fn open_store(path: &Path, hasher: PasswordHasher, auth: &AuthConfig) -> Result<SqliteUserStore> {
+pub fn open_store(
+    path: &Path,
+    hasher: PasswordHasher,
+    auth: &AuthConfig,
+) -> Result<SqliteUserStore> {
     let store = SqliteUserStore::open(path, hasher)
         .with_context(|| format!("cannot open user database {}", path.display()))?;
     if !auth.scram {

@@ -701,7 +701,13 @@ impl PasswordKeys {
         // vectors below check it. Zero rounds cannot be asked for: parsing refuses them.
         let mut salted = [0u8; 32];
         let rounds = std::num::NonZeroU32::new(iterations).unwrap_or(std::num::NonZeroU32::MIN);
-        ring::pbkdf2::derive(ring::pbkdf2::PBKDF2_HMAC_SHA256, rounds, salt, password, &mut salted);
+        ring::pbkdf2::derive(
+            ring::pbkdf2::PBKDF2_HMAC_SHA256,
+            rounds,
+            salt,
+            password,
+            &mut salted,
+        );
         PasswordKeys {
             client_key: hmac(&salted, &[b"Client Key"]),
             server_key: hmac(&salted, &[b"Server Key"]),

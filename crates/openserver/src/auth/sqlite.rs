@@ -422,7 +422,8 @@ impl SqliteUserStore {
         self.hasher
             .run_limited(move || {
                 let hash = hasher.hash_blocking(password.expose())?;
-                let scram = iterations.map(|i| ScramCredentials::generate_with(password.expose(), i));
+                let scram =
+                    iterations.map(|i| ScramCredentials::generate_with(password.expose(), i));
                 Ok((hash, scram))
             })
             .await
@@ -1167,7 +1168,11 @@ mod tests {
         // ...and dropping clears everyone's.
         assert_eq!(off.drop_scram_credentials().await.unwrap(), 1);
         assert_eq!(scram_rows(&off), 0);
-        assert!(off.verify_password("bob", &pw("b")).await.unwrap().is_some());
+        assert!(off
+            .verify_password("bob", &pw("b"))
+            .await
+            .unwrap()
+            .is_some());
         // A store that still had SCRAM on would no longer find credentials for them.
         let on = SqliteUserStore::open(&path, hasher())
             .unwrap()
@@ -1312,7 +1317,10 @@ mod tests {
         store.set_password("old", &pw("new")).await.unwrap();
         let renewed = store.scram_lookup("old").await.unwrap().credentials;
         store.login_accepted(old.as_ref().unwrap(), &pw("pw")).await;
-        assert_eq!(store.scram_lookup("old").await.unwrap().credentials, renewed);
+        assert_eq!(
+            store.scram_lookup("old").await.unwrap().credentials,
+            renewed
+        );
 
         // A store set to another count renews them at the next accepted login.
         drop(store);
@@ -1320,7 +1328,9 @@ mod tests {
             .unwrap()
             .with_scram(8192)
             .unwrap();
-        stronger.login_accepted(old.as_ref().unwrap(), &pw("new")).await;
+        stronger
+            .login_accepted(old.as_ref().unwrap(), &pw("new"))
+            .await;
         let upgraded = stronger.scram_lookup("old").await.unwrap();
         assert_eq!(upgraded.credentials.iterations, 8192);
         assert!(scram_matches(&upgraded, "new"));

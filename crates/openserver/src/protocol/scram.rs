@@ -110,8 +110,7 @@ impl ProtocolHandler for ScramHandler {
         let state = std::mem::replace(&mut self.state, State::Idle);
         let message = ScramMessage::decode(&body);
         if let State::AwaitingFinal { name, .. } = &state {
-            if !matches!(message, Ok(ScramMessage::ClientFinal(_))) && !session.is_authenticated()
-            {
+            if !matches!(message, Ok(ScramMessage::ClientFinal(_))) && !session.is_authenticated() {
                 abandoned(session, name);
             }
         }

@@ -763,7 +763,11 @@ mod tests {
         };
         engine.run(Box::pin(answering)).await;
         assert_eq!(session.close_reason(), Some(CloseReason::AuthTimeout));
-        assert_eq!(started.elapsed().as_secs(), 10, "closed at the login deadline");
+        assert_eq!(
+            started.elapsed().as_secs(),
+            10,
+            "closed at the login deadline"
+        );
         engine.finish().await;
         // The slot is let go about the login deadline, not after two write deadlines.
         assert!(

@@ -175,6 +175,9 @@ mod tests {
         let file = create_private(&fresh).unwrap();
         let mode = file.metadata().unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
-        assert!(create_private(&fresh).is_err(), "create-new refuses an existing file");
+        assert!(
+            create_private(&fresh).is_err(),
+            "create-new refuses an existing file"
+        );
     }
 }
