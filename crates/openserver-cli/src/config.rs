@@ -60,13 +60,21 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Offer SCRAM-SHA-256 (protocol 4), which never sends the password.
+    /// Offer SCRAM-SHA-256 (protocol 4), which never sends the password. Its verifiers are
+    /// kept in `users.db` only while this is on; turning it off deletes them at the next start.
     pub scram: bool,
+    /// PBKDF2-HMAC-SHA-256 iterations of new SCRAM verifiers (4096..=1000000, the range
+    /// clients accept). The cost of each guess against a stolen `users.db`, and of each SCRAM
+    /// login on the client.
+    pub scram_iterations: u32,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { scram: true }
+        AuthConfig {
+            scram: true,
+            scram_iterations: openserver::auth::scram::DEFAULT_ITERATIONS,
+        }
     }
 }
 
@@ -195,6 +203,16 @@ impl FileConfig {
     fn validate(&self) -> Result<()> {
         self.server.validate().map_err(anyhow::Error::msg)?;
         self.check_tls()?;
+        let (min, max) = (
+            openserver::auth::scram::MIN_ITERATIONS,
+            openserver::auth::scram::MAX_ITERATIONS,
+        );
+        if !(min..=max).contains(&self.auth.scram_iterations) {
+            anyhow::bail!(
+                "auth.scram_iterations = {} is outside {min}..={max}, the range clients accept",
+                self.auth.scram_iterations
+            );
+        }
         if self.admin.enabled && self.admin.role.trim().is_empty() {
             anyhow::bail!("admin.role must not be empty while admin.enabled is true");
         }

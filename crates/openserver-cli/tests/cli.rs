@@ -416,7 +416,18 @@ fn json_logs_are_one_object_per_line() {
 fn scram_login_through_the_command() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let serve = Serve::start(&["--listen", "127.0.0.1:0", "--data-dir", data]);
+    // The fewest iterations clients accept: the default costs seconds in a debug build.
+    let config = dir.path().join("openserver.toml");
+    std::fs::write(&config, "[auth]\nscram_iterations = 4096\n").unwrap();
+    let config = config.to_str().unwrap();
+    let serve = Serve::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+        "--config",
+        config,
+    ]);
     let (_, addr) = serve.until_listening();
     let ca = dir.path().join("tls").join("ca.pem");
     let add = run(
@@ -427,16 +438,18 @@ fn scram_login_through_the_command() {
             "--password-stdin",
             "--data-dir",
             data,
+            "--config",
+            config,
         ],
         "pw-dave\n",
     );
     assert!(add.status.success(), "{}", stderr(&add));
-    let hello = |password: &str| {
+    let hello_at = |addr: &str, password: &str| {
         run(
             &[
                 "hello",
                 "--server",
-                &addr,
+                addr,
                 "--ca",
                 ca.to_str().unwrap(),
                 "--auth",
@@ -449,6 +462,7 @@ fn scram_login_through_the_command() {
             &format!("{password}\n"),
         )
     };
+    let hello = |password: &str| hello_at(&addr, password);
     let ok = hello("pw-dave");
     assert_eq!(stdout(&ok), "Hello scram\n", "{}", stderr(&ok));
     let denied = hello("wrong");
@@ -458,6 +472,33 @@ fn scram_login_through_the_command() {
         "{}",
         stderr(&denied)
     );
+    assert!(serve.terminate().success());
+
+    // A start with ScramAuth off deletes the verifiers: turned on again, dave's SCRAM login
+    // is denied until a password login stores new ones.
+    let off = dir.path().join("off.toml");
+    std::fs::write(&off, "[auth]\nscram = false\n").unwrap();
+    let serve = Serve::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+        "--config",
+        off.to_str().unwrap(),
+    ]);
+    serve.until_listening();
+    assert!(serve.terminate().success());
+    let serve = Serve::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+        "--config",
+        config,
+    ]);
+    let (_, addr) = serve.until_listening();
+    let dropped = hello_at(&addr, "pw-dave");
+    assert_eq!(dropped.status.code(), Some(1), "{}", stderr(&dropped));
     assert!(serve.terminate().success());
 }
 

@@ -422,7 +422,9 @@ async fn a_user_from_before_scram_gains_it_at_a_password_login() {
         )
         .unwrap();
     }
-    let store = SqliteUserStore::open(&path, fast_hasher()).unwrap();
+    let store = SqliteUserStore::open(&path, fast_hasher())
+        .and_then(|s| s.with_scram(support::harness::SCRAM_TEST_ITERATIONS))
+        .unwrap();
     let server = Server::builder(lenient())
         .user_store(Arc::new(store))
         .scram()

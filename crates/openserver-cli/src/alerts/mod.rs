@@ -4,7 +4,9 @@
 //! A task follows the server's [`SessionEvent`]s. A session that closes for a reason in
 //! `alerts.on` (by default the two that mean a lost connection: `keep_alive_lost` and
 //! `io_error`), for a user in `alerts.users` or holding a role in `alerts.roles` (both empty:
-//! everybody), becomes an [`Alert`]. The [`limiter`] lets `max_per_minute` of them through
+//! everybody who logged in), becomes an [`Alert`]. Sessions that never logged in alert only
+//! with `alerts.anonymous = true`: otherwise anyone who can reach the port could spend the
+//! alert budget by resetting connections and push a real user's alert into a late summary. The [`limiter`] lets `max_per_minute` of them through
 //! and folds the rest into one summary per `summary_interval`. Each sink (`webhook.rs`,
 //! `command.rs`) has its own task and bounded queue, so a slow sink delays neither the
 //! server nor the other sink.
@@ -52,6 +54,9 @@ pub struct AlertsConfig {
     pub users: Vec<String>,
     /// Only sessions of users holding one of these roles.
     pub roles: Vec<String>,
+    /// Also alert on sessions that never logged in (only while `users` and `roles` are
+    /// empty). Off by default: strangers would share the budget with real users.
+    pub anonymous: bool,
     /// Single alerts in any 60 seconds; the rest go into summaries. 0: summaries only.
     pub max_per_minute: u32,
     /// How long a summary gathers what the rate limit holds back.
@@ -71,6 +76,7 @@ impl Default for AlertsConfig {
             on: vec!["keep_alive_lost".into(), "io_error".into()],
             users: Vec::new(),
             roles: Vec::new(),
+            anonymous: false,
             max_per_minute: 10,
             summary_interval: Duration::from_secs(60),
             timeout: Duration::from_secs(10),
@@ -121,6 +127,7 @@ struct Filter {
     on: HashSet<String>,
     users: HashSet<String>,
     roles: HashSet<String>,
+    anonymous: bool,
 }
 
 impl Filter {
@@ -129,6 +136,7 @@ impl Filter {
             on: config.on.iter().cloned().collect(),
             users: config.users.iter().cloned().collect(),
             roles: config.roles.iter().cloned().collect(),
+            anonymous: config.anonymous,
         }
     }
 
@@ -136,12 +144,13 @@ impl Filter {
         if !self.on.contains(reason.label()) {
             return false;
         }
+        let Some(user) = user else {
+            return self.anonymous && self.users.is_empty() && self.roles.is_empty();
+        };
         if self.users.is_empty() && self.roles.is_empty() {
             return true;
         }
-        user.is_some_and(|u| {
-            self.users.contains(&u.name) || u.roles.iter().any(|r| self.roles.contains(r))
-        })
+        self.users.contains(&user.name) || user.roles.iter().any(|r| self.roles.contains(r))
     }
 }
 
@@ -172,7 +181,13 @@ pub fn start(config: &AlertsConfig, events: broadcast::Receiver<SessionEvent>) -
     };
     tokio::spawn(dispatcher.run(events));
     tracing::info!(
-        webhook = config.webhook.as_deref().unwrap_or(""),
+        // Scheme, host and port only: the path or query may carry the hook's token.
+        webhook = config
+            .webhook
+            .as_deref()
+            .and_then(|url| url.parse().ok())
+            .map(|uri| webhook::display_url(&uri))
+            .unwrap_or_default(),
         command = config.command.first().map_or("", String::as_str),
         on = ?config.on,
         "alerts on"
@@ -226,6 +241,18 @@ impl Dispatcher {
         else {
             return;
         };
+        self.on_closed(id, peer, user, reason, duration);
+    }
+
+    /// A session closed: an alert if the filter takes it and the budget allows.
+    fn on_closed(
+        &mut self,
+        id: openserver::session::SessionId,
+        peer: std::net::SocketAddr,
+        user: Option<User>,
+        reason: CloseReason,
+        duration: Duration,
+    ) {
         if !self.filter.matches(&reason, user.as_ref()) {
             return;
         }
@@ -318,15 +345,53 @@ mod tests {
     }
 
     #[test]
-    fn defaults_alert_on_lost_connections_for_everybody() {
+    fn defaults_alert_on_lost_connections_of_logged_in_users() {
         let config = AlertsConfig::default();
         assert!(!config.enabled());
         config.validate().unwrap();
         let f = Filter::new(&config);
-        assert!(f.matches(&CloseReason::KeepAliveLost, None));
+        assert!(f.matches(&CloseReason::KeepAliveLost, Some(&user("a", &[]))));
         assert!(f.matches(&CloseReason::Io("reset".into()), Some(&user("a", &[]))));
         assert!(!f.matches(&CloseReason::Quit, Some(&user("a", &[]))));
+        // A stranger's reset connection does not alert, so strangers cannot use up the budget.
+        assert!(!f.matches(&CloseReason::Io("reset".into()), None));
+        assert!(!f.matches(&CloseReason::KeepAliveLost, None));
+
+        let f = Filter::new(&AlertsConfig {
+            anonymous: true,
+            ..AlertsConfig::default()
+        });
+        assert!(f.matches(&CloseReason::Io("reset".into()), None));
         assert!(!f.matches(&CloseReason::Idle, None));
+    }
+
+    #[tokio::test]
+    async fn strangers_do_not_hold_back_a_users_alert() {
+        let (tx, mut alerts) = mpsc::channel(64);
+        let config = AlertsConfig::default();
+        let mut dispatcher = Dispatcher {
+            filter: Filter::new(&config),
+            limiter: Limiter::new(config.max_per_minute, config.summary_interval),
+            sinks: vec![("test", tx)],
+        };
+        let mut closed = |id, user: Option<User>| {
+            dispatcher.on_closed(
+                id,
+                "192.0.2.9:4000".parse().unwrap(),
+                user,
+                CloseReason::Io("connection reset".into()),
+                Duration::from_secs(1),
+            )
+        };
+        for id in 0..15 {
+            closed(id, None);
+        }
+        closed(99, Some(user("alice", &[])));
+        let Some(Alert::Session(first)) = alerts.try_recv().ok() else {
+            panic!("the user's lost connection alerts at once");
+        };
+        assert_eq!((first.session, first.user.as_deref()), (99, Some("alice")));
+        assert!(alerts.try_recv().is_err(), "strangers sent nothing");
     }
 
     #[test]
@@ -342,6 +407,23 @@ mod tests {
         assert!(f.matches(&lost, Some(&user("bob", &["ops", "field"]))));
         assert!(!f.matches(&lost, Some(&user("bob", &["ops"]))));
         assert!(!f.matches(&lost, None));
+    }
+
+    #[tokio::test]
+    async fn the_start_line_shows_no_webhook_secret() {
+        let (events, rx) = broadcast::channel(4);
+        let config = AlertsConfig {
+            webhook: Some("http://127.0.0.1:9/hook/T0KEN?key=S3CRET".into()),
+            ..AlertsConfig::default()
+        };
+        let ((), text) = webhook::tests::logged(async { start(&config, rx).unwrap() }).await;
+        assert!(text.contains("alerts on"), "{text}");
+        assert!(text.contains("http://127.0.0.1:9"), "{text}");
+        assert!(
+            !text.contains("T0KEN") && !text.contains("S3CRET"),
+            "{text}"
+        );
+        drop(events);
     }
 
     #[test]

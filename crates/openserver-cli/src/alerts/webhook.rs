@@ -23,7 +23,8 @@ const ATTEMPTS: u32 = 3;
 /// Where and how alerts are posted.
 #[derive(Clone)]
 pub struct Webhook {
-    /// The URL as configured, for log lines.
+    /// Scheme, host and port of the URL, for log lines: the path and query may hold a secret
+    /// (many webhook services put their token there), so they are never logged.
     url: String,
     /// Host to connect to (an IPv6 address without brackets).
     host: String,
@@ -46,22 +47,36 @@ impl std::fmt::Debug for Webhook {
     }
 }
 
-/// Checks a webhook URL: `http` or `https`, with a host. Errors name `alerts.webhook`.
+/// Checks a webhook URL: `http` or `https`, with a host. Errors name `alerts.webhook` and
+/// show at most its scheme, host and port, never a path or query that may hold a token.
 pub fn parse_url(url: &str) -> Result<Uri> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| anyhow!("alerts.webhook {url:?} is not a URL: {e}"))?;
+    let uri: Uri = url.parse().map_err(|e| {
+        anyhow!("alerts.webhook is not a URL ({e}); expected http(s)://host[:port]/path")
+    })?;
+    let shown = display_url(&uri);
     match uri.scheme_str() {
         Some("http" | "https") => {}
-        _ => bail!("alerts.webhook {url:?} must start with http:// or https://"),
+        _ => bail!("alerts.webhook {shown:?} must start with http:// or https://"),
     }
     if uri.host().is_none_or(str::is_empty) {
-        bail!("alerts.webhook {url:?} has no host");
+        bail!("alerts.webhook {shown:?} has no host");
     }
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        bail!("alerts.webhook {url:?}: credentials in the URL are not supported");
+        bail!("alerts.webhook: credentials in the URL are not supported");
     }
     Ok(uri)
+}
+
+/// What logs show of a webhook URL: scheme, host and port (`https://hooks.example:443`),
+/// without user info, path or query.
+pub fn display_url(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("?");
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(match scheme {
+        "https" => 443,
+        _ => 80,
+    });
+    format!("{scheme}://{host}:{port}")
 }
 
 impl Webhook {
@@ -83,7 +98,7 @@ impl Webhook {
             None
         };
         Ok(Webhook {
-            url: url.to_string(),
+            url: display_url(&uri),
             port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
             authority: uri.authority().map(|a| a.to_string()).unwrap_or_default(),
             path: uri
@@ -239,7 +254,7 @@ fn tls_connector(ca: Option<&Path>) -> Result<TlsConnector> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -451,6 +466,70 @@ mod tests {
             "{request}"
         );
         assert_eq!(refused, ATTEMPTS);
+    }
+
+    /// Log lines written while `f` runs, as text.
+    pub(crate) async fn logged<F: std::future::Future>(f: F) -> (F::Output, String) {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        // The test runtime is single-threaded: its tasks log through this thread's default.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let out = f.await;
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        (out, text)
+    }
+
+    #[tokio::test]
+    async fn logs_show_only_scheme_host_and_port() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/hooks/T0KEN-in-path?token=S3CRET");
+        let hook = Webhook::new(&url, None, Duration::from_secs(5))
+            .unwrap()
+            .with_backoff(Duration::from_millis(10));
+        let (delivered, text) = logged(hook.deliver(&alert())).await;
+        assert!(!delivered);
+        assert!(text.contains("retrying"), "{text}");
+        assert!(text.contains("alert dropped"), "{text}");
+        assert!(text.contains(&format!("http://127.0.0.1:{port}")), "{text}");
+        assert!(
+            !text.contains("T0KEN") && !text.contains("S3CRET"),
+            "{text}"
+        );
+        assert!(!format!("{hook:?}").contains("T0KEN"));
+
+        // Nor do configuration errors repeat the secret part.
+        for bad in [
+            "ftp://host/T0KEN",
+            "not a url T0KEN",
+            "http://user:T0KEN@host/",
+        ] {
+            let err = parse_url(bad).unwrap_err().to_string();
+            assert!(!err.contains("T0KEN"), "{err}");
+        }
+        assert_eq!(
+            display_url(&"https://[::1]/x?y".parse().unwrap()),
+            "https://[::1]:443"
+        );
     }
 
     #[test]

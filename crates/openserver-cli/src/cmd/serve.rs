@@ -96,8 +96,17 @@ pub async fn run(config: FileConfig, args: ServeArgs, log: LogLevel) -> Result<(
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let hasher = PasswordHasher::new(config.hash.clone()).context("invalid [hash] settings")?;
     let db = SqliteUserStore::default_path(&config.data_dir);
-    let store = SqliteUserStore::open(&db, hasher.clone())
-        .with_context(|| format!("cannot open user database {}", db.display()))?;
+    let store = crate::cmd::user::open_store(&db, hasher.clone(), &config.auth)?;
+    if !config.auth.scram {
+        // A verifier nobody can use is only a cheaper target for whoever steals users.db.
+        let dropped = store.drop_scram_credentials().await?;
+        if dropped > 0 {
+            tracing::info!(
+                users = dropped,
+                "ScramAuth is off: deleted the stored SCRAM verifiers"
+            );
+        }
+    }
     // Compute the unknown-user dummy hash now, not during the first login.
     hasher.warm_up().await?;
     create_first_admin(&store).await?;

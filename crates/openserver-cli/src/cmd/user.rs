@@ -1,9 +1,9 @@
 //! `openserver user`: manage the accounts in the server's SQLite user store.
 
-use crate::config::FileConfig;
+use crate::config::{AuthConfig, FileConfig};
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Subcommand};
-use openserver::auth::{AuthError, HashParams, PasswordHasher, SqliteUserStore};
+use openserver::auth::{AuthError, PasswordHasher, SqliteUserStore};
 use openserver::wire::Secret;
 use std::path::{Path, PathBuf};
 
@@ -19,8 +19,9 @@ pub struct UserArgs {
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// The server's configuration file: its `data_dir` and `[hash]` settings apply, so new
-    /// hashes cost what the server's unknown-user check costs.
+    /// The server's configuration file: its `data_dir`, `[hash]` and `[auth]` settings apply,
+    /// so new hashes cost what the server's unknown-user check costs, and SCRAM verifiers are
+    /// stored only if the server offers ScramAuth, at its iteration count.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -62,8 +63,7 @@ pub async fn run(args: UserArgs) -> Result<()> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    let data_dir = args.data_dir.clone().unwrap_or(config.data_dir);
-    let hash = config.hash;
+    let data_dir = args.data_dir.clone().unwrap_or(config.data_dir.clone());
     let db_path = SqliteUserStore::default_path(&data_dir);
     match args.command {
         UserCommand::Add {
@@ -76,7 +76,7 @@ pub async fn run(args: UserArgs) -> Result<()> {
             SqliteUserStore::validate_roles(&roles)?;
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-            let store = open(&db_path, &hash)?;
+            let store = open(&db_path, &config)?;
             if store.get_user(&name).await?.is_some() {
                 bail!("user {name} already exists");
             }
@@ -88,7 +88,7 @@ pub async fn run(args: UserArgs) -> Result<()> {
             println!("added user {} (id {})", user.name, user.id);
         }
         UserCommand::Del { name } => {
-            let store = open_existing(&db_path, &hash)?;
+            let store = open_existing(&db_path, &config)?;
             store
                 .delete_user(&name)
                 .await
@@ -99,7 +99,7 @@ pub async fn run(args: UserArgs) -> Result<()> {
             name,
             password_stdin,
         } => {
-            let store = open_existing(&db_path, &hash)?;
+            let store = open_existing(&db_path, &config)?;
             if store.get_user(&name).await?.is_none() {
                 bail!("no user named {name}");
             }
@@ -111,7 +111,7 @@ pub async fn run(args: UserArgs) -> Result<()> {
             println!("changed the password of {name}");
         }
         UserCommand::List {} => {
-            let store = open_existing(&db_path, &hash)?;
+            let store = open_existing(&db_path, &config)?;
             let users = store.list_users().await?;
             if users.is_empty() {
                 eprintln!("no users in {}", db_path.display());
@@ -138,21 +138,38 @@ pub async fn run(args: UserArgs) -> Result<()> {
     Ok(())
 }
 
-fn open(path: &Path, hash: &HashParams) -> Result<SqliteUserStore> {
-    let hasher = PasswordHasher::new(hash.clone()).context("invalid [hash] settings")?;
-    Ok(SqliteUserStore::open(path, hasher)?)
+fn open(path: &Path, config: &FileConfig) -> Result<SqliteUserStore> {
+    let hasher = PasswordHasher::new(config.hash.clone()).context("invalid [hash] settings")?;
+    open_store(path, hasher, &config.auth)
+}
+
+/// Opens the user database with the `[auth]` settings: SCRAM verifiers at
+/// `scram_iterations` while `scram` is on, none otherwise (a password set then has none).
+pub fn open_store(
+    path: &Path,
+    hasher: PasswordHasher,
+    auth: &AuthConfig,
+) -> Result<SqliteUserStore> {
+    let store = SqliteUserStore::open(path, hasher)
+        .with_context(|| format!("cannot open user database {}", path.display()))?;
+    if !auth.scram {
+        return Ok(store);
+    }
+    store
+        .with_scram(auth.scram_iterations)
+        .context("invalid auth.scram_iterations")
 }
 
 /// Opens the store only if it exists, so a mistyped `--data-dir` is reported instead of
 /// silently creating an empty database.
-fn open_existing(path: &Path, hash: &HashParams) -> Result<SqliteUserStore> {
+fn open_existing(path: &Path, config: &FileConfig) -> Result<SqliteUserStore> {
     if !path.exists() {
         bail!(
             "no user database at {} (add a user first, or check --data-dir)",
             path.display()
         );
     }
-    open(path, hash)
+    open(path, config)
 }
 
 /// Turns store errors into messages for people; `action` completes "cannot ...".

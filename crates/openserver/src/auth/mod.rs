@@ -78,6 +78,14 @@ pub trait UserStore: Send + Sync + 'static {
         password: &Secret,
     ) -> Result<Option<User>, AuthError>;
 
+    /// Called once a password login of `user` was accepted and the session authenticated,
+    /// with the password it used. Never called for a denied login (a penalised source's right
+    /// password included): anything a store does here (the SQLite store fills in missing
+    /// SCRAM credentials) must not be observable to a guesser. The default does nothing.
+    async fn login_accepted(&self, user: &User, password: &Secret) {
+        let _ = (user, password);
+    }
+
     /// The user named `name`, without checking any credential: for logins whose proof is
     /// elsewhere (a verified client certificate). `Ok(None)` if there is no such user.
     async fn find_user(&self, name: &str) -> Result<Option<User>, AuthError>;

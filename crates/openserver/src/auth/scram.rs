@@ -25,8 +25,10 @@
 //!   the same bytes the password was set with.
 //! - **Extensions.** A mandatory extension (`m=`) fails with `extensions-not-supported`; other
 //!   extensions are checked for syntax and otherwise ignored, as the RFC requires.
-//! - **Iterations.** New credentials use [`DEFAULT_ITERATIONS`] (4096, the RFC 7677 minimum).
-//!   The client refuses a server-first outside [`MIN_ITERATIONS`]..=[`MAX_ITERATIONS`], so a
+//! - **Iterations.** New credentials use [`DEFAULT_ITERATIONS`] (600,000, what OWASP advises
+//!   for PBKDF2-HMAC-SHA-256, since the credentials are a verifier a stolen database can be
+//!   guessed against) unless the store is told otherwise; never fewer than the RFC 7677
+//!   minimum of 4096. The client refuses a server-first outside [`MIN_ITERATIONS`]..=[`MAX_ITERATIONS`], so a
 //!   hostile server can neither weaken the proof nor make the client hash for minutes.
 //!
 //! # Unknown users
@@ -34,7 +36,7 @@
 //! A server must not reveal which names exist. For an unknown user (or one without SCRAM
 //! credentials) it runs the same exchange with [`ScramCredentials::fake`] credentials: the salt
 //! is derived from a server secret and the name, so repeated tries see the same salt, the
-//! iteration count is the default, and the keys are random. The exchange then fails at the
+//! iteration count is the one new credentials get, and the keys are random. The exchange then fails at the
 //! proof check exactly like a wrong password, doing the same work.
 
 use super::ScramLookup;
@@ -51,8 +53,10 @@ use subtle::{Choice, ConstantTimeEq as _};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Iteration count of new credentials: the minimum RFC 7677 asks for.
-pub const DEFAULT_ITERATIONS: u32 = 4096;
+/// Iteration count of new credentials unless configured: OWASP's advice for PBKDF2-HMAC-SHA-256
+/// (about a quarter of a second of one core, once per login on the client and once per
+/// password change on the server).
+pub const DEFAULT_ITERATIONS: u32 = 600_000;
 /// The fewest iterations a client accepts from a server.
 pub const MIN_ITERATIONS: u32 = 4096;
 /// The most iterations a client accepts from a server (about a second of hashing).
@@ -144,9 +148,14 @@ impl ScramCredentials {
 
     /// Credentials for `password` with a fresh random salt and [`DEFAULT_ITERATIONS`].
     pub fn generate(password: &str) -> Self {
+        Self::generate_with(password, DEFAULT_ITERATIONS)
+    }
+
+    /// Credentials for `password` with a fresh random salt and `iterations`.
+    pub fn generate_with(password: &str, iterations: u32) -> Self {
         let mut salt = [0u8; SALT_LEN];
         OsRng.fill_bytes(&mut salt);
-        Self::derive(password, &salt, DEFAULT_ITERATIONS)
+        Self::derive(password, &salt, iterations)
     }
 
     /// Stand-in credentials for a name that has none (unknown user), so that its exchange looks
@@ -154,6 +163,12 @@ impl ScramCredentials {
     /// `HMAC-SHA-256(secret, name)` (stable across tries, unpredictable without `secret`), the
     /// iteration count the default, the keys random. No password matches them.
     pub fn fake(secret: &[u8], name: &str) -> Self {
+        Self::fake_with(secret, name, DEFAULT_ITERATIONS)
+    }
+
+    /// [`fake`](Self::fake) credentials with `iterations`: a store whose real credentials use
+    /// another count gives its stand-ins that count too, so the count tells nothing.
+    pub fn fake_with(secret: &[u8], name: &str, iterations: u32) -> Self {
         let salt = hmac(secret, &[name.as_bytes()])[..SALT_LEN].to_vec();
         let mut stored_key = [0u8; 32];
         let mut server_key = [0u8; 32];
@@ -161,7 +176,7 @@ impl ScramCredentials {
         OsRng.fill_bytes(&mut server_key);
         ScramCredentials {
             salt,
-            iterations: DEFAULT_ITERATIONS,
+            iterations,
             stored_key,
             server_key,
         }
@@ -681,7 +696,18 @@ struct PasswordKeys {
 
 impl PasswordKeys {
     fn derive(password: &[u8], salt: &[u8], iterations: u32) -> Self {
-        let salted = pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password, salt, iterations);
+        // ring's PBKDF2 rather than the generic one: its SHA-256 is assembly, so 600,000
+        // rounds stay a fraction of a second in unoptimised (test) builds too. The RFC 7677
+        // vectors below check it. Zero rounds cannot be asked for: parsing refuses them.
+        let mut salted = [0u8; 32];
+        let rounds = std::num::NonZeroU32::new(iterations).unwrap_or(std::num::NonZeroU32::MIN);
+        ring::pbkdf2::derive(
+            ring::pbkdf2::PBKDF2_HMAC_SHA256,
+            rounds,
+            salt,
+            password,
+            &mut salted,
+        );
         PasswordKeys {
             client_key: hmac(&salted, &[b"Client Key"]),
             server_key: hmac(&salted, &[b"Server Key"]),
@@ -752,7 +778,8 @@ mod tests {
 
     #[test]
     fn client_and_server_agree_with_random_nonces() {
-        let credentials = ScramCredentials::generate("correct horse");
+        // The RFC minimum: the default count would make this test take seconds unoptimised.
+        let credentials = ScramCredentials::generate_with("correct horse", MIN_ITERATIONS);
         let lookup = ScramLookup {
             user: Some(User {
                 id: 1,

@@ -1,7 +1,7 @@
-//! [`SqliteUserStore`]: users in a SQLite file, passwords stored as argon2id PHC strings and
-//! as SCRAM-SHA-256 credentials.
+//! [`SqliteUserStore`]: users in a SQLite file, passwords stored as argon2id PHC strings and,
+//! while SCRAM is enabled on the store, as SCRAM-SHA-256 credentials.
 
-use super::scram::ScramCredentials;
+use super::scram::{ScramCredentials, MAX_ITERATIONS, MIN_ITERATIONS};
 use super::{AuthError, PasswordHasher, ScramLookup, User, UserStore};
 use crate::wire::Secret;
 use async_trait::async_trait;
@@ -59,6 +59,9 @@ const MIGRATIONS: &[&str] = &[
 /// user's does.
 const SCRAM_SECRET_SETTING: &str = "scram_secret";
 
+/// Iterations of the stand-in credentials a store without SCRAM answers with.
+const DEFAULT_FAKE_ITERATIONS: u32 = super::scram::DEFAULT_ITERATIONS;
+
 /// The schema version this code writes and understands.
 const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
@@ -68,11 +71,16 @@ const SCHEMA_VERSION: usize = MIGRATIONS.len();
 /// tokio's blocking pool; hashing goes through the [`PasswordHasher`] and its concurrency limit.
 /// User names are case-sensitive.
 ///
-/// Adding a user or setting a password also stores SCRAM-SHA-256 credentials, for the
-/// ScramAuth login. Users whose password was set by a version without SCRAM have none until
-/// they next log in with their password (DatabaseAuth or WinAuth), which stores them
-/// ([`UserStore::verify_password`] has the password in hand then), or until their password is
-/// set again; until then their SCRAM logins are denied.
+/// SCRAM-SHA-256 credentials (for the ScramAuth login) are kept only once
+/// [`with_scram`](Self::with_scram) turns them on, and should be only while the server offers
+/// ScramAuth: they are a PBKDF2 verifier, so a stolen database can be guessed against at
+/// PBKDF2's cost rather than argon2id's. With SCRAM on, adding a user or setting a password
+/// also stores them; a user who has none (password set while SCRAM was off, or by a version
+/// without SCRAM) or has them at another iteration count gets new ones at their next accepted
+/// password login (DatabaseAuth or WinAuth, [`UserStore::login_accepted`]), or when their
+/// password is set again; until then their SCRAM logins are denied. With SCRAM off, setting a
+/// password clears them, and [`drop_scram_credentials`](Self::drop_scram_credentials) clears
+/// everyone's.
 #[derive(Clone)]
 pub struct SqliteUserStore {
     conn: Arc<Mutex<Connection>>,
@@ -82,6 +90,8 @@ pub struct SqliteUserStore {
     hasher: PasswordHasher,
     /// Salts fake SCRAM exchanges; persisted in `settings`.
     scram_secret: [u8; 32],
+    /// PBKDF2 iterations of new SCRAM credentials; `None`: SCRAM credentials are not kept.
+    scram_iterations: Option<u32>,
 }
 
 impl SqliteUserStore {
@@ -122,7 +132,49 @@ impl SqliteUserStore {
             turn: Arc::new(Semaphore::new(1)),
             hasher,
             scram_secret,
+            scram_iterations: None,
         })
+    }
+
+    /// Keeps SCRAM-SHA-256 credentials, derived with `iterations` rounds of PBKDF2 (the CLI's
+    /// default: [`scram::DEFAULT_ITERATIONS`](super::scram::DEFAULT_ITERATIONS)), for the
+    /// ScramAuth login. Without this call the store keeps none and every SCRAM login is
+    /// denied. [`AuthError::Invalid`] outside
+    /// [`MIN_ITERATIONS`]..=[`MAX_ITERATIONS`], which clients refuse.
+    pub fn with_scram(mut self, iterations: u32) -> Result<Self, AuthError> {
+        if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
+            return Err(AuthError::Invalid {
+                field: "SCRAM iterations",
+                reason: format!(
+                    "{iterations} is outside {MIN_ITERATIONS}..={MAX_ITERATIONS}, the range \
+                     clients accept"
+                ),
+            });
+        }
+        self.scram_iterations = Some(iterations);
+        Ok(self)
+    }
+
+    /// The PBKDF2 iterations of new SCRAM credentials, if the store keeps them.
+    pub fn scram_iterations(&self) -> Option<u32> {
+        self.scram_iterations
+    }
+
+    /// Deletes every user's SCRAM credentials, for a server that no longer offers ScramAuth:
+    /// a stolen database then holds argon2id hashes only. Returns how many users had some.
+    pub async fn drop_scram_credentials(&self) -> Result<u64, AuthError> {
+        self.with_conn(|conn| {
+            let n = conn
+                .execute(
+                    "UPDATE users SET scram_salt = NULL, scram_iterations = NULL,
+                                      scram_stored_key = NULL, scram_server_key = NULL
+                     WHERE scram_stored_key IS NOT NULL OR scram_salt IS NOT NULL",
+                    [],
+                )
+                .map_err(db)?;
+            Ok(n as u64)
+        })
+        .await
     }
 
     /// Adds a user; [`AuthError::UserExists`] if the name is taken. Duplicate roles are
@@ -149,10 +201,10 @@ impl SqliteUserStore {
                 params![
                     name,
                     hash,
-                    scram.salt,
-                    scram.iterations,
-                    scram.stored_key,
-                    scram.server_key
+                    scram.as_ref().map(|c| c.salt.clone()),
+                    scram.as_ref().map(|c| c.iterations),
+                    scram.as_ref().map(|c| c.stored_key),
+                    scram.as_ref().map(|c| c.server_key)
                 ],
             );
             match inserted {
@@ -184,7 +236,8 @@ impl SqliteUserStore {
         .await
     }
 
-    /// Replaces a user's password; [`AuthError::NoSuchUser`] if absent.
+    /// Replaces a user's password; [`AuthError::NoSuchUser`] if absent. Its SCRAM credentials
+    /// are replaced too, or cleared while the store keeps none.
     pub async fn set_password(&self, name: &str, password: &Secret) -> Result<(), AuthError> {
         Self::validate_password(password)?;
         let (hash, scram) = self.hash_password(password).await?;
@@ -197,10 +250,10 @@ impl SqliteUserStore {
                      WHERE name = ?6",
                     params![
                         hash,
-                        scram.salt,
-                        scram.iterations,
-                        scram.stored_key,
-                        scram.server_key,
+                        scram.as_ref().map(|c| c.salt.clone()),
+                        scram.as_ref().map(|c| c.iterations),
+                        scram.as_ref().map(|c| c.stored_key),
+                        scram.as_ref().map(|c| c.server_key),
                         name
                     ],
                 )
@@ -357,37 +410,75 @@ impl SqliteUserStore {
         Ok(())
     }
 
-    /// The argon2 hash and the SCRAM credentials of `password`, in one job on the hasher's
-    /// blocking pool.
+    /// The argon2 hash and (while the store keeps them) the SCRAM credentials of
+    /// `password`, in one job on the hasher's blocking pool.
     async fn hash_password(
         &self,
         password: &Secret,
-    ) -> Result<(String, ScramCredentials), AuthError> {
+    ) -> Result<(String, Option<ScramCredentials>), AuthError> {
         let hasher = self.hasher.clone();
         let password = password.clone();
+        let iterations = self.scram_iterations;
         self.hasher
             .run_limited(move || {
                 let hash = hasher.hash_blocking(password.expose())?;
-                Ok((hash, ScramCredentials::generate(password.expose())))
+                let scram =
+                    iterations.map(|i| ScramCredentials::generate_with(password.expose(), i));
+                Ok((hash, scram))
             })
             .await
     }
 
-    /// Stores SCRAM credentials for a user who logged in with `password` but had none (set
-    /// before SCRAM existed). Skipped if the password changed meanwhile. Failure only costs
-    /// the user SCRAM for now, so it is logged, not returned.
-    async fn add_missing_scram(&self, id: i32, hash: String, password: &Secret) {
-        let password = password.clone();
+    /// Stores SCRAM credentials at `iterations` for `user`, whose login with `password` was
+    /// just accepted, if they have none or have them at another count. The password is
+    /// checked against the stored hash once more first, so credentials are never made from a
+    /// password changed meanwhile. Failure only costs the user SCRAM for now, so it is
+    /// logged, not returned.
+    async fn refresh_scram(&self, user: &User, password: &Secret, iterations: u32) {
+        let id = user.id;
         let stored = async {
+            let found = self
+                .with_conn(move |conn| {
+                    let row: Option<(String, Option<i64>)> = conn
+                        .query_row(
+                            "SELECT password_hash, scram_iterations FROM users WHERE id = ?1",
+                            [id],
+                            |row| Ok((row.get(0)?, row.get(1)?)),
+                        )
+                        .optional()
+                        .map_err(db)?;
+                    Ok(row)
+                })
+                .await?;
+            let Some((hash, current)) = found else {
+                return Ok(false);
+            };
+            if current == Some(i64::from(iterations)) {
+                return Ok(false);
+            }
+            let hasher = self.hasher.clone();
+            let password = password.clone();
+            let checked_hash = hash.clone();
             let scram = self
                 .hasher
-                .run_limited(move || Ok(ScramCredentials::generate(password.expose())))
+                .run_limited(move || {
+                    if !hasher.verify_blocking(Some(&checked_hash), password.expose())? {
+                        return Ok(None);
+                    }
+                    Ok(Some(ScramCredentials::generate_with(
+                        password.expose(),
+                        iterations,
+                    )))
+                })
                 .await?;
+            let Some(scram) = scram else {
+                return Ok(false);
+            };
             self.with_conn(move |conn| {
                 conn.execute(
                     "UPDATE users SET scram_salt = ?1, scram_iterations = ?2,
                                       scram_stored_key = ?3, scram_server_key = ?4
-                     WHERE id = ?5 AND password_hash = ?6 AND scram_stored_key IS NULL",
+                     WHERE id = ?5 AND password_hash = ?6",
                     params![
                         scram.salt,
                         scram.iterations,
@@ -397,12 +488,18 @@ impl SqliteUserStore {
                         hash
                     ],
                 )
+                .map(|n| n > 0)
                 .map_err(db)
             })
             .await
         };
         match stored.await {
-            Ok(_) => tracing::info!(user_id = id, "stored SCRAM credentials at password login"),
+            Ok(true) => tracing::info!(
+                user_id = id,
+                iterations,
+                "stored SCRAM credentials at password login"
+            ),
+            Ok(false) => {}
             Err(e) => {
                 tracing::warn!(user_id = id, error = %e, "cannot store SCRAM credentials")
             }
@@ -452,12 +549,11 @@ impl UserStore for SqliteUserStore {
         password: &Secret,
     ) -> Result<Option<User>, AuthError> {
         let owned = name.to_owned();
-        let found = self.with_conn(move |conn| find_login(conn, &owned)).await?;
+        let found = self.with_conn(move |conn| find_user(conn, &owned)).await?;
         // Unknown users and wrong passwords do the same work: one lookup, one argon2 check.
-        let (id, hash, has_scram) = match found {
-            Some((id, hash, has_scram)) => (Some(id), Some(hash), has_scram),
-            None => (None, None, true),
-        };
+        // Nothing is written here, whatever the outcome: the caller may still deny the login
+        // (a penalised source), and a write would show a guesser the guess was right.
+        let (id, hash) = found.unzip();
         let ok = self
             .hasher
             .verify(hash.as_deref(), password.expose())
@@ -465,10 +561,6 @@ impl UserStore for SqliteUserStore {
         let Some(id) = id.filter(|_| ok) else {
             return Ok(None);
         };
-        if let (false, Some(hash)) = (has_scram, hash) {
-            // Only now is the password known to be right; done once per such user.
-            self.add_missing_scram(id, hash, password).await;
-        }
         let roles = self.with_conn(move |conn| load_roles(conn, id)).await?;
         Ok(Some(User {
             id,
@@ -481,9 +573,22 @@ impl UserStore for SqliteUserStore {
         self.get_user(name).await
     }
 
+    async fn login_accepted(&self, user: &User, password: &Secret) {
+        if let Some(iterations) = self.scram_iterations {
+            self.refresh_scram(user, password, iterations).await;
+        }
+    }
+
     async fn scram_lookup(&self, name: &str) -> Result<ScramLookup, AuthError> {
         let name = name.to_owned();
         let secret = self.scram_secret;
+        let Some(iterations) = self.scram_iterations else {
+            // SCRAM is off on this store: whatever may still be stored is not used.
+            return Ok(ScramLookup {
+                user: None,
+                credentials: ScramCredentials::fake_with(&secret, &name, DEFAULT_FAKE_ITERATIONS),
+            });
+        };
         self.with_conn(move |conn| {
             let (id, credentials) = match find_scram(conn, &name)? {
                 Some((id, Some(credentials))) => (id, credentials),
@@ -494,9 +599,10 @@ impl UserStore for SqliteUserStore {
                     // The roles query a real user costs too (id 0 is never assigned), so the
                     // answer takes as long either way.
                     load_roles(conn, found.map_or(0, |(id, _)| id))?;
+                    // The iteration count real users get, so it does not tell them apart.
                     return Ok(ScramLookup {
                         user: None,
-                        credentials: ScramCredentials::fake(&secret, &name),
+                        credentials: ScramCredentials::fake_with(&secret, &name, iterations),
                     });
                 }
             };
@@ -545,21 +651,6 @@ fn find_user(conn: &Connection, name: &str) -> Result<Option<(i32, String)>, Aut
         .optional()
         .map_err(db)?;
     found.map(|(id, hash)| Ok((user_id(id)?, hash))).transpose()
-}
-
-/// The id, password hash and whether SCRAM credentials are stored, of the user `name`.
-fn find_login(conn: &Connection, name: &str) -> Result<Option<(i32, String, bool)>, AuthError> {
-    let found: Option<(i64, String, bool)> = conn
-        .query_row(
-            "SELECT id, password_hash, scram_stored_key IS NOT NULL FROM users WHERE name = ?1",
-            [name],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
-        .optional()
-        .map_err(db)?;
-    found
-        .map(|(id, hash, scram)| Ok((user_id(id)?, hash, scram)))
-        .transpose()
 }
 
 /// The id and SCRAM credentials (`None` if not stored yet) of the user `name`.
@@ -1044,9 +1135,90 @@ mod tests {
         lookup.user.is_some() && ScramCredentials::derive(password, &c.salt, c.iterations) == *c
     }
 
+    /// A store keeping SCRAM credentials at the fewest iterations clients accept.
+    fn scram_store() -> SqliteUserStore {
+        SqliteUserStore::open_in_memory(hasher())
+            .unwrap()
+            .with_scram(4096)
+            .unwrap()
+    }
+
+    /// How many users have SCRAM columns filled in.
+    fn scram_rows(store: &SqliteUserStore) -> i64 {
+        store
+            .conn
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM users WHERE scram_salt IS NOT NULL
+                    OR scram_iterations IS NOT NULL OR scram_stored_key IS NOT NULL
+                    OR scram_server_key IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn without_scram_no_verifier_is_stored() {
+        let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        assert_eq!(store.scram_iterations(), None);
+        store.add_user("alice", &pw("pw"), &[]).await.unwrap();
+        let alice = store.verify_password("alice", &pw("pw")).await.unwrap();
+        store.login_accepted(&alice.unwrap(), &pw("pw")).await;
+        assert_eq!(scram_rows(&store), 0, "argon2id only");
+        assert!(store.scram_lookup("alice").await.unwrap().user.is_none());
+    }
+
+    #[tokio::test]
+    async fn turning_scram_off_drops_the_verifiers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.db");
+        let on = SqliteUserStore::open(&path, hasher())
+            .unwrap()
+            .with_scram(4096)
+            .unwrap();
+        on.add_user("alice", &pw("a"), &[]).await.unwrap();
+        on.add_user("bob", &pw("b"), &[]).await.unwrap();
+        assert_eq!(scram_rows(&on), 2);
+        drop(on);
+        let off = SqliteUserStore::open(&path, hasher()).unwrap();
+        // Setting a password while SCRAM is off clears that user's verifier...
+        off.set_password("alice", &pw("a2")).await.unwrap();
+        assert_eq!(scram_rows(&off), 1);
+        // ...and dropping clears everyone's.
+        assert_eq!(off.drop_scram_credentials().await.unwrap(), 1);
+        assert_eq!(scram_rows(&off), 0);
+        assert!(off
+            .verify_password("bob", &pw("b"))
+            .await
+            .unwrap()
+            .is_some());
+        // A store that still had SCRAM on would no longer find credentials for them.
+        let on = SqliteUserStore::open(&path, hasher())
+            .unwrap()
+            .with_scram(4096)
+            .unwrap();
+        assert!(on.scram_lookup("bob").await.unwrap().user.is_none());
+    }
+
+    #[test]
+    fn scram_iterations_are_checked() {
+        for bad in [0, 4095, 1_000_001] {
+            let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
+            assert!(matches!(
+                store.with_scram(bad),
+                Err(AuthError::Invalid {
+                    field: "SCRAM iterations",
+                    ..
+                })
+            ));
+        }
+    }
+
     #[tokio::test]
     async fn scram_credentials_follow_the_password() {
-        let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        let store = scram_store();
         let alice = store
             .add_user("alice", &pw("old"), &roles(&["admin"]))
             .await
@@ -1070,13 +1242,20 @@ mod tests {
     async fn scram_unknown_user_gets_stable_fake_salt() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("u.db");
-        let store = SqliteUserStore::open(&path, hasher()).unwrap();
+        let open = || {
+            SqliteUserStore::open(&path, hasher())
+                .unwrap()
+                .with_scram(5000)
+                .unwrap()
+        };
+        let store = open();
         let first = store.scram_lookup("nobody").await.unwrap();
         let again = store.scram_lookup("nobody").await.unwrap();
         assert!(first.user.is_none());
         assert_eq!(first.credentials.salt, again.credentials.salt);
         assert_eq!(first.credentials.salt.len(), 16);
-        assert_eq!(first.credentials.iterations, 4096);
+        // The count real credentials get, so that it does not tell unknown users apart.
+        assert_eq!(first.credentials.iterations, 5000);
         assert_ne!(first.credentials.stored_key, again.credentials.stored_key);
         assert_ne!(
             first.credentials.salt,
@@ -1089,7 +1268,7 @@ mod tests {
         );
         drop(store);
         // The secret is in the database, so the salt survives a restart.
-        let reopened = SqliteUserStore::open(&path, hasher()).unwrap();
+        let reopened = open();
         assert_eq!(
             reopened
                 .scram_lookup("nobody")
@@ -1100,7 +1279,7 @@ mod tests {
             first.credentials.salt
         );
         // Another store has its own secret.
-        let other = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        let other = scram_store();
         assert_ne!(
             other.scram_lookup("nobody").await.unwrap().credentials.salt,
             first.credentials.salt
@@ -1108,7 +1287,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn user_from_before_scram_gains_it_at_password_login() {
+    async fn user_from_before_scram_gains_it_after_an_accepted_password_login() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("u.db");
         {
@@ -1122,7 +1301,10 @@ mod tests {
             )
             .unwrap();
         }
-        let store = SqliteUserStore::open(&path, hasher()).unwrap();
+        let store = SqliteUserStore::open(&path, hasher())
+            .unwrap()
+            .with_scram(4096)
+            .unwrap();
         let before = store.scram_lookup("old").await.unwrap();
         assert!(before.user.is_none(), "no SCRAM credentials yet: fake");
         // A wrong password stores nothing.
@@ -1131,24 +1313,53 @@ mod tests {
             .await
             .unwrap()
             .is_none());
-        assert!(store.scram_lookup("old").await.unwrap().user.is_none());
-
+        // Nor does the right one by itself: the caller may still deny the login (a penalised
+        // source), and a guesser must not see the salt change.
         let old = store.verify_password("old", &pw("pw")).await.unwrap();
         assert!(old.is_some());
+        assert_eq!(scram_rows(&store), 0);
+        assert_eq!(
+            store.scram_lookup("old").await.unwrap().credentials.salt,
+            before.credentials.salt
+        );
+
+        // Once the login is accepted, they are stored.
+        store.login_accepted(old.as_ref().unwrap(), &pw("pw")).await;
         let after = store.scram_lookup("old").await.unwrap();
         assert_eq!(after.user, old);
         assert!(scram_matches(&after, "pw"));
         // Later logins leave them alone.
-        store.verify_password("old", &pw("pw")).await.unwrap();
+        store.login_accepted(old.as_ref().unwrap(), &pw("pw")).await;
         assert_eq!(
             store.scram_lookup("old").await.unwrap().credentials,
             after.credentials
         );
+        // A password that is not (or no longer) the stored one stores nothing.
+        store.set_password("old", &pw("new")).await.unwrap();
+        let renewed = store.scram_lookup("old").await.unwrap().credentials;
+        store.login_accepted(old.as_ref().unwrap(), &pw("pw")).await;
+        assert_eq!(
+            store.scram_lookup("old").await.unwrap().credentials,
+            renewed
+        );
+
+        // A store set to another count renews them at the next accepted login.
+        drop(store);
+        let stronger = SqliteUserStore::open(&path, hasher())
+            .unwrap()
+            .with_scram(8192)
+            .unwrap();
+        stronger
+            .login_accepted(old.as_ref().unwrap(), &pw("new"))
+            .await;
+        let upgraded = stronger.scram_lookup("old").await.unwrap();
+        assert_eq!(upgraded.credentials.iterations, 8192);
+        assert!(scram_matches(&upgraded, "new"));
     }
 
     #[tokio::test]
     async fn incomplete_scram_record_is_an_error() {
-        let store = SqliteUserStore::open_in_memory(hasher()).unwrap();
+        let store = scram_store();
         store.add_user("alice", &pw("pw"), &[]).await.unwrap();
         store
             .conn

@@ -1,9 +1,12 @@
 //! Admin (protocol 5, openserver only): list the server's sessions and kick one. Added with
 //! [`ServerBuilder::admin`](crate::server::ServerBuilder::admin); only users holding the
-//! configured role reach it (the driver checks [`Protocol::required_role`] before every
-//! packet).
+//! configured role reach it. The driver checks [`Protocol::required_role`] against the
+//! login-time user before every packet; with a user store, every command is also checked
+//! against the store as it is now, so a user deleted or demoted after logging in loses Admin
+//! on sessions that are already open.
 
 use super::{HandlerError, Protocol, ProtocolHandler};
+use crate::auth::UserStore;
 use crate::session::{Session, SessionId};
 use crate::wire::admin::{AdminMessage, SessionInfo};
 use crate::wire::{protocol_id, Message};
@@ -26,13 +29,25 @@ pub struct Admin {
     /// The server's open sessions.
     registry: Arc<dyn SessionDirectory>,
     /// The role a user needs.
-    role: String,
+    role: Arc<str>,
+    /// Where the role is checked again before every command; `None` on a server without a
+    /// store (only certificate-less custom logins), where the login-time roles stand.
+    store: Option<Arc<dyn UserStore>>,
 }
 
 impl Admin {
-    /// Admin over `registry`, for users holding `role`.
-    pub(crate) fn new(registry: Arc<dyn SessionDirectory>, role: String) -> Self {
-        Admin { registry, role }
+    /// Admin over `registry`, for users holding `role` in `store` (or, without a store, at
+    /// login).
+    pub(crate) fn new(
+        registry: Arc<dyn SessionDirectory>,
+        role: String,
+        store: Option<Arc<dyn UserStore>>,
+    ) -> Self {
+        Admin {
+            registry,
+            role: role.into(),
+            store,
+        }
     }
 }
 
@@ -58,19 +73,25 @@ impl Protocol for Admin {
     fn new_handler(&self, _session: &Session) -> Box<dyn ProtocolHandler> {
         Box::new(AdminHandler {
             registry: self.registry.clone(),
+            role: self.role.clone(),
+            store: self.store.clone(),
         })
     }
 }
 
-/// Per-session Admin state: none beyond the registry.
+/// Per-session Admin state: the registry, and what the role is checked against.
 struct AdminHandler {
     registry: Arc<dyn SessionDirectory>,
+    role: Arc<str>,
+    store: Option<Arc<dyn UserStore>>,
 }
 
 #[async_trait]
 impl ProtocolHandler for AdminHandler {
     async fn on_packet(&mut self, session: &Session, body: Bytes) -> Result<(), HandlerError> {
-        match AdminMessage::decode(&body)? {
+        let message = AdminMessage::decode(&body)?;
+        self.check_role(session).await?;
+        match message {
             AdminMessage::List => {
                 let sessions = self.list();
                 session
@@ -89,6 +110,35 @@ impl ProtocolHandler for AdminHandler {
 }
 
 impl AdminHandler {
+    /// Checks that the session's user still exists in the store, as the same account (same
+    /// id), and still holds the role: the login-time copy the driver checked may be stale.
+    async fn check_role(&self, session: &Session) -> Result<(), HandlerError> {
+        let (Some(store), Some(user)) = (&self.store, session.user()) else {
+            return Ok(());
+        };
+        let now = store.find_user(&user.name).await.map_err(|e| {
+            tracing::error!(session = session.id(), protocol = "admin", error = %e, "user store failed");
+            HandlerError::Internal(e.to_string())
+        })?;
+        match now {
+            Some(now) if now.id == user.id && now.has_role(&self.role) => Ok(()),
+            now => {
+                tracing::warn!(
+                    session = session.id(),
+                    peer = %session.peer(),
+                    user = %user.name,
+                    deleted = now.as_ref().is_none_or(|u| u.id != user.id),
+                    role = %self.role,
+                    "admin command refused: the user no longer holds the role"
+                );
+                Err(HandlerError::Rejected(format!(
+                    "Requires role {}; your account no longer holds it (log in again).",
+                    self.role
+                )))
+            }
+        }
+    }
+
     /// Every open session, ascending by id.
     fn list(&self) -> Vec<SessionInfo> {
         let mut sessions: Vec<SessionInfo> = self

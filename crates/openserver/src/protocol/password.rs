@@ -46,6 +46,8 @@ pub(crate) async fn login(
                 "authenticated"
             );
             Login::new(session).authenticate(user.clone());
+            // Only now, with the login accepted, may the store write anything.
+            store.login_accepted(&user, password).await;
             Ok(Some(user))
         }
         _ => {

@@ -10,6 +10,12 @@
 //! A wrong proof, an unknown user and a client-final carrying another exchange's nonce (a
 //! replay) are all login attempts that failed: each is answered ACCESS_DENIED and recorded with
 //! [`Login::record_auth_failure`], like a wrong password on DatabaseAuth.
+//!
+//! So is an abandoned exchange: a CLIENT_FIRST (which costs the server a store lookup) that is
+//! not followed by its CLIENT_FINAL, because another message came instead or the connection
+//! ended. Every CLIENT_FIRST therefore ends in a success or a recorded failure, and
+//! `security.max_auth_failures` bounds the lookups one connection can ask for, as the source's
+//! penalty bounds those of many connections.
 
 use super::{HandlerError, Protocol, ProtocolHandler};
 use crate::auth::scram::{ClientFirst, ScramError, ServerExchange};
@@ -49,9 +55,10 @@ impl Protocol for ScramAuth {
         false
     }
 
-    fn new_handler(&self, _session: &Session) -> Box<dyn ProtocolHandler> {
+    fn new_handler(&self, session: &Session) -> Box<dyn ProtocolHandler> {
         Box::new(ScramHandler {
             store: self.store.clone(),
+            session: session.clone(),
             state: State::Idle,
         })
     }
@@ -60,7 +67,22 @@ impl Protocol for ScramAuth {
 /// One session's ScramAuth state.
 struct ScramHandler {
     store: Arc<dyn UserStore>,
+    /// The session, to record an exchange abandoned by closing the connection.
+    session: Session,
     state: State,
+}
+
+impl Drop for ScramHandler {
+    /// The session ended in the middle of an exchange: a failed login for the source's
+    /// penalty, so that opening a connection per CLIENT_FIRST buys no free lookups.
+    fn drop(&mut self) {
+        if let State::AwaitingFinal { name, .. } = &self.state {
+            if !self.session.is_authenticated() {
+                tracing::debug!(session = self.session.id(), user = %name, "SCRAM exchange abandoned by closing");
+                Login::new(&self.session).record_denied_login(name);
+            }
+        }
+    }
 }
 
 enum State {
@@ -86,7 +108,13 @@ impl ProtocolHandler for ScramHandler {
     async fn on_packet(&mut self, session: &Session, body: Bytes) -> Result<(), HandlerError> {
         // Whatever arrives, the exchange under way is over unless the step below continues it.
         let state = std::mem::replace(&mut self.state, State::Idle);
-        let message = ScramMessage::decode(&body)?;
+        let message = ScramMessage::decode(&body);
+        if let State::AwaitingFinal { name, .. } = &state {
+            if !matches!(message, Ok(ScramMessage::ClientFinal(_))) && !session.is_authenticated() {
+                abandoned(session, name);
+            }
+        }
+        let message = message?;
         if session.is_authenticated() {
             self.state = State::Done;
             return Err(HandlerError::Rejected("already authenticated".into()));
@@ -132,10 +160,26 @@ impl ProtocolHandler for ScramHandler {
             message,
             "peer reported a protocol error"
         );
-        if !matches!(self.state, State::Done) {
+        if let State::AwaitingFinal { name, .. } = &self.state {
+            if !session.is_authenticated() {
+                abandoned(session, name);
+            }
             self.state = State::Idle;
         }
     }
+}
+
+/// Records an exchange given up before its CLIENT_FINAL as a failed login for `name`.
+fn abandoned(session: &Session, name: &str) {
+    let failures = Login::new(session).record_denied_login(name);
+    tracing::info!(
+        session = session.id(),
+        peer = %session.peer(),
+        protocol = NAME,
+        user = name,
+        failures,
+        "SCRAM exchange abandoned; counted as a failed login"
+    );
 }
 
 impl ScramHandler {
@@ -203,7 +247,11 @@ impl ScramHandler {
                 session.send_message(&ScramMessage::AccessDenied).await?;
                 Ok(())
             }
-            (Err(e), _) => Err(rejected(e)),
+            // A malformed final ends the exchange as surely as none: it counts too.
+            (Err(e), _) => {
+                abandoned(session, name);
+                Err(rejected(e))
+            }
         }
     }
 }

@@ -142,8 +142,11 @@ impl ServerBuilder {
         // the protocol set from owning the server that owns it.
         let registry = Arc::new(Registry::default());
         if let Some(role) = self.admin_role {
-            self.protocols
-                .insert(Arc::new(Admin::new(registry.clone(), role)));
+            self.protocols.insert(Arc::new(Admin::new(
+                registry.clone(),
+                role,
+                self.store.clone(),
+            )));
         }
         if self.scram {
             let store = self.store.clone().ok_or_else(|| {

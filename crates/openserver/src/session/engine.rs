@@ -42,6 +42,12 @@ const UNSET: Ms = Ms::MAX;
 /// years after the session started.
 const NEVER: Ms = 30 * 365 * 24 * 3600 * 1000;
 
+/// The longest a session that closed because its peer stopped reading (a slow consumer, or a
+/// login deadline that passed while a handler waited for queue room) spends writing what is
+/// left before it lets go of the connection: such a peer is unlikely to read it, and its slot
+/// (a pre-login one especially) should not be held for another full write deadline.
+const DRAIN_AFTER_STALL: Duration = Duration::from_secs(1);
+
 /// How long a session may be quiet before its buffers are freed: long enough that a busy
 /// session keeps reusing them, short enough that idle sessions hold none.
 const RELEASE_AFTER: Ms = 250;
@@ -196,6 +202,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 self.session.close(reason);
                 break;
             }
+            if self.login_overdue_while_waiting() {
+                self.session.close(CloseReason::AuthTimeout);
+                break;
+            }
             match self.poll_timers(cx, false) {
                 None => break,
                 Some(Ok(())) => continue,
@@ -204,10 +214,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         }
     }
 
+    /// The login deadline has passed while the handler waits for room in the queue. A login
+    /// in progress (a password being hashed) may otherwise finish past the deadline, but this
+    /// one waits on a peer that does not read, and would hold its pre-login slot until the
+    /// write deadline.
+    fn login_overdue_while_waiting(&self) -> bool {
+        let auth = self.deadlines.auth_deadline;
+        auth != UNSET
+            && !self.session.is_authenticated()
+            && self.session.inner.outbox.has_waiting()
+            && self.clock() >= auth
+    }
+
     /// Once the session is closing: writes what is still queued (a QUIT, a last answer) and
-    /// shuts the connection down, each within the write deadline.
+    /// shuts the connection down, each within the write deadline, or within
+    /// [`DRAIN_AFTER_STALL`] when the session closed because its peer stopped reading.
     pub(crate) async fn finish(&mut self) {
-        let deadline = Duration::from_millis(self.deadlines.write_timeout);
+        let mut deadline = Duration::from_millis(self.deadlines.write_timeout);
+        if matches!(
+            self.session.close_reason(),
+            Some(CloseReason::SlowConsumer | CloseReason::AuthTimeout)
+        ) {
+            deadline = deadline.min(DRAIN_AFTER_STALL);
+        }
         let drained = tokio::time::timeout(
             deadline,
             poll_fn(|cx| match self.poll_write(cx) {
@@ -715,6 +744,52 @@ mod tests {
         assert!(engine.next_frame().await.is_none());
         assert_eq!(session.close_reason(), Some(CloseReason::SlowConsumer));
         assert_eq!(started.elapsed().as_secs(), 2);
+        // What is left is not drained for another write deadline: the peer does not read.
+        engine.finish().await;
+        assert!(
+            started.elapsed() <= Duration::from_secs(2) + DRAIN_AFTER_STALL,
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pre_login_peer_that_stops_reading_is_closed_at_the_login_deadline() {
+        // 64 bytes of room, a queue of two frames, and a peer that sends but never reads.
+        let (ours, _peer) = tokio::io::duplex(64);
+        let session = Session::new(1, "127.0.0.1:1".parse().unwrap(), 2, false);
+        let options = EngineOptions {
+            write_timeout: Duration::from_secs(30),
+            auth_deadline: Some(session.started() + Duration::from_secs(10)),
+            ..options()
+        };
+        let mut engine = Engine::new(ours, session.clone(), options);
+        let started = Instant::now();
+        // A handler answering as a login protocol would: it soon waits for queue room.
+        let answering = {
+            let session = session.clone();
+            async move {
+                loop {
+                    if session.send(Frame::new(10, vec![0; 100])).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        engine.run(Box::pin(answering)).await;
+        assert_eq!(session.close_reason(), Some(CloseReason::AuthTimeout));
+        assert_eq!(
+            started.elapsed().as_secs(),
+            10,
+            "closed at the login deadline"
+        );
+        engine.finish().await;
+        // The slot is let go about the login deadline, not after two write deadlines.
+        assert!(
+            started.elapsed() <= Duration::from_secs(10) + DRAIN_AFTER_STALL,
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -105,6 +105,11 @@ impl Outbox {
         &self.room
     }
 
+    /// Whether a sender waits for room now.
+    pub(crate) fn has_waiting(&self) -> bool {
+        lock(&self.state).waiting > 0
+    }
+
     /// Removes a sender that `push` registered and that stopped waiting.
     pub(crate) fn unregister(&self) {
         let mut state = lock(&self.state);

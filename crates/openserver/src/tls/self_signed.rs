@@ -97,16 +97,29 @@ pub fn generate(extra_names: &[String]) -> Result<Generated, TlsError> {
 }
 
 fn write(path: &Path, contents: &[u8], secret: bool) -> Result<(), TlsError> {
-    std::fs::write(path, contents).map_err(|e| write_error(path, e))?;
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| write_error(path, e))?;
+    if !secret {
+        return std::fs::write(path, contents).map_err(|e| write_error(path, e));
     }
-    #[cfg(not(unix))]
-    let _ = secret;
-    Ok(())
+    // A leftover key (or a link planted where it goes) is removed, not written through: the
+    // key is created anew, owner-only from its first byte.
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(write_error(path, e)),
+        _ => {}
+    }
+    let mut file = create_private(path).map_err(|e| write_error(path, e))?;
+    std::io::Write::write_all(&mut file, contents).map_err(|e| write_error(path, e))
+}
+
+/// Creates `path`, which must not exist, readable and writable by its owner only (on Unix).
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path)
 }
 
 fn write_error(path: &Path, e: std::io::Error) -> TlsError {
@@ -135,5 +148,36 @@ mod tests {
             let mode = std::fs::metadata(&first.key).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    /// The key is created owner-only (not chmodded after a world-readable moment), and a link
+    /// planted where it goes is replaced, never written through.
+    #[cfg(unix)]
+    #[test]
+    fn the_key_is_created_private_and_never_through_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let tls = dir.path().join("tls");
+        std::fs::create_dir(&tls).unwrap();
+        std::os::unix::fs::symlink(&victim, tls.join(KEY_FILE)).unwrap();
+        let set = ensure(&tls, &[]).unwrap();
+        assert!(set.created);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        let meta = std::fs::symlink_metadata(&set.key).unwrap();
+        assert!(meta.file_type().is_file(), "the key is a file of its own");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+        // Created with the mode, whatever the umask allows: nothing to chmod afterwards.
+        let fresh = dir.path().join("fresh");
+        let file = create_private(&fresh).unwrap();
+        let mode = file.metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        assert!(
+            create_private(&fresh).is_err(),
+            "create-new refuses an existing file"
+        );
     }
 }

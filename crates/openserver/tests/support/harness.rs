@@ -19,6 +19,9 @@ use tokio_util::codec::Decoder;
 pub const ALICE: (&str, &str) = ("alice", "secret");
 pub const BOB: (&str, &str) = ("bob", "hunter2");
 
+/// PBKDF2 iterations of the test stores' SCRAM credentials: the fewest clients accept.
+pub const SCRAM_TEST_ITERATIONS: u32 = openserver::auth::scram::MIN_ITERATIONS;
+
 /// Argon2 parameters small enough for fast tests; production defaults are tested in the
 /// auth module.
 pub fn fast_hasher() -> PasswordHasher {
@@ -32,7 +35,11 @@ pub fn fast_hasher() -> PasswordHasher {
 }
 
 pub async fn test_store() -> Arc<SqliteUserStore> {
-    let store = SqliteUserStore::open_in_memory(fast_hasher()).expect("in-memory store");
+    // SCRAM at the RFC's minimum iterations: the production default would cost seconds per
+    // password set in an unoptimised build.
+    let store = SqliteUserStore::open_in_memory(fast_hasher())
+        .and_then(|s| s.with_scram(SCRAM_TEST_ITERATIONS))
+        .expect("in-memory store");
     for i in 1..=6 {
         store
             .add_user(&format!("filler{i}"), &Secret::new("x"), &[])
