@@ -8,6 +8,7 @@ use crate::auth::scram::{
     self, ClientExchange, ClientFinal, ClientFirst, ScramCredentials, ScramError, ServerExchange,
     ServerFinal, ServerFirst,
 };
+use crate::server::proxy::{self, ProxyHeaderError};
 use crate::wire::capabilities::CapabilitiesMessage;
 use crate::wire::codec::DEFAULT_MAX_PAYLOAD;
 use crate::wire::dbauth::DatabaseAuthMessage;
@@ -125,6 +126,43 @@ pub fn hello(data: &[u8]) {
         let mut prefix = Reader::new(&data[..data.len() - s.len()]);
         assert_eq!(prefix.varint_len(), Ok(s.len()));
         assert_eq!(prefix.finish(), Ok(()));
+    }
+}
+
+/// Reads a PROXY protocol header (v1 or v2) from the start of a stream the way the listener
+/// reads a trusted proxy's connection.
+///
+/// Input layout: byte 0 picks the size bound (`108 + 16 * byte`, as `limits.max_proxy_header`);
+/// the rest is the stream. Asserts that an accepted header is within the bound and the input,
+/// that it is found without its end being overrun (every shorter prefix is incomplete, so the
+/// reader never takes a byte of the session's stream), and that the bytes after it change
+/// nothing.
+pub fn proxy_header(data: &[u8]) {
+    let Some((&bound, stream)) = data.split_first() else {
+        return;
+    };
+    let max = 108 + 16 * usize::from(bound);
+    let Ok((len, addr)) = proxy::header_from_bytes(stream, max) else {
+        return;
+    };
+    assert!(
+        len <= stream.len() && len <= max,
+        "{len} of {}",
+        stream.len()
+    );
+    assert_eq!(
+        proxy::header_from_bytes(&stream[..len], max),
+        Ok((len, addr)),
+        "the bytes after the header changed it"
+    );
+    for short in 0..len {
+        assert!(
+            matches!(
+                proxy::header_from_bytes(&stream[..short], max),
+                Err(ProxyHeaderError::Truncated(_))
+            ),
+            "a {short}-byte prefix of a {len}-byte header is not incomplete"
+        );
     }
 }
 

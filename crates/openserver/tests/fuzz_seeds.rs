@@ -62,3 +62,8 @@ fn scram_messages_seeds() {
 fn scram_server_seeds() {
     replay("scram_server", fuzzing::scram_server);
 }
+
+#[test]
+fn proxy_header_seeds() {
+    replay("proxy_header", fuzzing::proxy_header);
+}
