@@ -80,7 +80,14 @@ fn java_client_with_a_non_ascii_password_through_a_trusted_proxy() {
         .to_string();
     // Typed in UTF-8, as a terminal sends it.
     let add = run(
-        &["user", "add", "jose", "--password-stdin", "--data-dir", data],
+        &[
+            "user",
+            "add",
+            "jose",
+            "--password-stdin",
+            "--data-dir",
+            data,
+        ],
         "pässwörd\n",
     );
     assert!(add.status.success(), "{}", stderr(&add));
@@ -89,7 +96,11 @@ fn java_client_with_a_non_ascii_password_through_a_trusted_proxy() {
     let client: SocketAddr = "203.0.113.9:50514".parse().unwrap();
     let mut db = via_proxy(&addr, client);
     assert_eq!(
-        exchange(&mut db, "535511000000030001046a6f73650870e4737377f67264", 13),
+        exchange(
+            &mut db,
+            "535511000000030001046a6f73650870e4737377f67264",
+            13
+        ),
         "53550700000003000202000000"
     );
     assert_eq!(
@@ -99,7 +110,11 @@ fn java_client_with_a_non_ascii_password_through_a_trusted_proxy() {
     // WinAuth, domain empty, the same one-byte-per-char password.
     let mut win = via_proxy(&addr, "203.0.113.10:40000".parse().unwrap());
     assert_eq!(
-        exchange(&mut win, "535512000000020001046a6f73650870e4737377f6726400", 9),
+        exchange(
+            &mut win,
+            "535512000000020001046a6f73650870e4737377f6726400",
+            9
+        ),
         "535503000000020002"
     );
 
@@ -123,8 +138,14 @@ fn java_client_with_a_non_ascii_password_through_a_trusted_proxy() {
         .filter(|l| l.split_whitespace().nth(1) == Some("jose"))
         .collect();
     assert_eq!(jose.len(), 2, "{table}");
-    assert!(jose.iter().any(|l| l.contains("203.0.113.9:50514")), "{table}");
-    assert!(jose.iter().any(|l| l.contains("203.0.113.10:40000")), "{table}");
+    assert!(
+        jose.iter().any(|l| l.contains("203.0.113.9:50514")),
+        "{table}"
+    );
+    assert!(
+        jose.iter().any(|l| l.contains("203.0.113.10:40000")),
+        "{table}"
+    );
     assert!(!table.contains(PROXY_IP), "{table}");
     drop((db, win));
     assert!(serve.terminate().success());

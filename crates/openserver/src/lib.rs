@@ -30,7 +30,8 @@
 //!   per-connection task (TLS handshake, certificate login) and shutdown; `config.rs` the
 //!   limits; `gate.rs` and `penalty.rs` the pre-login caps and per-source login penalties;
 //!   `registry.rs` the live sessions for push and administration; `live.rs` the limits that
-//!   SIGHUP can swap; `events.rs` and `metrics.rs` what operators observe.
+//!   SIGHUP can swap; `events.rs` and `metrics.rs` what operators observe; `proxy.rs` the
+//!   PROXY protocol headers of trusted load balancers.
 //!
 //! # A server in a few lines
 //!

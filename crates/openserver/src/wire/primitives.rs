@@ -37,8 +37,9 @@ pub enum DecodeError {
         /// Bytes that were left.
         remaining: usize,
     },
-    /// A string's bytes were not valid UTF-8 (and the session reads strict UTF-8).
-    #[error("string is not valid UTF-8 (this server reads strict UTF-8: server.strict_utf8)")]
+    /// A string's bytes were not valid UTF-8 where only UTF-8 is read (a strict
+    /// [`TextMode`], such as a server with `server.strict_utf8`).
+    #[error("string is not valid UTF-8")]
     InvalidUtf8,
     /// A 7-bit length prefix ran past 5 bytes or past i32.
     #[error("malformed 7-bit length prefix")]
@@ -636,6 +637,23 @@ mod tests {
                 prop_assert_eq!(&decode_text(&bytes, &mut mode, |r| r.string()).unwrap(), &s);
                 prop_assert_eq!(mode, start);
             }
+        }
+
+        #[test]
+        fn proxy_header_reader_holds_its_invariants(
+            bound in any::<u8>(),
+            kind in 0u8..3,
+            rest in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            // Random bytes after each version's signature, so that the parser is reached.
+            let mut data = vec![bound];
+            match kind {
+                0 => data.extend(b"PROXY "),
+                1 => data.extend(b"\r\n\r\n\0\r\nQUIT\n"),
+                _ => {}
+            }
+            data.extend(rest);
+            crate::fuzzing::proxy_header(&data);
         }
 
         #[test]
