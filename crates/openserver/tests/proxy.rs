@@ -5,6 +5,7 @@
 mod support;
 
 use openserver::server::{RefusalReason, ServerConfig, SessionEvent};
+use openserver::session::CloseReason;
 use openserver::tls::{self, ServerTls};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -126,8 +127,25 @@ async fn wait_for_no_sessions(server: &TestServer) {
 }
 
 /// Connects, sends `bytes`, and asserts the server closes the connection without a frame and
-/// without opening a session; returns the refusal reason it reported.
+/// without a session left open; returns the refusal reason it reported (`None` when a session
+/// was opened and closed instead).
 async fn refused(server: &TestServer, from: IpAddr, bytes: &[u8]) -> Option<RefusalReason> {
+    refused_or_closed(server, from, bytes).await.err()
+}
+
+/// As [`refused`], for a connection that became a session: why the session closed.
+async fn closed(server: &TestServer, from: IpAddr, bytes: &[u8]) -> CloseReason {
+    match refused_or_closed(server, from, bytes).await {
+        Ok(reason) => reason,
+        Err(refusal) => panic!("refused ({refusal}) rather than closed"),
+    }
+}
+
+async fn refused_or_closed(
+    server: &TestServer,
+    from: IpAddr,
+    bytes: &[u8],
+) -> Result<CloseReason, RefusalReason> {
     let mut events = server.handle.events();
     let mut raw = Raw::connect_from(server.addr, from).await;
     raw.send_bytes(bytes).await;
@@ -136,10 +154,10 @@ async fn refused(server: &TestServer, from: IpAddr, bytes: &[u8]) -> Option<Refu
     wait_for_no_sessions(server).await;
     loop {
         match events.try_recv() {
-            Ok(SessionEvent::Refused { reason, .. }) => return Some(reason),
-            Ok(SessionEvent::Closed { .. }) => return None,
+            Ok(SessionEvent::Refused { reason, .. }) => return Err(reason),
+            Ok(SessionEvent::Closed { reason, .. }) => return Ok(reason),
             Ok(_) => {}
-            Err(_) => return None,
+            Err(e) => panic!("no Refused or Closed event: {e:?}"),
         }
     }
 }
@@ -183,11 +201,23 @@ async fn a_header_from_an_untrusted_address_closes_the_connection() {
     let server = start(proxied_config()).await;
     let stranger: IpAddr = "127.0.0.2".parse().unwrap();
     let header = v2(1, "192.0.2.7:1".parse().unwrap(), &[]);
-    refused(&server, stranger, &header).await;
-    refused(&server, stranger, b"PROXY TCP4 192.0.2.7 127.0.0.1 1 2\r\n").await;
+    let v1 = b"PROXY TCP4 192.0.2.7 127.0.0.1 1 2\r\n";
+    // Closed as a framing error that names the cause (not at the login deadline).
+    for bytes in [&header[..], &v1[..]] {
+        match closed(&server, stranger, bytes).await {
+            CloseReason::ProtocolError(e) => {
+                assert!(e.contains("not in server.trusted_proxies"), "{e}")
+            }
+            other => panic!("closed as {other:?}"),
+        }
+    }
     // Without any trusted proxy (the default), a header is refused from everyone.
     let plain = start(config()).await;
-    refused(&plain, "127.0.0.1".parse().unwrap(), &header).await;
+    let reason = closed(&plain, "127.0.0.1".parse().unwrap(), &header).await;
+    assert!(
+        matches!(reason, CloseReason::ProtocolError(_)),
+        "{reason:?}"
+    );
     // And the untrusted address's own frames work as ever.
     let mut raw = Raw::connect_from(server.addr, stranger).await;
     login_and_hello(&mut raw).await;
