@@ -8,6 +8,7 @@ use crate::auth::scram::{
     self, ClientExchange, ClientFinal, ClientFirst, ScramCredentials, ScramError, ServerExchange,
     ServerFinal, ServerFirst,
 };
+use crate::server::proxy::{self, ProxyHeaderError};
 use crate::wire::capabilities::CapabilitiesMessage;
 use crate::wire::codec::DEFAULT_MAX_PAYLOAD;
 use crate::wire::dbauth::DatabaseAuthMessage;
@@ -149,6 +150,43 @@ pub fn hello(data: &[u8]) {
         let mut prefix = Reader::new(&data[..data.len() - s.len()]);
         assert_eq!(prefix.varint_len(), Ok(s.len()));
         assert_eq!(prefix.finish(), Ok(()));
+    }
+}
+
+/// Reads a PROXY protocol header (v1 or v2) from the start of a stream the way the listener
+/// reads a trusted proxy's connection.
+///
+/// Input layout: byte 0 picks the size bound (`108 + 16 * byte`, as `limits.max_proxy_header`);
+/// the rest is the stream. Asserts that an accepted header is within the bound and the input,
+/// that it is found without its end being overrun (every shorter prefix is incomplete, so the
+/// reader never takes a byte of the session's stream), and that the bytes after it change
+/// nothing.
+pub fn proxy_header(data: &[u8]) {
+    let Some((&bound, stream)) = data.split_first() else {
+        return;
+    };
+    let max = 108 + 16 * usize::from(bound);
+    let Ok((len, addr)) = proxy::header_from_bytes(stream, max) else {
+        return;
+    };
+    assert!(
+        len <= stream.len() && len <= max,
+        "{len} of {}",
+        stream.len()
+    );
+    assert_eq!(
+        proxy::header_from_bytes(&stream[..len], max),
+        Ok((len, addr)),
+        "the bytes after the header changed it"
+    );
+    for short in 0..len {
+        assert!(
+            matches!(
+                proxy::header_from_bytes(&stream[..short], max),
+                Err(ProxyHeaderError::Truncated(_))
+            ),
+            "a {short}-byte prefix of a {len}-byte header is not incomplete"
+        );
     }
 }
 
@@ -383,6 +421,15 @@ pub fn outcome(target: &str, data: &[u8]) -> String {
             }
         }
         "first_bytes" => format!("{:?}", crate::wire::notice::classify(data)),
+        "proxy_header" => match data.split_first() {
+            None => "empty".into(),
+            Some((&bound, stream)) => {
+                match proxy::header_from_bytes(stream, 108 + 16 * usize::from(bound)) {
+                    Ok((len, addr)) => format!("{len}-byte header, client {addr:?}"),
+                    Err(e) => format!("error: {e}"),
+                }
+            }
+        },
         other => panic!("no fuzz target {other}"),
     }
 }

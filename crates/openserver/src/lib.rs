@@ -25,8 +25,9 @@
 //! - [`auth`]: the [`UserStore`](auth::UserStore) trait, the SQLite store, argon2id, SCRAM.
 //! - [`tls`]: rustls for both sides, certificate reload, development certificates.
 //! - [`server`]: listener and caps (`mod.rs`), the server side of a connection (`driver.rs`:
-//!   auth gate, dispatch, logins), `link.rs` (its `SessionHost`), config, gate, penalties,
-//!   registry, live limits, events; `server/metrics/`: Prometheus metrics.
+//!   auth gate, dispatch, logins), `link.rs` (its `SessionHost`), `proxy.rs` (PROXY protocol
+//!   headers of trusted load balancers), config, gate, penalties, registry, live limits,
+//!   events; `server/metrics/`: Prometheus metrics.
 //! - [`client`]: the async client library and its connection task.
 //!
 //! # A server in a few lines

@@ -139,3 +139,8 @@ fn scram_server_seeds() {
 fn first_bytes_seeds() {
     replay("first_bytes", fuzzing::first_bytes);
 }
+
+#[test]
+fn proxy_header_seeds() {
+    replay("proxy_header", fuzzing::proxy_header);
+}

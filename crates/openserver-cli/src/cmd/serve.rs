@@ -53,6 +53,20 @@ pub struct ServeArgs {
     /// --config, else off]. No authentication: keep it on loopback or a management network.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// A load balancer (CIDR, or one address) whose connections start with a PROXY protocol
+    /// header (v1 or v2) naming the client; repeatable, added to `server.trusted_proxies`.
+    /// Connections from it without a valid header are closed; headers from other addresses
+    /// are refused.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse_trusted_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// `10.0.0.0/8`, or a single address such as `10.0.0.5` (its /32 or /128).
+fn parse_trusted_proxy(value: &str) -> Result<ipnet::IpNet, String> {
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{value:?} is neither a CIDR network (10.0.0.0/8) nor an IP address"))
 }
 
 /// Loads the configuration: file first, then flags.
@@ -84,6 +98,11 @@ pub fn effective_config(args: &ServeArgs) -> Result<FileConfig> {
     }
     if let Some(addr) = args.metrics_listen {
         config.metrics.listen = Some(addr);
+    }
+    for net in &args.trusted_proxies {
+        if !config.server.trusted_proxies.contains(net) {
+            config.server.trusted_proxies.push(*net);
+        }
     }
     config.check_tls()?;
     Ok(config)

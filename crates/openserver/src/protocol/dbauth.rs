@@ -5,7 +5,7 @@ use super::{password, HandlerError, Protocol, ProtocolHandler};
 use crate::auth::UserStore;
 use crate::session::Session;
 use crate::wire::dbauth::DatabaseAuthMessage;
-use crate::wire::{protocol_id, Message};
+use crate::wire::protocol_id;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -45,9 +45,7 @@ impl Protocol for DatabaseAuth {
 #[async_trait]
 impl ProtocolHandler for DatabaseAuth {
     async fn on_packet(&mut self, session: &Session, body: Bytes) -> Result<(), HandlerError> {
-        let DatabaseAuthMessage::Authenticate { user, password } =
-            DatabaseAuthMessage::decode(&body)?
-        else {
+        let DatabaseAuthMessage::Authenticate { user, password } = session.decode(&body)? else {
             return Err(HandlerError::Rejected(
                 "only AUTHENTICATE is accepted from a client".into(),
             ));

@@ -30,25 +30,39 @@ impl Protocol for Hello {
 impl ProtocolHandler for Hello {
     /// Only when [`try_packet`](Self::try_packet) found the queue full: waits for room.
     async fn on_packet(&mut self, session: &Session, body: Bytes) -> Result<(), HandlerError> {
-        let name = HelloMessage::parse(&body)?;
+        let name = parse(session, &body)?;
+        let text = session.text_mode().encoding();
         session
             .send_body(protocol_id::HELLO, |dst| {
-                HelloMessage::encode_reply(name, dst)
+                HelloMessage::encode_reply_text(&name, text, dst)
             })
             .await?;
         Ok(())
     }
 
-    /// Every packet, first: the string is borrowed from the request and the answer written
-    /// straight into the queue, so nothing is allocated.
+    /// Every packet, first: the string is borrowed from the request (unless it is non-ASCII
+    /// Latin-1) and the answer written straight into the queue, so nothing is allocated.
     fn try_packet(&mut self, session: &Session, body: Bytes) -> TryPacket {
-        let name = match HelloMessage::parse(&body) {
+        let name = match parse(session, &body) {
             Ok(name) => name,
             Err(e) => return TryPacket::Done(Err(e.into())),
         };
+        let text = session.text_mode().encoding();
         let sent = session.try_send_body(protocol_id::HELLO, |dst| {
-            HelloMessage::encode_reply(name, dst)
+            HelloMessage::encode_reply_text(&name, text, dst)
         });
+        drop(name);
         TryPacket::after_send(sent, body)
     }
+}
+
+/// The Hello string in the peer's text encoding, which the session learns from it.
+fn parse<'a>(
+    session: &Session,
+    body: &'a [u8],
+) -> Result<std::borrow::Cow<'a, str>, crate::wire::DecodeError> {
+    let mut text = session.text_mode();
+    let name = HelloMessage::parse_text(body, &mut text);
+    session.set_text_mode(text);
+    name
 }

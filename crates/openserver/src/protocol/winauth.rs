@@ -4,8 +4,8 @@
 use super::{password, HandlerError, Protocol, ProtocolHandler};
 use crate::auth::UserStore;
 use crate::session::Session;
+use crate::wire::protocol_id;
 use crate::wire::winauth::WinAuthMessage;
-use crate::wire::{protocol_id, Message};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -58,7 +58,7 @@ impl ProtocolHandler for WinAuth {
             user,
             password,
             domain,
-        } = WinAuthMessage::decode(&body)?
+        } = session.decode(&body)?
         else {
             return Err(HandlerError::Rejected(
                 "only AUTHENTICATE is accepted from a client".into(),

@@ -1,6 +1,7 @@
 //! Server settings. Every limit has a safe default and a knob; `docs/CONFIG.md` lists them.
 
 use crate::protocol::keepalive::KeepAliveConfig;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,6 +26,16 @@ pub struct ServerConfig {
     pub keep_alive: KeepAliveConfig,
     /// Defences against password guessing and floods of connections that never log in.
     pub security: Security,
+    /// Load balancers (CIDR networks, such as `10.0.0.5/32`) whose connections start with a
+    /// PROXY protocol header (v1 or v2) naming the client; the client's address is then the
+    /// session's peer everywhere. A connection from one of them without a valid header is
+    /// closed, and a header from any other address is refused. Empty (the default): no
+    /// PROXY headers.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Read every string as UTF-8 and refuse one that is not, instead of learning from such a
+    /// string that the peer writes one byte per char (the DotNetOpenServer Java and
+    /// Objective-C clients) and answering it that way.
+    pub strict_utf8: bool,
 }
 
 impl Default for ServerConfig {
@@ -36,6 +47,8 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             keep_alive: KeepAliveConfig::default(),
             security: Security::default(),
+            trusted_proxies: Vec::new(),
+            strict_utf8: false,
         }
     }
 }
@@ -72,6 +85,10 @@ pub struct Limits {
     /// On shutdown, how long sessions get to drain before the server returns anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Largest PROXY protocol header accepted from a trusted proxy, in bytes (v1 headers are
+    /// at most 107 by their specification); a longer one closes the connection before it is
+    /// read. Its time is `tls_handshake_timeout`.
+    pub max_proxy_header: usize,
 }
 
 impl Default for Limits {
@@ -91,6 +108,8 @@ impl Default for Limits {
             tls_handshake_timeout: Duration::from_secs(5),
             auth_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            // The PROXY specification's buffer for a v2 header with addresses and a few TLVs.
+            max_proxy_header: 536,
         }
     }
 }
@@ -206,6 +225,12 @@ impl Limits {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+        }
+        if !(108..=65_551).contains(&l.max_proxy_header) {
+            return Err(
+                "limits.max_proxy_header must be between 108 (a v1 header) and 65551 (the v2 maximum)"
+                    .into(),
+            );
         }
         if l.max_frame_unauthenticated < 2 || l.max_frame_authenticated < 2 {
             return Err("limits.max_frame_* must be at least 2 bytes".into());

@@ -101,11 +101,14 @@ pub enum RefusalReason {
     EarlyDrop,
     /// The TLS handshake failed or timed out.
     TlsHandshake,
+    /// A connection from a trusted proxy had no valid PROXY header within the handshake
+    /// deadline (missing, malformed, truncated or too long).
+    ProxyHeader,
 }
 
 impl RefusalReason {
     /// Every reason, for metrics that show each one from the start.
-    pub(crate) const ALL: [RefusalReason; 7] = [
+    pub(crate) const ALL: [RefusalReason; 8] = [
         RefusalReason::MaxConnections,
         RefusalReason::MaxConnectionsPerIp,
         RefusalReason::Penalized,
@@ -113,6 +116,7 @@ impl RefusalReason {
         RefusalReason::MaxUnauthenticatedPerIp,
         RefusalReason::EarlyDrop,
         RefusalReason::TlsHandshake,
+        RefusalReason::ProxyHeader,
     ];
 
     /// A short stable label for logs and metrics.
@@ -125,6 +129,7 @@ impl RefusalReason {
             RefusalReason::MaxUnauthenticatedPerIp => "max_unauthenticated_per_ip",
             RefusalReason::EarlyDrop => "early_drop",
             RefusalReason::TlsHandshake => "tls_handshake",
+            RefusalReason::ProxyHeader => "proxy_header",
         }
     }
 }

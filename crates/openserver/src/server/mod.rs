@@ -17,6 +17,7 @@ mod link;
 mod live;
 pub(crate) mod metrics;
 mod penalty;
+pub mod proxy;
 pub(crate) mod registry;
 
 pub use config::{Limits, Security, ServerConfig, DEFAULT_PORT};
@@ -36,7 +37,7 @@ use crate::session::{lock, Login, SendError, Session, SessionId};
 use crate::tls::stream::TlsStream;
 use crate::tls::ServerTls;
 use crate::wire::notice::Refusal;
-use crate::wire::Frame;
+use crate::wire::{Frame, TextMode};
 use driver::DriverContext;
 use link::ServerLink;
 use live::{ConnectionPermit, LiveLimits, OpenConnections};
@@ -178,6 +179,12 @@ impl ServerBuilder {
                 tasks: TaskTracker::new(),
                 tls: self.tls,
                 store: self.store,
+                trusted_proxies: proxy::TrustedProxies::new(self.config.trusted_proxies),
+                text_mode: if self.config.strict_utf8 {
+                    TextMode::StrictUtf8
+                } else {
+                    TextMode::Detect
+                },
             }),
         })
     }
@@ -216,6 +223,10 @@ struct Shared {
     tls: Option<ServerTls>,
     /// For certificate logins.
     store: Option<Arc<dyn UserStore>>,
+    /// Whose connections start with a PROXY header.
+    trusted_proxies: proxy::TrustedProxies,
+    /// How sessions start reading strings: detecting the peer's encoding, or strict UTF-8.
+    text_mode: TextMode,
 }
 
 impl Server {
@@ -287,9 +298,63 @@ impl Server {
 }
 
 impl Shared {
-    /// Applies the connection caps and starts the connection's task. Nothing here waits.
+    /// Starts a connection: one from a trusted proxy reads its PROXY header first, in a task
+    /// of its own, and is admitted as the client it names; any other is admitted at once.
     fn admit(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        if self.trusted_proxies.is_empty() || !self.trusted_proxies.contains(peer.ip()) {
+            return self.admit_as(stream, peer, None);
+        }
+        // The total cap applies before the header is read, so that a flood of connections
+        // from the proxy cannot hold more tasks than it; the rest waits for the client's
+        // address.
         self.note_accepted();
+        let limits = self.limits.current();
+        let Some(permit) = self.connections.try_open(limits.max_connections) else {
+            tracing::warn!(%peer, "connection refused: max_connections reached");
+            self.note_refused(peer, RefusalReason::MaxConnections);
+            return;
+        };
+        let span = tracing::info_span!("proxied", proxy = %peer);
+        let task = self.clone().read_proxy_header(stream, peer, permit, limits);
+        self.tasks.spawn(task.instrument(span));
+    }
+
+    /// Reads the PROXY header of a trusted proxy's connection within the handshake deadline,
+    /// then admits the connection as the client it names (the proxy itself for v2 LOCAL).
+    async fn read_proxy_header(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        proxy: SocketAddr,
+        permit: ConnectionPermit,
+        limits: Arc<Limits>,
+    ) {
+        let deadline = limits.tls_handshake_timeout;
+        let read = proxy::read_header(&mut stream, limits.max_proxy_header);
+        let error = match tokio::time::timeout(deadline, read).await {
+            Ok(Ok(client)) => {
+                let peer = client.unwrap_or(proxy);
+                tracing::debug!(%peer, "PROXY header read");
+                return self.admit_as(stream, peer, Some(permit));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no complete PROXY header within {deadline:?}"),
+        };
+        tracing::info!(error, "connection from a trusted proxy refused");
+        self.note_refused(proxy, RefusalReason::ProxyHeader);
+    }
+
+    /// Applies the connection caps to a connection from `peer` (the client's address, from
+    /// a PROXY header when there was one) and starts the connection's task. Nothing here
+    /// waits. `permit` is the connection's place in the total count if it already has one.
+    fn admit_as(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: Option<ConnectionPermit>,
+    ) {
+        if permit.is_none() {
+            self.note_accepted();
+        }
         let gate = &self.ctx.link.gate;
         // First, as the cheapest: a source penalised for failed logins gets no task, no read
         // and no password check, only the fixed notice. The gate rate-limits its log line.
@@ -305,7 +370,8 @@ impl Shared {
         }
         // Read once: the connection keeps these limits for its whole life.
         let limits = self.limits.current();
-        let Some(permit) = self.connections.try_open(limits.max_connections) else {
+        let Some(permit) = permit.or_else(|| self.connections.try_open(limits.max_connections))
+        else {
             tracing::warn!(%peer, "connection refused: max_connections reached");
             self.note_refused(peer, RefusalReason::MaxConnections);
             gate.refuse(stream, Refusal::Busy);
@@ -336,6 +402,9 @@ impl Shared {
         // Created at accept, so that its clocks (the authentication deadline) start here; it
         // joins the registry once it is a session (after the TLS handshake).
         let session = Session::new(id, peer, limits.outbound_queue, self.ctx.log_packets);
+        if self.text_mode != TextMode::Detect {
+            session.set_text_mode(self.text_mode);
+        }
         // Interactive request/response traffic: don't let Nagle hold small frames back.
         let _ = stream.set_nodelay(true);
         let span = tracing::info_span!("session", id, %peer);

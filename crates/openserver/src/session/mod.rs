@@ -20,11 +20,11 @@ pub(crate) mod telemetry;
 
 use crate::auth::User;
 use crate::wire::keepalive::KeepAliveMessage;
-use crate::wire::{Frame, Message};
+use crate::wire::{DecodeError, Frame, Message, TextMode};
 pub use login::Login;
 use outbox::{Outbox, PushError};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
@@ -163,6 +163,9 @@ struct Inner {
     closing: AtomicBool,
     /// Log every outbound frame in hex.
     log_packets: bool,
+    /// The peer's text encoding as far as the session knows it: a [`TextMode`] as a byte
+    /// (see `text_mode_byte`).
+    text: AtomicU8,
     /// The server's penalties, pre-login caps and metrics; set by the server's driver, absent
     /// on the client side.
     server: OnceLock<Arc<dyn telemetry::SessionHost>>,
@@ -209,6 +212,7 @@ impl Session {
                 closing: AtomicBool::new(false),
                 heartbeat_request: AtomicU64::new(0),
                 log_packets,
+                text: AtomicU8::new(text_mode_byte(TextMode::Detect)),
                 server: OnceLock::new(),
                 outbox: Outbox::new(queue_depth),
                 cold: Mutex::new(Cold::default()),
@@ -355,10 +359,43 @@ impl Session {
         .await
     }
 
+    /// How the session reads the peer's strings now: [`TextMode::Detect`] until a string that
+    /// is not UTF-8 shows a peer that writes one byte per char (the DNOS Java and Objective-C
+    /// clients), [`TextMode::Latin1`] from then on; [`TextMode::StrictUtf8`] on a server
+    /// configured with `strict_utf8`. Answers are written in [`TextMode::encoding`].
+    pub fn text_mode(&self) -> TextMode {
+        match self.inner.text.load(Ordering::Relaxed) {
+            0 => TextMode::StrictUtf8,
+            2 => TextMode::Latin1,
+            _ => TextMode::Detect,
+        }
+    }
+
+    /// Records what the session now knows of its peer's text encoding.
+    pub fn set_text_mode(&self, mode: TextMode) {
+        let byte = text_mode_byte(mode);
+        if self.inner.text.swap(byte, Ordering::Relaxed) != byte && mode == TextMode::Latin1 {
+            tracing::debug!(
+                session = self.id(),
+                "peer writes one byte per char (Latin-1); answering in kind"
+            );
+        }
+    }
+
+    /// Decodes a message whose strings are in the peer's text encoding, and learns that
+    /// encoding from it (see [`text_mode`](Self::text_mode)).
+    pub fn decode<M: Message>(&self, body: &[u8]) -> Result<M, DecodeError> {
+        let mut mode = self.text_mode();
+        let decoded = M::decode_text(body, &mut mode);
+        self.set_text_mode(mode);
+        decoded
+    }
+
     /// Queues a typed message, waiting while the queue is full. The message is encoded
-    /// straight into the queue.
+    /// straight into the queue, its strings in the peer's text encoding.
     pub async fn send_message<M: Message + Sync>(&self, message: &M) -> Result<(), SendError> {
-        self.send_body(M::PROTOCOL_ID, |body| message.encode(body))
+        let text = self.text_mode().encoding();
+        self.send_body(M::PROTOCOL_ID, |body| message.encode_text(body, text))
             .await
     }
 
@@ -548,6 +585,15 @@ impl std::fmt::Debug for Session {
             .field("user", &self.user().map(|u| u.name))
             .field("closing", &self.is_closing())
             .finish()
+    }
+}
+
+/// A [`TextMode`] as the byte [`Session::text_mode`] stores.
+fn text_mode_byte(mode: TextMode) -> u8 {
+    match mode {
+        TextMode::StrictUtf8 => 0,
+        TextMode::Detect => 1,
+        TextMode::Latin1 => 2,
     }
 }
 

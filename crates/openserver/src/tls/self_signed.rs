@@ -4,6 +4,12 @@
 //! The CA (`ca.pem`) is what clients trust (`--ca`); the server presents `cert.pem` (signed by
 //! it, for `localhost`, `127.0.0.1`, `::1` and any extra names) with `key.pem`. Alternatively
 //! clients pin the server certificate's SHA-256 fingerprint.
+//!
+//! `cert.pem` holds the leaf alone, so the server presents a one-certificate chain: a client
+//! that trusts the CA has it already and needs no copy in the chain, and the DotNetOpenServer
+//! Java and Objective-C clients accept a server they cannot verify only when its chain is
+//! exactly one certificate (docs/SECURITY.md). A `cert.pem` written by an earlier version
+//! (leaf, then this directory's CA) is rewritten to the leaf on the next start.
 
 use super::TlsError;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
@@ -11,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 /// File names inside the directory.
 pub const CA_FILE: &str = "ca.pem";
-/// The server certificate (leaf, then CA).
+/// The server certificate (the leaf alone).
 pub const CERT_FILE: &str = "cert.pem";
 /// The server's private key (mode 0600 on Unix).
 pub const KEY_FILE: &str = "key.pem";
@@ -39,21 +45,43 @@ pub fn ensure(dir: &Path, extra_names: &[String]) -> Result<SelfSigned, TlsError
         created: false,
     };
     if set.cert.exists() && set.key.exists() {
+        drop_generated_ca_from_chain(&set)?;
         return Ok(set);
     }
     let generated = generate(extra_names)?;
     std::fs::create_dir_all(dir).map_err(|e| write_error(dir, e))?;
     write(&set.ca, generated.ca_pem.as_bytes(), false)?;
-    write(
-        &set.cert,
-        format!("{}{}", generated.cert_pem, generated.ca_pem).as_bytes(),
-        false,
-    )?;
+    write(&set.cert, generated.cert_pem.as_bytes(), false)?;
     write(&set.key, generated.key_pem.as_bytes(), true)?;
     Ok(SelfSigned {
         created: true,
         ..set
     })
+}
+
+/// Rewrites a `cert.pem` that earlier versions wrote as leaf + CA (the CA being this
+/// directory's `ca.pem`) to the leaf alone. Any other chain is left as it is: only a file this
+/// module generated is changed.
+fn drop_generated_ca_from_chain(set: &SelfSigned) -> Result<(), TlsError> {
+    let (Ok(chain), Ok(ca)) = (super::load_certs(&set.cert), super::load_certs(&set.ca)) else {
+        return Ok(());
+    };
+    if chain.len() != 2 || ca.len() != 1 || chain[1] != ca[0] {
+        return Ok(());
+    }
+    let pem = std::fs::read_to_string(&set.cert).map_err(|e| TlsError::Read {
+        path: set.cert.display().to_string(),
+        message: e.to_string(),
+    })?;
+    // The leaf's PEM block is the file's first; rcgen wrote both blocks.
+    const END: &str = "-----END CERTIFICATE-----";
+    let Some(at) = pem.find(END) else {
+        return Ok(());
+    };
+    let leaf = format!("{}\n", &pem[..at + END.len()]);
+    write(&set.cert, leaf.as_bytes(), false)?;
+    tracing::info!(cert = %set.cert.display(), "development certificate now presents the leaf alone (the CA is not sent)");
+    Ok(())
 }
 
 /// A freshly generated CA and server certificate, as PEM text.
@@ -141,6 +169,7 @@ mod tests {
         let second = ensure(dir.path(), &[]).unwrap();
         assert!(!second.created);
         let tls = super::super::ServerTls::from_pem_files(&first.cert, &first.key, None).unwrap();
+        assert_eq!(super::super::load_certs(&first.cert).unwrap().len(), 1);
         assert_eq!(tls.fingerprint().len(), 95);
         #[cfg(unix)]
         {
@@ -179,5 +208,29 @@ mod tests {
             create_private(&fresh).is_err(),
             "create-new refuses an existing file"
         );
+    }
+
+    #[test]
+    fn a_chain_from_an_earlier_version_is_cut_to_the_leaf() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = ensure(dir.path(), &[]).unwrap();
+        let leaf = std::fs::read_to_string(&set.cert).unwrap();
+        let ca = std::fs::read_to_string(&set.ca).unwrap();
+        // What versions before this one wrote: leaf, then CA.
+        std::fs::write(&set.cert, format!("{leaf}{ca}")).unwrap();
+        assert_eq!(super::super::load_certs(&set.cert).unwrap().len(), 2);
+        ensure(dir.path(), &[]).unwrap();
+        let certs = super::super::load_certs(&set.cert).unwrap();
+        assert_eq!(certs.len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&set.cert).unwrap().trim(),
+            leaf.trim()
+        );
+        // An operator's own two-certificate chain (a CA other than ca.pem) is not touched.
+        let other = generate(&[]).unwrap();
+        let theirs = format!("{leaf}{}", other.ca_pem);
+        std::fs::write(&set.cert, &theirs).unwrap();
+        ensure(dir.path(), &[]).unwrap();
+        assert_eq!(std::fs::read_to_string(&set.cert).unwrap(), theirs);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Always allowed, before authentication too.
 
-use super::{protocol_id, DecodeError, Message, Reader, WireWrite};
+use super::{protocol_id, DecodeError, Message, Reader, TextEncoding, WireWrite};
 use bytes::{BufMut, BytesMut};
 
 /// Command byte of [`CapabilitiesMessage::GetProtocolIds`].
@@ -48,6 +48,11 @@ impl Message for CapabilitiesMessage {
     }
 
     fn encode(&self, dst: &mut BytesMut) {
+        self.encode_text(dst, TextEncoding::Utf8)
+    }
+
+    /// The ERROR text in the peer's encoding; a peer's ERROR is read lossily whatever it is.
+    fn encode_text(&self, dst: &mut BytesMut, text: TextEncoding) {
         match self {
             CapabilitiesMessage::GetProtocolIds => dst.put_u8(GET_PROTOCOL_IDS),
             CapabilitiesMessage::ProtocolIds(ids) => {
@@ -63,7 +68,7 @@ impl Message for CapabilitiesMessage {
             } => {
                 dst.put_u8(ERROR);
                 dst.put_u16_le(*protocol_id);
-                dst.put_string(message);
+                dst.put_string_in(message, text);
             }
         }
     }

@@ -110,12 +110,24 @@ impl std::fmt::Debug for Frame {
     }
 }
 
+/// What to add to a bad magic that is the start of a PROXY protocol header (`PR` of v1,
+/// CR LF of v2): the connection came from a proxy the server does not trust.
+fn proxy_hint(magic: u16) -> &'static str {
+    match magic.to_le_bytes() {
+        [b'P', b'R'] | [b'\r', b'\n'] => {
+            "; this looks like a PROXY protocol header from an address that is not in \
+             server.trusted_proxies (--trusted-proxy)"
+        }
+        _ => "",
+    }
+}
+
 /// A broken byte stream. Every variant but `Io` is the peer's fault, and each closes the session.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FrameError {
     /// The first two bytes of a header were not the magic number.
-    #[error("bad frame magic {0:#06x} (expected 0x5553)")]
+    #[error("bad frame magic {0:#06x} (expected 0x5553){hint}", hint = proxy_hint(*.0))]
     BadMagic(u16),
     /// The length field was negative.
     #[error("negative frame length {0}")]

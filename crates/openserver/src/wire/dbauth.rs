@@ -1,6 +1,7 @@
 //! Password authentication against the user database, "DatabaseAuth" (protocol 3).
 
-use super::{protocol_id, DecodeError, Message, Reader, Secret, WireWrite};
+use super::primitives::decode_text;
+use super::{protocol_id, DecodeError, Message, Reader, Secret, TextEncoding, TextMode, WireWrite};
 use bytes::{BufMut, BytesMut};
 
 /// Command byte of [`DatabaseAuthMessage::Authenticate`].
@@ -53,7 +54,43 @@ impl Message for DatabaseAuthMessage {
     const PROTOCOL_ID: u16 = protocol_id::DATABASE_AUTH;
 
     fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(body);
+        Self::decode_text(body, &mut TextMode::StrictUtf8)
+    }
+
+    fn decode_text(body: &[u8], text: &mut TextMode) -> Result<Self, DecodeError> {
+        decode_text(body, text, Self::read)
+    }
+
+    fn encode(&self, dst: &mut BytesMut) {
+        self.encode_text(dst, TextEncoding::Utf8)
+    }
+
+    fn encode_text(&self, dst: &mut BytesMut, text: TextEncoding) {
+        match self {
+            DatabaseAuthMessage::Authenticate { user, password } => {
+                dst.put_u8(AUTHENTICATE);
+                dst.put_string_in(user, text);
+                dst.put_string_in(password.expose(), text);
+            }
+            DatabaseAuthMessage::Authenticated { user_id } => {
+                dst.put_u8(AUTHENTICATED);
+                dst.put_i32_le(*user_id);
+            }
+            DatabaseAuthMessage::AccessDenied => dst.put_u8(ACCESS_DENIED),
+            DatabaseAuthMessage::UserNotFound => dst.put_u8(USER_NOT_FOUND),
+            DatabaseAuthMessage::InvalidPassword => dst.put_u8(INVALID_PASSWORD),
+            DatabaseAuthMessage::EmailNotVerified => dst.put_u8(EMAIL_NOT_VERIFIED),
+            DatabaseAuthMessage::Error(message) => {
+                dst.put_u8(ERROR);
+                dst.put_string_in(message, text);
+            }
+        }
+    }
+}
+
+impl DatabaseAuthMessage {
+    /// The fields of one body (`finish` is the caller's).
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let msg = match r.command()? {
             AUTHENTICATE => DatabaseAuthMessage::Authenticate {
                 user: r.string()?,
@@ -67,30 +104,7 @@ impl Message for DatabaseAuthMessage {
             ERROR => DatabaseAuthMessage::Error(r.string_lossy()?),
             other => return Err(DecodeError::UnknownCommand(other)),
         };
-        r.finish()?;
         Ok(msg)
-    }
-
-    fn encode(&self, dst: &mut BytesMut) {
-        match self {
-            DatabaseAuthMessage::Authenticate { user, password } => {
-                dst.put_u8(AUTHENTICATE);
-                dst.put_string(user);
-                dst.put_string(password.expose());
-            }
-            DatabaseAuthMessage::Authenticated { user_id } => {
-                dst.put_u8(AUTHENTICATED);
-                dst.put_i32_le(*user_id);
-            }
-            DatabaseAuthMessage::AccessDenied => dst.put_u8(ACCESS_DENIED),
-            DatabaseAuthMessage::UserNotFound => dst.put_u8(USER_NOT_FOUND),
-            DatabaseAuthMessage::InvalidPassword => dst.put_u8(INVALID_PASSWORD),
-            DatabaseAuthMessage::EmailNotVerified => dst.put_u8(EMAIL_NOT_VERIFIED),
-            DatabaseAuthMessage::Error(message) => {
-                dst.put_u8(ERROR);
-                dst.put_string(message);
-            }
-        }
     }
 }
 

@@ -23,7 +23,7 @@ pub mod scram;
 pub mod winauth;
 
 pub use codec::{Frame, FrameCodec, FrameError};
-pub use primitives::{DecodeError, Reader, Secret, WireWrite};
+pub use primitives::{DecodeError, Reader, Secret, TextEncoding, TextMode, WireWrite};
 
 use bytes::BytesMut;
 
@@ -57,6 +57,21 @@ pub trait Message: Sized {
 
     /// Appends the encoded body to `dst`.
     fn encode(&self, dst: &mut BytesMut);
+
+    /// Decodes one whole body with strings taken as `text` says, and updates `text` with what
+    /// the body showed of the peer (see [`primitives::decode_text`]). Messages with strings
+    /// override this; the default is [`decode`](Self::decode).
+    fn decode_text(body: &[u8], text: &mut TextMode) -> Result<Self, DecodeError> {
+        let _ = text;
+        Self::decode(body)
+    }
+
+    /// Appends the encoded body to `dst`, strings in `text`. Messages with strings override
+    /// this; the default is [`encode`](Self::encode).
+    fn encode_text(&self, dst: &mut BytesMut, text: TextEncoding) {
+        let _ = text;
+        self.encode(dst)
+    }
 
     /// Wraps the encoded body in a [`Frame`] of this message's protocol.
     fn to_frame(&self) -> Frame {

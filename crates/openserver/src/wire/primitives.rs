@@ -4,14 +4,24 @@
 //! |-------------|-------------------------------------------------------------------|
 //! | integers    | little-endian, fixed width                                        |
 //! | bool        | one byte, 0 or 1                                                  |
-//! | string      | UTF-8 byte length as a 7-bit varint (LEB128), then the bytes      |
+//! | string      | byte length as a 7-bit varint (LEB128), then the text's bytes     |
 //! | array of T  | i32 count, then the elements                                      |
 //! | byte array  | i32 length, then the bytes                                        |
 //! | date-time   | i64 count of 100 ns ticks since 0001-01-01T00:00:00               |
 //!
 //! [`Reader`] never allocates more than the bytes it was given, whatever a length field claims.
+//!
+//! # Text encodings
+//!
+//! The C# client writes strings as UTF-8. The Java client (and the Objective-C one, generated
+//! from it) writes each UTF-16 char as one byte, its low 8 bits, with the char count as the
+//! length, and reads each byte back as one char: Latin-1 (ISO 8859-1) for U+0000..U+00FF. For
+//! ASCII the two are the same bytes. A [`TextMode`] says how a [`Reader`] takes strings; a
+//! session learns its peer's ([`TextMode::Detect`] turns into [`TextMode::Latin1`] at the first
+//! string that is not valid UTF-8) and answers in the same [`TextEncoding`].
 
 use bytes::BufMut;
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A body that does not follow its protocol's layout. The session answers it with an ERROR and
@@ -27,7 +37,8 @@ pub enum DecodeError {
         /// Bytes that were left.
         remaining: usize,
     },
-    /// A string's bytes were not valid UTF-8.
+    /// A string's bytes were not valid UTF-8 where only UTF-8 is read (a strict
+    /// [`TextMode`], such as a server with `server.strict_utf8`).
     #[error("string is not valid UTF-8")]
     InvalidUtf8,
     /// A 7-bit length prefix ran past 5 bytes or past i32.
@@ -111,17 +122,101 @@ impl From<String> for Secret {
     }
 }
 
+/// How strings are written: what a session answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TextEncoding {
+    /// UTF-8 bytes, the byte count as the length (the C# client, openserver's own).
+    #[default]
+    Utf8,
+    /// One byte per char, the char count as the length (the Java and Objective-C clients).
+    /// Chars above U+00FF, which that form cannot carry, are written as `?`.
+    Latin1,
+}
+
+/// How a [`Reader`] takes strings: the session's knowledge of its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TextMode {
+    /// UTF-8 only; a string that is not valid UTF-8 is [`DecodeError::InvalidUtf8`].
+    StrictUtf8,
+    /// UTF-8 while strings are valid UTF-8; the first that is not shows a peer that writes one
+    /// byte per char, and the mode becomes [`Latin1`](Self::Latin1).
+    #[default]
+    Detect,
+    /// Every string is one byte per char (the peer was seen to write that way).
+    Latin1,
+}
+
+impl TextMode {
+    /// The encoding answers to a peer read in this mode are written in.
+    pub fn encoding(self) -> TextEncoding {
+        match self {
+            TextMode::Latin1 => TextEncoding::Latin1,
+            TextMode::StrictUtf8 | TextMode::Detect => TextEncoding::Utf8,
+        }
+    }
+}
+
+/// Decodes one body with `read`, taking strings as `mode` says, and updates `mode` with what it
+/// learned. When a string of the body shows a one-byte-per-char peer, the whole body is read
+/// again as Latin-1, so that strings before that one are not taken as UTF-8.
+pub fn decode_text<'a, T>(
+    body: &'a [u8],
+    mode: &mut TextMode,
+    read: impl Fn(&mut Reader<'a>) -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
+    let mut r = Reader::with_text(body, *mode);
+    let first = read(&mut r).and_then(|value| r.finish_keeping().map(|()| value));
+    if r.text == *mode {
+        return first;
+    }
+    *mode = TextMode::Latin1;
+    let mut r = Reader::with_text(body, TextMode::Latin1);
+    let value = read(&mut r)?;
+    r.finish()?;
+    Ok(value)
+}
+
+/// Latin-1 bytes as text: borrowed when they are ASCII (the same in every encoding).
+fn latin1(bytes: &[u8]) -> Cow<'_, str> {
+    if bytes.is_ascii() {
+        // ASCII is valid UTF-8; the check cannot fail.
+        Cow::Borrowed(std::str::from_utf8(bytes).unwrap_or_default())
+    } else {
+        Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect())
+    }
+}
+
 /// Reads fields from a body, front to back.
 #[derive(Debug, Clone)]
 pub struct Reader<'a> {
     /// What is still unread.
     buf: &'a [u8],
+    /// How strings are taken; `Detect` becomes `Latin1` at a string that is not UTF-8.
+    text: TextMode,
 }
 
 impl<'a> Reader<'a> {
-    /// Reads from `buf`.
+    /// Reads from `buf`; strings must be UTF-8.
     pub fn new(buf: &'a [u8]) -> Self {
-        Reader { buf }
+        Reader::with_text(buf, TextMode::StrictUtf8)
+    }
+
+    /// Reads from `buf`, taking strings as `text` says (see [`decode_text`]).
+    pub fn with_text(buf: &'a [u8], text: TextMode) -> Self {
+        Reader { buf, text }
+    }
+
+    /// The text mode now: `Latin1` once a `Detect` reader met a string that is not UTF-8.
+    pub fn text_mode(&self) -> TextMode {
+        self.text
+    }
+
+    /// [`finish`](Self::finish) by reference, for [`decode_text`].
+    fn finish_keeping(&self) -> Result<(), DecodeError> {
+        match self.buf.len() {
+            0 => Ok(()),
+            n => Err(DecodeError::TrailingBytes(n)),
+        }
     }
 
     /// Bytes not yet read.
@@ -218,12 +313,31 @@ impl<'a> Reader<'a> {
         Err(DecodeError::InvalidVarint)
     }
 
-    /// Reads a 7-bit-length-prefixed UTF-8 string.
+    /// Reads a 7-bit-length-prefixed string in the reader's [`TextMode`].
     pub fn string(&mut self) -> Result<String, DecodeError> {
-        self.str().map(str::to_owned)
+        self.text().map(Cow::into_owned)
     }
 
-    /// Reads a 7-bit-length-prefixed UTF-8 string without copying it.
+    /// Reads a 7-bit-length-prefixed string in the reader's [`TextMode`], borrowed from the
+    /// body unless it had to be converted (non-ASCII Latin-1).
+    pub fn text(&mut self) -> Result<Cow<'a, str>, DecodeError> {
+        let len = self.varint_len()?;
+        let bytes = self.take(len)?;
+        if self.text == TextMode::Latin1 {
+            return Ok(latin1(bytes));
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Ok(Cow::Borrowed(s)),
+            Err(_) if self.text == TextMode::Detect => {
+                self.text = TextMode::Latin1;
+                Ok(latin1(bytes))
+            }
+            Err(_) => Err(DecodeError::InvalidUtf8),
+        }
+    }
+
+    /// Reads a 7-bit-length-prefixed UTF-8 string without copying it, whatever the reader's
+    /// text mode.
     pub fn str(&mut self) -> Result<&'a str, DecodeError> {
         let len = self.varint_len()?;
         let bytes = self.take(len)?;
@@ -294,6 +408,25 @@ pub trait WireWrite: BufMut {
         self.put_slice(s.as_bytes());
     }
 
+    /// Writes a 7-bit-length-prefixed string in `encoding`.
+    fn put_string_in(&mut self, s: &str, encoding: TextEncoding) {
+        self.put_varint_len(text_len(s, encoding));
+        self.put_text(s, encoding);
+    }
+
+    /// Writes the bytes of `s` in `encoding`, without a length (for a string assembled from
+    /// parts after [`text_len`]). Latin-1 writes chars above U+00FF as `?`.
+    fn put_text(&mut self, s: &str, encoding: TextEncoding) {
+        match encoding {
+            TextEncoding::Latin1 if !s.is_ascii() => {
+                for c in s.chars() {
+                    self.put_u8(u8::try_from(u32::from(c)).unwrap_or(b'?'));
+                }
+            }
+            TextEncoding::Latin1 | TextEncoding::Utf8 => self.put_slice(s.as_bytes()),
+        }
+    }
+
     /// Writes a bool as one byte.
     fn put_bool(&mut self, b: bool) {
         self.put_u8(u8::from(b));
@@ -317,6 +450,14 @@ pub trait WireWrite: BufMut {
 }
 
 impl<B: BufMut + ?Sized> WireWrite for B {}
+
+/// The length prefix of `s` in `encoding`: its UTF-8 bytes, or its chars (one byte each).
+pub fn text_len(s: &str, encoding: TextEncoding) -> usize {
+    match encoding {
+        TextEncoding::Latin1 if !s.is_ascii() => s.chars().count(),
+        TextEncoding::Latin1 | TextEncoding::Utf8 => s.len(),
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -388,6 +529,80 @@ mod tests {
         assert_eq!(Reader::new(&body).string_lossy().unwrap(), "\u{fffd}");
     }
 
+    /// A string as the Java client writes it: the char count, then each UTF-16 char's low byte.
+    fn java_writes(s: &str) -> Vec<u8> {
+        let units: Vec<u16> = s.encode_utf16().collect();
+        let mut b = BytesMut::new();
+        b.put_varint_len(units.len());
+        for unit in units {
+            b.put_u8(unit as u8);
+        }
+        b.to_vec()
+    }
+
+    /// A string as the C# client writes it: UTF-8 byte count, then the UTF-8 bytes.
+    fn csharp_writes(s: &str) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        b.put_varint_len(s.len());
+        b.put_slice(s.as_bytes());
+        b.to_vec()
+    }
+
+    /// A string as the Java client reads it: each byte one char.
+    fn java_reads(bytes: &[u8]) -> String {
+        let mut r = Reader::new(bytes);
+        let len = r.varint_len().unwrap();
+        let s = r
+            .take(len)
+            .unwrap()
+            .iter()
+            .map(|&b| char::from(b))
+            .collect();
+        r.finish().unwrap();
+        s
+    }
+
+    #[test]
+    fn detect_learns_latin1_from_the_java_clients_bytes() {
+        // "café" as the captured Java client wrote it.
+        let body = hex::decode("04636166e9").unwrap();
+        assert_eq!(java_writes("café"), body);
+        let mut mode = TextMode::Detect;
+        let s = decode_text(&body, &mut mode, |r| r.string()).unwrap();
+        assert_eq!((s.as_str(), mode), ("café", TextMode::Latin1));
+        // Strict UTF-8 refuses it and stays strict.
+        let mut strict = TextMode::StrictUtf8;
+        assert_eq!(
+            decode_text(&body, &mut strict, |r| r.string()),
+            Err(DecodeError::InvalidUtf8)
+        );
+        assert_eq!(strict, TextMode::StrictUtf8);
+        // C#'s UTF-8 keeps a detecting session on UTF-8.
+        let mut mode = TextMode::Detect;
+        let s = decode_text(&csharp_writes("héllo ✓"), &mut mode, |r| r.string()).unwrap();
+        assert_eq!((s.as_str(), mode), ("héllo ✓", TextMode::Detect));
+    }
+
+    #[test]
+    fn a_latin1_string_later_in_a_body_rereads_the_earlier_ones() {
+        // "Ã©" then "é", both one byte per char: the first alone would pass as UTF-8 "é".
+        let mut body = java_writes("Ã©");
+        body.extend(java_writes("é"));
+        let mut mode = TextMode::Detect;
+        let pair = decode_text(&body, &mut mode, |r| Ok((r.string()?, r.string()?))).unwrap();
+        assert_eq!(pair, ("Ã©".to_string(), "é".to_string()));
+        assert_eq!(mode, TextMode::Latin1);
+    }
+
+    #[test]
+    fn latin1_answers_carry_what_fits_and_question_marks_for_the_rest() {
+        let mut b = BytesMut::new();
+        b.put_string_in("Hello café ✓", TextEncoding::Latin1);
+        assert_eq!(java_reads(&b), "Hello café ?");
+        assert_eq!(text_len("café", TextEncoding::Latin1), 4);
+        assert_eq!(text_len("café", TextEncoding::Utf8), 5);
+    }
+
     #[test]
     fn ticks_epoch() {
         assert_eq!(ticks_from_system_time(UNIX_EPOCH), UNIX_EPOCH_TICKS);
@@ -405,6 +620,56 @@ mod tests {
             let mut r = Reader::new(&b);
             prop_assert_eq!(r.string().unwrap(), s);
             prop_assert!(r.finish().is_ok());
+        }
+
+        /// Any text of U+0000..U+00FF that the Java client writes reads back as itself on a
+        /// session that knows its peer, and, on a session still detecting, whenever the bytes
+        /// are not UTF-8 (when they are, they read as UTF-8, and the answer in UTF-8 gives the
+        /// Java client back its own bytes: see the next property).
+        #[test]
+        fn java_written_latin1_decodes_to_itself(s in "[\\x00-\\xff]{0,40}") {
+            let bytes = java_writes(&s);
+            let mut known = TextMode::Latin1;
+            prop_assert_eq!(&decode_text(&bytes, &mut known, |r| r.string()).unwrap(), &s);
+            let mut detect = TextMode::Detect;
+            let read = decode_text(&bytes, &mut detect, |r| r.string()).unwrap();
+            if std::str::from_utf8(&bytes[bytes.len() - s.chars().count()..]).is_err() {
+                prop_assert_eq!(&read, &s);
+                prop_assert_eq!(detect, TextMode::Latin1);
+            }
+            // Answered in the session's encoding, the Java client reads what it sent.
+            let mut answer = BytesMut::new();
+            answer.put_string_in(&read, detect.encoding());
+            prop_assert_eq!(java_reads(&answer), s);
+        }
+
+        /// Any text the C# client writes (UTF-8) decodes to itself on a detecting session, which
+        /// stays on UTF-8, and on a strict one.
+        #[test]
+        fn csharp_written_utf8_decodes_to_itself(s in "\\PC{0,40}") {
+            let bytes = csharp_writes(&s);
+            for start in [TextMode::Detect, TextMode::StrictUtf8] {
+                let mut mode = start;
+                prop_assert_eq!(&decode_text(&bytes, &mut mode, |r| r.string()).unwrap(), &s);
+                prop_assert_eq!(mode, start);
+            }
+        }
+
+        #[test]
+        fn proxy_header_reader_holds_its_invariants(
+            bound in any::<u8>(),
+            kind in 0u8..3,
+            rest in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            // Random bytes after each version's signature, so that the parser is reached.
+            let mut data = vec![bound];
+            match kind {
+                0 => data.extend(b"PROXY "),
+                1 => data.extend(b"\r\n\r\n\0\r\nQUIT\n"),
+                _ => {}
+            }
+            data.extend(rest);
+            crate::fuzzing::proxy_header(&data);
         }
 
         #[test]

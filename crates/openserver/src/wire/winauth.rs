@@ -1,6 +1,7 @@
 //! Password authentication with a domain, "WinAuth" (protocol 2).
 
-use super::{protocol_id, DecodeError, Message, Reader, Secret, WireWrite};
+use super::primitives::decode_text;
+use super::{protocol_id, DecodeError, Message, Reader, Secret, TextEncoding, TextMode, WireWrite};
 use bytes::{BufMut, BytesMut};
 
 /// Command byte of [`WinAuthMessage::Authenticate`].
@@ -36,7 +37,42 @@ impl Message for WinAuthMessage {
     const PROTOCOL_ID: u16 = protocol_id::WIN_AUTH;
 
     fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(body);
+        Self::decode_text(body, &mut TextMode::StrictUtf8)
+    }
+
+    fn decode_text(body: &[u8], text: &mut TextMode) -> Result<Self, DecodeError> {
+        decode_text(body, text, Self::read)
+    }
+
+    fn encode(&self, dst: &mut BytesMut) {
+        self.encode_text(dst, TextEncoding::Utf8)
+    }
+
+    fn encode_text(&self, dst: &mut BytesMut, text: TextEncoding) {
+        match self {
+            WinAuthMessage::Authenticate {
+                user,
+                password,
+                domain,
+            } => {
+                dst.put_u8(AUTHENTICATE);
+                dst.put_string_in(user, text);
+                dst.put_string_in(password.expose(), text);
+                dst.put_string_in(domain, text);
+            }
+            WinAuthMessage::Authenticated => dst.put_u8(AUTHENTICATED),
+            WinAuthMessage::AccessDenied => dst.put_u8(ACCESS_DENIED),
+            WinAuthMessage::Error(message) => {
+                dst.put_u8(ERROR);
+                dst.put_string_in(message, text);
+            }
+        }
+    }
+}
+
+impl WinAuthMessage {
+    /// The fields of one body (`finish` is the caller's).
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let msg = match r.command()? {
             AUTHENTICATE => WinAuthMessage::Authenticate {
                 user: r.string()?,
@@ -48,29 +84,7 @@ impl Message for WinAuthMessage {
             ERROR => WinAuthMessage::Error(r.string_lossy()?),
             other => return Err(DecodeError::UnknownCommand(other)),
         };
-        r.finish()?;
         Ok(msg)
-    }
-
-    fn encode(&self, dst: &mut BytesMut) {
-        match self {
-            WinAuthMessage::Authenticate {
-                user,
-                password,
-                domain,
-            } => {
-                dst.put_u8(AUTHENTICATE);
-                dst.put_string(user);
-                dst.put_string(password.expose());
-                dst.put_string(domain);
-            }
-            WinAuthMessage::Authenticated => dst.put_u8(AUTHENTICATED),
-            WinAuthMessage::AccessDenied => dst.put_u8(ACCESS_DENIED),
-            WinAuthMessage::Error(message) => {
-                dst.put_u8(ERROR);
-                dst.put_string(message);
-            }
-        }
     }
 }
 

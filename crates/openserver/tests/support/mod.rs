@@ -121,3 +121,20 @@ pub fn decode_all(max_payload: usize, bytes: &[u8]) -> Decoded {
     decode_chunks(max_payload, std::iter::once(bytes))
 }
 pub mod harness;
+
+/// Non-ASCII text as the public DNOS clients write it (Java first, then C#): `C` frames the
+/// client sent and the `S` answers it reads back as the same text.
+pub const TEXT_CAPTURE: &str = include_str!("../data/dnos-client-text.hex");
+
+/// The frames of `dnos-client-text.hex` as (client frame, expected answer) pairs, Java's first
+/// (login, then three Hellos), the C# Hello last.
+pub fn text_capture_pairs() -> Vec<(Vec<u8>, Vec<u8>)> {
+    let frames = parse_capture(TEXT_CAPTURE);
+    frames
+        .chunks(2)
+        .map(|pair| {
+            assert_eq!((pair[0].side, pair[1].side), (Side::Client, Side::Server));
+            (pair[0].bytes.clone(), pair[1].bytes.clone())
+        })
+        .collect()
+}
