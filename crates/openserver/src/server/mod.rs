@@ -49,7 +49,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 /// Assembles a server: configuration, user store, protocols.
 pub struct ServerBuilder {
@@ -320,20 +320,32 @@ impl Shared {
         let session = Session::new(id, peer, limits.outbound_queue, self.ctx.log_packets);
         // Interactive request/response traffic: don't let Nagle hold small frames back.
         let _ = stream.set_nodelay(true);
+        // The session's span gives its log lines their `session{id, peer}` context. It is
+        // entered where a session logs (its start and end, the TLS handshake, packets that
+        // wait for their handler, errors), not on every poll of the task: with a subscriber
+        // that records it (the CLI's, at its default level `info`), entering and leaving a
+        // span costs shared-lock traffic between the worker threads, which on every wake-up
+        // of every busy session was the largest cost `serve` had over the bench's server.
+        // With `log_packets`, a debugging mode that logs every packet, every poll is in it.
         let span = tracing::info_span!("session", id, %peer);
+        let per_poll = if self.ctx.log_packets {
+            span.clone()
+        } else {
+            Span::none()
+        };
         // Two kinds of task: a plaintext connection's future is what every idle session
         // costs, so it does not carry the TLS handshake's state.
         match self.tls.as_ref().map(ServerTls::config) {
             None => {
                 let engine = driver::engine(stream, &session, &limits);
-                let task = self.clone().serve(engine, session, ip_slot, limits);
-                self.tasks.spawn(task.instrument(span));
+                let task = self.clone().serve(engine, session, ip_slot, limits, span);
+                self.tasks.spawn(task.instrument(per_poll));
             }
             Some(tls) => {
                 let task = self
                     .clone()
-                    .serve_tls(tls, stream, session, ip_slot, limits);
-                self.tasks.spawn(task.instrument(span));
+                    .serve_tls(tls, stream, session, ip_slot, limits, span);
+                self.tasks.spawn(task.instrument(per_poll));
             }
         }
     }
@@ -350,11 +362,13 @@ impl Shared {
         session: Session,
         slot: IpSlot,
         limits: Arc<Limits>,
+        span: Span,
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
             // Moved in and held to the end: the connection's places in the caps.
             let _slot = &slot;
-            self.run_session(&mut engine, &session, &limits).await
+            self.run_session(&mut engine, &session, &limits, &span)
+                .await
         }
     }
 
@@ -372,6 +386,7 @@ impl Shared {
         session: Session,
         slot: IpSlot,
         limits: Arc<Limits>,
+        span: Span,
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
             // Moved in and held to the end: the connection's places in the caps.
@@ -382,25 +397,29 @@ impl Shared {
             // The handshake runs here, in the connection's own task, never in the accept loop.
             let deadline = limits.tls_handshake_timeout;
             let accept = TlsStream::accept(tls, stream);
-            let stream = match Box::pin(tokio::time::timeout(deadline, accept)).await {
+            // The handshake is short and may log: in the session's span.
+            let handshake = tokio::time::timeout(deadline, accept).instrument(span.clone());
+            let stream = match Box::pin(handshake).await {
                 Ok(Ok(stream)) => Box::new(stream),
                 Ok(Err(e)) => {
-                    tracing::info!(error = %e, "TLS handshake failed");
+                    span.in_scope(|| tracing::info!(error = %e, "TLS handshake failed"));
                     self.note_refused(session.peer(), RefusalReason::TlsHandshake);
                     return;
                 }
                 Err(_) => {
-                    tracing::info!(?deadline, "TLS handshake timed out");
+                    span.in_scope(|| tracing::info!(?deadline, "TLS handshake timed out"));
                     self.note_refused(session.peer(), RefusalReason::TlsHandshake);
                     return;
                 }
             };
-            if let Some(user) = Box::pin(self.certificate_login(&stream)).await {
+            let login = self.certificate_login(&stream).instrument(span.clone());
+            if let Some(user) = Box::pin(login).await {
                 session.authenticate(user);
             }
             drop(handshaking);
             let mut engine = driver::engine(stream, &session, &limits);
-            self.run_session(&mut engine, &session, &limits).await
+            self.run_session(&mut engine, &session, &limits, &span)
+                .await
         }
     }
 
@@ -439,6 +458,7 @@ impl Shared {
         engine: &'a mut Engine<S>,
         session: &'a Session,
         limits: &'a Limits,
+        span: &'a Span,
     ) -> impl Future<Output = ()> + 'a
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -449,12 +469,13 @@ impl Shared {
                 // Accepted just as shutdown began, after its sweep: treat it the same way.
                 session.shut_down();
             }
-            tracing::info!("session opened");
+            span.in_scope(|| tracing::info!("session opened"));
             self.note_opened(session);
-            let reason = driver::drive(engine, session, &self.ctx, limits).await;
+            let reason = driver::drive(engine, session, &self.ctx, limits, span).await;
             self.registry.remove(session.id());
             self.note_closed(session, &reason, session.started().elapsed());
             let user = session.user().map(|u| u.name).unwrap_or_default();
+            let _in_span = span.enter();
             if reason.is_lost() {
                 tracing::warn!(%user, %reason, "session closed: connection lost");
             } else {
