@@ -333,7 +333,12 @@ async fn run_bench(args: RunArgs) -> Result<()> {
             }
         }
         None => {
-            let mut target = TargetOptions::new(args.target);
+            // `serve` has no echo protocol: an echo load runs on the bench's own server.
+            let kind = match (args.target, spec.workload) {
+                (TargetKind::Serve, Workload::Echo { .. }) => TargetKind::Openserver,
+                (kind, _) => kind,
+            };
+            let mut target = TargetOptions::new(kind);
             target.login = login;
             if args.tls {
                 target.tls_dir = Some(tls_dir.path().to_owned());
