@@ -117,8 +117,9 @@ pub struct RunArgs {
     /// Server to drive (loopback only); without it the bench starts its own (--target).
     #[arg(long, value_name = "HOST:PORT")]
     pub server: Option<String>,
-    /// The server the bench starts when --server is not given.
-    #[arg(long, value_enum, default_value_t = TargetKind::Openserver, conflicts_with = "server")]
+    /// The server the bench starts when --server is not given: `serve` is `openserver serve`
+    /// with its default configuration, `openserver` the bench's own server (caps raised).
+    #[arg(long, value_enum, default_value_t = TargetKind::Serve, conflicts_with = "server")]
     pub target: TargetKind,
     /// TLS on the bench's own server (a development certificate in a temporary directory).
     #[arg(long, conflicts_with = "server")]
@@ -173,6 +174,15 @@ pub struct CompareArgs {
     /// Leave redis out even if redis-server is installed.
     #[arg(long)]
     pub no_redis: bool,
+    /// Measure the bench's own openserver (every cap raised, penalties off, no SCRAM or
+    /// Admin, logging at error) as "openserver" instead of `openserver serve` with its
+    /// default configuration.
+    #[arg(long)]
+    pub bench_server: bool,
+    /// Also run the bench's own openserver as a further target (`openserver_bench`), next to
+    /// `openserver serve`, in the same alternating rounds.
+    #[arg(long, conflicts_with = "bench_server")]
+    pub with_bench_server: bool,
     /// The redis-server executable [default: redis-server on PATH].
     #[arg(long, value_name = "PATH")]
     pub redis_server: Option<PathBuf>,
@@ -200,6 +210,11 @@ pub struct IdleArgs {
     /// Sessions set up at once (per process).
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// Hold the sessions on the bench's own openserver (caps raised, penalties off, no SCRAM
+    /// or Admin, logging at error) instead of `openserver serve` with its default
+    /// configuration.
+    #[arg(long)]
+    pub bench_server: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -318,7 +333,12 @@ async fn run_bench(args: RunArgs) -> Result<()> {
             }
         }
         None => {
-            let mut target = TargetOptions::new(args.target);
+            // `serve` has no echo protocol: an echo load runs on the bench's own server.
+            let kind = match (args.target, spec.workload) {
+                (TargetKind::Serve, Workload::Echo { .. }) => TargetKind::Openserver,
+                (kind, _) => kind,
+            };
+            let mut target = TargetOptions::new(kind);
             target.login = login;
             if args.tls {
                 target.tls_dir = Some(tls_dir.path().to_owned());
@@ -386,6 +406,12 @@ async fn run_compare(args: CompareArgs) -> Result<()> {
         tls: args.tls,
         with_tls: args.with_tls,
         rounds: args.rounds,
+        openserver: if args.bench_server {
+            TargetKind::Openserver
+        } else {
+            TargetKind::Serve
+        },
+        with_bench_server: args.with_bench_server,
         redis,
         launcher: Some(Launcher::current()?),
         per_worker: load.per_worker,
@@ -430,6 +456,11 @@ async fn run_idle(args: IdleArgs) -> Result<()> {
         per_worker: args.per_worker,
         connect_concurrency: args.connect_concurrency.max(1),
         launcher: Some(Launcher::current()?),
+        server: if args.bench_server {
+            TargetKind::Openserver
+        } else {
+            TargetKind::Serve
+        },
     };
     let result = crate::idle::run(&options).await?;
     if args.json {

@@ -1,6 +1,10 @@
 //! `bench compare`: the identical load against openserver, the bare frame echo (the practical
 //! limit) and, when installed, redis-server with PING (a well-known peer), in alternating
 //! runs (a, b, c, a, b, c, ...), then per-target medians and openserver's ratios.
+//!
+//! "openserver" is `openserver serve` with its default configuration (what users run) unless
+//! the options ask for the bench's own server (caps raised, penalties off, no SCRAM or Admin,
+//! logging at `error`); with `with_bench_server` the latter runs too, as `openserver_bench`.
 
 use crate::load::{LoadReport, LoadSpec, NoProgress, Progress, Workload};
 use crate::stats::median;
@@ -25,6 +29,12 @@ pub struct CompareOptions {
     pub with_tls: bool,
     /// Runs per target.
     pub rounds: usize,
+    /// The server measured as "openserver": [`TargetKind::Serve`] (`openserver serve` with
+    /// its default configuration) or [`TargetKind::Openserver`] (the bench's own server).
+    pub openserver: TargetKind,
+    /// Also run the bench's own server as a further target, `openserver_bench` (ignored when
+    /// it is already the "openserver" target).
+    pub with_bench_server: bool,
     /// redis-server to start, if any.
     pub redis: Option<PathBuf>,
     /// Start the servers as child processes of this program; `None`: in this process.
@@ -141,6 +151,9 @@ pub struct CompareResult {
     pub tls: bool,
     /// Runs per target.
     pub rounds: usize,
+    /// Which server the "openserver" target was: `serve` (`openserver serve`, default
+    /// configuration) or `openserver` (the bench's own server).
+    pub openserver: String,
     /// Each target's medians and runs: openserver, echo, then redis if it ran.
     pub targets: Vec<TargetResult>,
     /// openserver's median messages/s over the echo server's.
@@ -150,6 +163,9 @@ pub struct CompareResult {
     /// With `--with-tls`: openserver over TLS, median messages/s, over openserver in
     /// plaintext.
     pub ratio_tls_vs_plain: Option<f64>,
+    /// With `--with-bench-server`: the bench's own server, median messages/s, over the echo
+    /// server's.
+    pub ratio_bench_server_vs_echo: Option<f64>,
     /// Why redis did not run, if it did not.
     pub redis_skipped: Option<String>,
     /// Errors over every run.
@@ -200,15 +216,28 @@ pub async fn run(
     if options.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
+    let primary = options.openserver;
+    if primary == TargetKind::Echo {
+        bail!("the openserver target must be serve or the bench's own server, not echo");
+    }
+    if primary == TargetKind::Serve && matches!(options.load.workload, Workload::Echo { .. }) {
+        bail!(
+            "`openserver serve` has no echo protocol: compare --kind echo with --bench-server \
+             (the bench's own server), or use --kind hello"
+        );
+    }
     let tls_dir = tempfile::tempdir()?;
     // (name, server, whether it speaks TLS), in the order the runs alternate.
     let mut servers: Vec<(String, Server, bool)> = Vec::new();
     let mut kinds = vec![
-        ("openserver", TargetKind::Openserver, options.tls),
+        ("openserver", primary, options.tls),
         ("echo", TargetKind::Echo, options.tls),
     ];
     if options.with_tls && !options.tls {
-        kinds.push(("openserver_tls", TargetKind::Openserver, true));
+        kinds.push(("openserver_tls", primary, true));
+    }
+    if options.with_bench_server && primary != TargetKind::Openserver {
+        kinds.push(("openserver_bench", TargetKind::Openserver, options.tls));
     }
     for (name, kind, tls) in kinds {
         let mut target = TargetOptions::new(kind);
@@ -303,7 +332,9 @@ pub async fn run(
         depth: options.load.depth,
         tls: options.tls,
         rounds: options.rounds,
+        openserver: primary.name().to_owned(),
         ratio_vs_echo: ratio("openserver", "echo").unwrap_or(0.0),
+        ratio_bench_server_vs_echo: ratio("openserver_bench", "echo"),
         ratio_vs_redis: ratio("openserver", "redis"),
         ratio_tls_vs_plain: ratio("openserver_tls", "openserver"),
         redis_skipped,

@@ -9,160 +9,17 @@
 //!   connection times the gap between two KEEP_ALIVEs from the server, less the server's
 //!   interval. It shows how late the server's timers fire with N sessions to serve.
 
-use crate::load::{Conn, LoadSpec, Login, NoProgress, SetupReport, Workload};
-use crate::stats::{HistPairs, Recorder, Summary};
-use crate::stream::BenchStream;
+pub use crate::hold::{IdleReport, IdleSpec};
+use crate::load::{LoadSpec, Login, NoProgress, Workload};
+use crate::stats::Summary;
+use crate::stream::{loopback_sources, run_octet};
 use crate::target::{ChildTarget, InProcessTarget, Launcher, TargetKind, TargetOptions};
 use crate::worker::{self, Event, Job, Worker};
 use anyhow::{bail, Result};
-use bytes::BytesMut;
-use openserver::wire::keepalive::KeepAliveMessage;
-use openserver::wire::{protocol_id, FrameCodec, Message};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::time::Instant;
-use tokio_util::codec::Decoder as _;
 use tokio_util::sync::CancellationToken;
-
-/// One process's share of an idle hold.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IdleSpec {
-    /// Server, login, TLS, sources and connect concurrency (the workload is ignored).
-    pub load: LoadSpec,
-    /// How often each connection sends KEEP_ALIVE; also the server's interval.
-    pub keep_alive_interval: Duration,
-}
-
-/// What one process saw during the hold.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct IdleReport {
-    /// Connection setup.
-    pub setup: SetupReport,
-    /// How long the connections were held.
-    pub held_secs: f64,
-    /// Connections that closed during the hold.
-    pub lost: u64,
-    /// KEEP_ALIVEs received from the server.
-    pub heartbeats: u64,
-    /// Lateness of the server's heartbeats (gap less the interval).
-    pub heartbeat_late: HistPairs,
-}
-
-impl IdleReport {
-    fn merge(&self, other: &IdleReport) -> IdleReport {
-        IdleReport {
-            setup: self.setup.merge(&other.setup),
-            held_secs: self.held_secs.max(other.held_secs),
-            lost: self.lost + other.lost,
-            heartbeats: self.heartbeats + other.heartbeats,
-            heartbeat_late: self.heartbeat_late.merge(&other.heartbeat_late),
-        }
-    }
-}
-
-/// Holds `conns` with keep-alive until `stop`, then closes them.
-pub(crate) async fn hold(
-    spec: &IdleSpec,
-    conns: Vec<Conn>,
-    setup: SetupReport,
-    stop: CancellationToken,
-) -> IdleReport {
-    let recorder = Arc::new(Recorder::default());
-    let start = Instant::now();
-    let n = conns.len();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, conn) in conns.into_iter().enumerate() {
-        // Spread the client heartbeats over the interval instead of sending N at once.
-        let offset = spec.keep_alive_interval.mul_f64(i as f64 / n.max(1) as f64);
-        let interval = spec.keep_alive_interval;
-        let rec = recorder.local(i);
-        let stop = stop.clone();
-        tasks.spawn(async move {
-            let Conn { stream, rbuf } = conn;
-            // The login buffer is large; an idle connection needs little.
-            let rbuf = if rbuf.is_empty() {
-                BytesMut::with_capacity(64)
-            } else {
-                rbuf
-            };
-            match stream {
-                BenchStream::Plain(mut tcp) => {
-                    let (r, w) = tcp.split();
-                    hold_one(r, w, rbuf, interval, offset, rec, stop).await;
-                }
-                BenchStream::Tls(tls) => {
-                    let (r, w) = tokio::io::split(*tls);
-                    hold_one(r, w, rbuf, interval, offset, rec, stop).await;
-                }
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    IdleReport {
-        setup,
-        held_secs: start.elapsed().as_secs_f64(),
-        lost: recorder.lost(),
-        heartbeats: recorder.completed(),
-        heartbeat_late: recorder.total(),
-    }
-}
-
-async fn hold_one<R, W>(
-    mut reader: R,
-    mut writer: W,
-    mut rbuf: BytesMut,
-    interval: Duration,
-    offset: Duration,
-    mut rec: crate::stats::LocalRecorder,
-    stop: CancellationToken,
-) where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let beat = KeepAliveMessage::KeepAlive
-        .to_frame()
-        .to_bytes()
-        .unwrap_or_default();
-    // The server starts its heartbeat on the first KEEP_ALIVE it gets.
-    if writer.write_all(&beat).await.is_err() || writer.flush().await.is_err() {
-        rec.lost();
-        return;
-    }
-    let mut codec = FrameCodec::new(64 * 1024);
-    let mut ticker = tokio::time::interval_at(Instant::now() + offset + interval, interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_beat: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            _ = ticker.tick() => {
-                if writer.write_all(&beat).await.is_err() || writer.flush().await.is_err() {
-                    rec.lost();
-                    return;
-                }
-            }
-            read = reader.read_buf(&mut rbuf) => {
-                let now = Instant::now();
-                if !matches!(read, Ok(n) if n > 0) {
-                    rec.lost();
-                    return;
-                }
-                while let Ok(Some(frame)) = codec.decode(&mut rbuf) {
-                    if frame.protocol_id == protocol_id::KEEP_ALIVE {
-                        if let Some(prev) = last_beat {
-                            let late = (now - prev).saturating_sub(interval);
-                            rec.record(late, now.into_std());
-                        }
-                        last_beat = Some(now);
-                    }
-                }
-            }
-        }
-    }
-    let _ = writer.shutdown().await;
-}
 
 /// How to run an idle measurement.
 #[derive(Debug, Clone)]
@@ -182,11 +39,17 @@ pub struct IdleOptions {
     /// Start the server and workers as child processes of this program; `None` runs
     /// everything in this process (no memory figures: client and server share it).
     pub launcher: Option<Launcher>,
+    /// The server holding the sessions: [`TargetKind::Serve`] (`openserver serve`, default
+    /// configuration but for the keep-alive interval) or [`TargetKind::Openserver`] (the
+    /// bench's own server).
+    pub server: TargetKind,
 }
 
 /// The result of an idle measurement.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdleResult {
+    /// The server: `serve` or `openserver` (the bench's own).
+    pub server: String,
     /// Sessions asked for.
     pub connections: usize,
     /// Sessions set up (connected, TLS, logged in, keep-alive started).
@@ -235,7 +98,10 @@ pub async fn run(options: &IdleOptions) -> Result<IdleResult> {
         bail!("--connections must be at least 1");
     }
     let tls_dir = tempfile::tempdir()?;
-    let mut target = TargetOptions::new(TargetKind::Openserver);
+    if options.server == TargetKind::Echo {
+        bail!("idle sessions need an openserver target, not echo");
+    }
+    let mut target = TargetOptions::new(options.server);
     target.keep_alive_interval = Some(options.keep_alive_interval);
     if options.tls {
         target.tls_dir = Some(tls_dir.path().to_owned());
@@ -290,7 +156,7 @@ pub async fn run(options: &IdleOptions) -> Result<IdleResult> {
     };
     let shares = worker::split(options.connections, options.per_worker);
     let use_workers = options.launcher.is_some() && shares.len() > 1;
-    let run = worker::run_octet();
+    let run = run_octet();
     let mut workers = Vec::new();
     let stop = CancellationToken::new();
     let mut local: Option<tokio::task::JoinHandle<IdleReport>> = None;
@@ -299,7 +165,7 @@ pub async fn run(options: &IdleOptions) -> Result<IdleResult> {
         let mut first = 0;
         for (i, &count) in shares.iter().enumerate() {
             let mut spec = spec.clone();
-            spec.load.sources = worker::sources(run, i, count);
+            spec.load.sources = loopback_sources(run, i, count, options.connect_concurrency);
             if let Some(launcher) = &launcher {
                 workers.push(Worker::spawn(launcher, &Job::Idle { spec, first, count }).await?);
             }
@@ -313,13 +179,14 @@ pub async fn run(options: &IdleOptions) -> Result<IdleResult> {
         }
     } else {
         let mut spec = spec.clone();
-        if addr.ip().is_loopback() && addr.is_ipv4() && options.launcher.is_some() {
-            spec.load.sources = worker::sources(run, 0, options.connections);
+        if addr.ip().is_loopback() && addr.is_ipv4() {
+            spec.load.sources =
+                loopback_sources(run, 0, options.connections, options.connect_concurrency);
         }
         let (conns, setup) = crate::load::setup(&spec.load, options.connections, 0).await;
         let stop = stop.clone();
         local = Some(tokio::spawn(async move {
-            hold(&spec, conns, setup, stop).await
+            crate::hold::hold(&spec, conns, setup, stop).await
         }));
     }
     // Let the first heartbeats and any lazy allocation settle before reading memory.
@@ -378,6 +245,7 @@ pub async fn run(options: &IdleOptions) -> Result<IdleResult> {
         _ => None,
     };
     Ok(IdleResult {
+        server: options.server.name().to_owned(),
         connections: options.connections,
         connected,
         tls: options.tls,

@@ -11,7 +11,8 @@
 //!   register.
 //! - [`target`]: the servers the bench starts: openserver, a bare tokio frame echo, redis.
 //! - [`load`]: the engine: connection setup, pipelined requests, latency histograms.
-//! - [`idle`]: held sessions with keep-alive, memory per session.
+//! - [`idle`]: held sessions with keep-alive, memory per session (the holding itself, shared
+//!   with the worker processes, is in `hold`, which neither imports).
 //! - [`compare`]: the same load against every target, alternating, with ratios.
 //! - [`cli`]: the `openserver bench` arguments and their entry point.
 //!
@@ -23,6 +24,7 @@
 pub mod cli;
 pub mod compare;
 pub mod echo;
+mod hold;
 pub mod idle;
 pub mod load;
 mod plot;

@@ -130,7 +130,10 @@ pub struct LoadSpec {
     pub login: Option<Login>,
     /// TLS, or plaintext when `None`.
     pub tls: Option<ClientTlsSpec>,
-    /// Source addresses to spread connections over (empty: the kernel's choice).
+    /// Source addresses to spread connections over. Empty: for a server on IPv4 loopback
+    /// (and a workload other than handshakes), addresses 127.B.0.x picked per run ([`crate::stream::loopback_sources`]), so that a
+    /// server's per-address limits at their defaults do not refuse the load; otherwise the
+    /// kernel's choice.
     pub sources: Vec<IpAddr>,
     /// Connections being set up at once.
     pub connect_concurrency: usize,
@@ -170,6 +173,22 @@ impl LoadSpec {
 
     fn source(&self, n: usize) -> Option<IpAddr> {
         (!self.sources.is_empty()).then(|| self.sources[n % self.sources.len()])
+    }
+
+    /// This spec with its sources filled in for `count` connections when it names none and
+    /// the server is on IPv4 loopback.
+    fn spread(&self, count: usize) -> std::borrow::Cow<'_, LoadSpec> {
+        if !(self.sources.is_empty() && self.addr.ip().is_loopback() && self.addr.is_ipv4()) {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let mut spec = self.clone();
+        spec.sources = crate::stream::loopback_sources(
+            crate::stream::run_octet(),
+            0,
+            count,
+            self.connect_concurrency,
+        );
+        std::borrow::Cow::Owned(spec)
     }
 }
 
@@ -414,6 +433,7 @@ async fn open_conn(
 /// Sets up `count` connections, `connect_concurrency` at a time; connection `i` gets index
 /// `first + i` (which picks its source address).
 pub(crate) async fn setup(spec: &LoadSpec, count: usize, first: usize) -> (Vec<Conn>, SetupReport) {
+    let spec = &*spec.spread(count);
     let mut report = SetupReport {
         requested: count,
         ..SetupReport::default()
@@ -781,6 +801,9 @@ fn rec_lost(rec: &mut LocalRecorder, inflight: &VecDeque<Instant>, sending: bool
 
 /// The handshake workload: `connections` loops, each opening, probing and closing
 /// connections one after another.
+/// Connections come from the kernel's choice of source unless the spec names sources: bound
+/// sources would take their ports at bind time, where loopback's reuse of TIME_WAIT ports on
+/// connect does not help, and a few thousand handshakes a second would run out of ports.
 async fn run_handshakes(spec: &LoadSpec, progress: &dyn Progress) -> Result<LoadReport> {
     let connector = spec
         .tls

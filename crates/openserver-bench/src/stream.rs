@@ -3,7 +3,7 @@
 use crate::tls::Connector;
 use anyhow::{Context as _, Result};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -14,6 +14,44 @@ use tokio_rustls::client::TlsStream;
 pub(crate) enum BenchStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Connections per source address at most: half of the server's default per-address cap
+/// (`limits.max_connections_per_ip`, 1,000), so that a default server never refuses the load.
+const PER_SOURCE: usize = 500;
+
+/// Logins in progress per source address at most, on average: half of the server's default
+/// `security.max_unauthenticated_per_ip` (32). Connections are set up `connect_concurrency` at
+/// a time and dealt over the sources in turn.
+const SETUP_PER_SOURCE: usize = 16;
+
+/// Source addresses for one process's `count` connections set up `concurrency` at a time:
+/// 127.B.W.2, 127.B.W.3, ..., enough that no address holds more than [`PER_SOURCE`]
+/// connections or about [`SETUP_PER_SOURCE`] logins in progress (at most 250, at most one per
+/// connection). W is the process's index and B is picked at random per run (never 0, so
+/// 127.0.0.1 stays the server's): a fresh B each run keeps the ports still in TIME_WAIT from
+/// an earlier run off this run's addresses, where they would slow every bind down.
+///
+/// The bench spreads its load this way rather than asking the server to lift its per-address
+/// limits: a server with its default settings serves it as it would serve many clients.
+pub(crate) fn loopback_sources(
+    run: u8,
+    process: usize,
+    count: usize,
+    concurrency: usize,
+) -> Vec<IpAddr> {
+    let n = count
+        .div_ceil(PER_SOURCE)
+        .max(concurrency.min(count).div_ceil(SETUP_PER_SOURCE))
+        .clamp(1, 250);
+    (0..n)
+        .map(|k| IpAddr::V4(Ipv4Addr::new(127, run, (process % 256) as u8, 2 + k as u8)))
+        .collect()
+}
+
+/// A random second octet for [`loopback_sources`].
+pub(crate) fn run_octet() -> u8 {
+    rand::random::<u8>().max(1)
 }
 
 /// Opens a TCP connection to `addr`, from `source` (port chosen by the kernel) if given.
@@ -82,5 +120,25 @@ impl AsyncWrite for BenchStream {
             BenchStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             BenchStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_stay_under_the_default_per_address_caps() {
+        let s = loopback_sources(7, 3, 12_000, 256);
+        assert_eq!(s.len(), 24);
+        assert_eq!(s[0].to_string(), "127.7.3.2");
+        assert_eq!(s[23].to_string(), "127.7.3.25");
+        // 50 connections set up 256 at a time: 50 logins at once, over 4 addresses.
+        assert_eq!(loopback_sources(7, 0, 50, 256).len(), 4);
+        assert_eq!(loopback_sources(7, 0, 1, 256).len(), 1);
+        // 1,000 connections: 16 addresses (256 at once), 63 connections each.
+        assert_eq!(loopback_sources(7, 0, 1000, 256).len(), 16);
+        assert_eq!(loopback_sources(7, 0, 1_000_000, 256).len(), 250);
+        assert!(run_octet() > 0);
     }
 }

@@ -1,9 +1,10 @@
-//! The servers the bench runs against: openserver itself, a bare tokio frame echo (the
-//! practical limit), and redis-server (a well-known peer).
+//! The servers the bench runs against: `openserver serve` as users run it, the bench's own
+//! openserver (caps raised), a bare tokio frame echo (the practical limit), and redis-server
+//! (a well-known peer).
 //!
 //! Each runs either in this process (tests) or, for measurements, as a child process of the
-//! same binary (`openserver bench target KIND`), so client and server do not share a runtime
-//! and the server's memory and CPU time can be read from /proc.
+//! same binary (`openserver serve ...` or `openserver bench target KIND`), so client and server
+//! do not share a runtime and the server's memory and CPU time can be read from /proc.
 
 use crate::echo::Echo;
 use crate::load::Login;
@@ -31,7 +32,12 @@ use tokio_util::sync::CancellationToken;
 /// Which server a target runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 pub enum TargetKind {
-    /// openserver with DatabaseAuth, Hello and the echo protocol.
+    /// `openserver serve` with its default configuration (see [`ChildTarget::spawn`] for the
+    /// few settings the bench gives it). In this process (tests): a server built the way
+    /// `serve` builds it, from the library's defaults, without the CLI's logging.
+    Serve,
+    /// The bench's own openserver: DatabaseAuth, Hello and the echo protocol, every cap
+    /// raised, penalties off, no SCRAM or Admin, logging at `error`.
     Openserver,
     /// A bare tokio server that echoes every frame, parsed with the same `FrameCodec`, with
     /// no session logic.
@@ -42,6 +48,7 @@ impl TargetKind {
     /// The name on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
+            TargetKind::Serve => "serve",
             TargetKind::Openserver => "openserver",
             TargetKind::Echo => "echo",
         }
@@ -110,11 +117,7 @@ pub fn bench_server_config(listen: SocketAddr, interval: Option<Duration>) -> Se
     security.max_unauthenticated_per_ip = 1_000_000;
     security.penalties = false;
     if let Some(interval) = interval {
-        config.keep_alive = KeepAliveConfig {
-            interval,
-            timeout: interval * 3,
-            ..KeepAliveConfig::default()
-        };
+        config.keep_alive = keep_alive_every(interval);
     }
     config
 }
@@ -132,8 +135,11 @@ impl InProcessTarget {
     pub async fn start(options: &TargetOptions) -> Result<Self> {
         let stop = CancellationToken::new();
         let (addr, task) = match options.kind {
-            TargetKind::Openserver => {
-                let server = openserver_server(options).await?;
+            TargetKind::Openserver | TargetKind::Serve => {
+                let server = match options.kind {
+                    TargetKind::Serve => serve_like_server(options).await?,
+                    _ => openserver_server(options).await?,
+                };
                 let addr = server.local_addr();
                 let stop = stop.clone();
                 let task = tokio::spawn(async move {
@@ -180,6 +186,50 @@ pub async fn openserver_server(options: &TargetOptions) -> Result<Server> {
         builder = builder.tls(ServerTls::from_pem_files(&set.cert, &set.key, None)?);
     }
     Ok(builder.bind().await?)
+}
+
+/// A server built as `openserver serve` builds it with its default configuration: the
+/// library's default limits and security (penalties on, per-address caps at their defaults),
+/// Hello, ScramAuth and Admin (role `admin`); only the listen address, the keep-alive
+/// interval if given and the user's test-speed password hash differ. (The CLI's logging and
+/// alert consumers are not part of the library; the child-process target runs the real
+/// `serve` with them.)
+pub async fn serve_like_server(options: &TargetOptions) -> Result<Server> {
+    let hasher = PasswordHasher::new(bench_hash_params())?;
+    let store = SqliteUserStore::open_in_memory(hasher)?;
+    store
+        .add_user(
+            &options.login.user,
+            &Secret::new(options.login.password.clone()),
+            &[],
+        )
+        .await?;
+    let mut config = ServerConfig {
+        listen: options.listen,
+        ..ServerConfig::default()
+    };
+    if let Some(interval) = options.keep_alive_interval {
+        config.keep_alive = keep_alive_every(interval);
+    }
+    let mut builder = Server::builder(config)
+        .user_store(Arc::new(store))
+        .hello()
+        .scram()
+        .admin("admin");
+    if let Some(dir) = &options.tls_dir {
+        let set = crate::tls::dev_certs(dir)?;
+        builder = builder.tls(ServerTls::from_pem_files(&set.cert, &set.key, None)?);
+    }
+    Ok(builder.bind().await?)
+}
+
+/// Keep-alive every `interval`, lost after three.
+fn keep_alive_every(interval: Duration) -> KeepAliveConfig {
+    KeepAliveConfig {
+        interval,
+        timeout: interval * 3,
+        ..KeepAliveConfig::default()
+    }
 }
 
 fn echo_acceptor(dir: &Path) -> Result<tokio_rustls::TlsAcceptor> {
@@ -312,6 +362,22 @@ impl Launcher {
         })
     }
 
+    /// `openserver serve ARGS`: the same executable without the bench prefix, with the
+    /// logging `serve` configures itself (`RUST_LOG` removed), stdin closed and stderr (its
+    /// log) into `log`.
+    fn serve_command(&self, args: &[OsString], log: std::fs::File) -> Command {
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("serve")
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        command
+    }
+
     pub(crate) fn command(&self, args: &[OsString]) -> Command {
         let mut command = Command::new(&self.exe);
         command.args(&self.prefix).args(args);
@@ -337,11 +403,27 @@ pub struct ChildTarget {
     pub addr: SocketAddr,
     child: Child,
     stdin: Option<ChildStdin>,
+    /// `serve`'s data directory (users.db, its log), removed when the target is dropped.
+    data_dir: Option<tempfile::TempDir>,
 }
 
 impl ChildTarget {
-    /// Starts `bench target KIND` and waits for its `listening on` line.
+    /// Starts the target and waits for its `listening on` line.
+    ///
+    /// [`TargetKind::Serve`] runs `openserver serve` with its default configuration in a fresh
+    /// data directory. What the bench sets, and nothing else: `--listen` (a free loopback
+    /// port), `--data-dir`, a `users.db` it creates beforehand holding the one user with a
+    /// password hash at the test parameters of [`bench_hash_params`] (the server's own
+    /// `[hash]` settings stay the defaults: they apply to new hashes, and a login checks the
+    /// stored hash with the parameters stored in it), `--no-tls` or, for TLS, `--tls-cert` and
+    /// `--tls-key` naming the development certificate in `tls_dir`, and with
+    /// `keep_alive_interval` a configuration file setting only `[server.keep_alive]`. Its log
+    /// (stderr, at its default level) goes to a file in the data directory.
+    /// The others run `bench target KIND`.
     pub async fn spawn(launcher: &Launcher, options: &TargetOptions) -> Result<Self> {
+        if options.kind == TargetKind::Serve {
+            return Self::spawn_serve(launcher, options).await;
+        }
         let mut args: Vec<OsString> = vec![
             "target".into(),
             options.kind.name().into(),
@@ -360,10 +442,76 @@ impl ChildTarget {
             args.push("--keep-alive-interval-ms".into());
             args.push(interval.as_millis().to_string().into());
         }
-        let mut child = launcher
+        let child = launcher
             .command(&args)
             .spawn()
             .with_context(|| format!("cannot start {}", launcher.exe.display()))?;
+        Self::started(child, options.kind, None).await
+    }
+
+    async fn spawn_serve(launcher: &Launcher, options: &TargetOptions) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("openserver-bench-serve")
+            .tempdir()?;
+        {
+            let hasher = PasswordHasher::new(bench_hash_params())?;
+            let store = SqliteUserStore::open(SqliteUserStore::default_path(dir.path()), hasher)?;
+            store
+                .add_user(
+                    &options.login.user,
+                    &Secret::new(options.login.password.clone()),
+                    &[],
+                )
+                .await?;
+        }
+        let mut args: Vec<OsString> = vec![
+            "--listen".into(),
+            options.listen.to_string().into(),
+            "--data-dir".into(),
+            dir.path().into(),
+        ];
+        match &options.tls_dir {
+            None => args.push("--no-tls".into()),
+            Some(tls_dir) => {
+                let set = crate::tls::dev_certs(tls_dir)?;
+                args.extend(["--tls-cert".into(), set.cert.into()]);
+                args.extend(["--tls-key".into(), set.key.into()]);
+            }
+        }
+        if let Some(interval) = options.keep_alive_interval {
+            let path = dir.path().join("bench.toml");
+            let ms = interval.as_millis().max(1);
+            let text = format!(
+                "# Written by openserver bench: only the keep-alive timing differs from the defaults.\n\
+                 [server.keep_alive]\ninterval = \"{ms}ms\"\ntimeout = \"{}ms\"\n",
+                ms * 3
+            );
+            std::fs::write(&path, text)?;
+            args.extend(["--config".into(), path.into()]);
+        }
+        let log_path = dir.path().join("serve.log");
+        let log = std::fs::File::create(&log_path)?;
+        let child = launcher
+            .serve_command(&args, log)
+            .spawn()
+            .with_context(|| format!("cannot start {} serve", launcher.exe.display()))?;
+        match Self::started(child, TargetKind::Serve, Some(dir)).await {
+            Ok(target) => Ok(target),
+            Err(e) => {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                Err(e.context(format!("serve's log ends: {}", tail.join(" | "))))
+            }
+        }
+    }
+
+    /// Waits for a started child's `listening on` line.
+    async fn started(
+        mut child: Child,
+        kind: TargetKind,
+        data_dir: Option<tempfile::TempDir>,
+    ) -> Result<Self> {
         let stdout = child
             .stdout
             .take()
@@ -376,17 +524,18 @@ impl ChildTarget {
                     return Ok(addr.trim().parse::<SocketAddr>()?);
                 }
             }
-            bail!("the {} target exited before listening", options.kind.name())
+            bail!("the {} target exited before listening", kind.name())
         })
         .await
-        .map_err(|_| anyhow!("the {} target did not start in 60 s", options.kind.name()))??;
+        .map_err(|_| anyhow!("the {} target did not start in 60 s", kind.name()))??;
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(ChildTarget {
-            name: options.kind.name().into(),
+            name: kind.name().into(),
             addr,
             child,
             stdin,
+            data_dir,
         })
     }
 
@@ -406,8 +555,14 @@ impl ChildTarget {
             .and_then(|pid| crate::procfs::cpu_secs(Some(pid)))
     }
 
-    /// Asks it to stop (closes its stdin), kills it after 15 s, and waits.
+    /// Asks it to stop (closes its stdin), kills it after 15 s, and waits. `serve`, which
+    /// does not read stdin (it stops on SIGTERM), is killed at once: its data directory is
+    /// thrown away.
     pub async fn stop(mut self) {
+        if self.data_dir.is_some() {
+            let _ = self.child.kill().await;
+            return;
+        }
         drop(self.stdin.take());
         if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
             .await

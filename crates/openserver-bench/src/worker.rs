@@ -1,19 +1,19 @@
 //! Worker processes: a share of the connections in a child process of the same binary
 //! (`openserver bench worker`), so a run can hold more connections than one process may open
-//! (`ulimit -n`). Each worker connects from its own source addresses 127.B.W.x, which gives it
-//! its own range of ephemeral ports.
+//! (`ulimit -n`). Each worker connects from its own source addresses 127.B.W.x
+//! ([`crate::stream::loopback_sources`]), which gives it its own range of ephemeral ports.
 //!
 //! The parent writes one JSON [`Job`] line to the worker's stdin. The worker sets up its
 //! connections and prints a `Ready` event (one JSON line), waits for `go`, runs, and prints its
 //! report. For idle holds it holds until `stop` (or stdin closes) before reporting. A worker
 //! whose stdin closes early gives up, so workers never outlive their parent for long.
 
-use crate::idle::{IdleReport, IdleSpec};
+use crate::hold::{IdleReport, IdleSpec};
 use crate::load::{LoadReport, LoadSpec, NoProgress, SetupReport};
+use crate::stream::{loopback_sources, run_octet};
 use crate::target::Launcher;
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
-use std::net::{IpAddr, Ipv4Addr};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio_util::sync::CancellationToken;
@@ -41,25 +41,6 @@ pub(crate) enum Event {
     Ready(SetupReport),
     Load(Box<LoadReport>),
     Idle(Box<IdleReport>),
-}
-
-/// Connections per source address: a third of Linux's default ephemeral port range.
-const PER_SOURCE: usize = 5_000;
-
-/// Source addresses for one process's `count` connections: 127.B.W.2, 127.B.W.3, ..., one per
-/// [`PER_SOURCE`] connections, W the worker's index and B picked at random per run (never 0,
-/// so 127.0.0.1 stays the server's). A fresh B each run keeps the ports still in TIME_WAIT
-/// from an earlier run off this run's addresses, where they would slow every bind down.
-pub(crate) fn sources(run: u8, worker: usize, count: usize) -> Vec<IpAddr> {
-    let n = count.div_ceil(PER_SOURCE).clamp(1, 250);
-    (0..n)
-        .map(|k| IpAddr::V4(Ipv4Addr::new(127, run, (worker % 256) as u8, 2 + k as u8)))
-        .collect()
-}
-
-/// A random second octet for [`sources`].
-pub(crate) fn run_octet() -> u8 {
-    rand::random::<u8>().max(1)
 }
 
 /// Splits `total` connections into shares of at most `per_worker`.
@@ -139,7 +120,7 @@ pub(crate) async fn run_load(
     for (i, &count) in shares.iter().enumerate() {
         let mut spec = spec.clone();
         if spec.sources.is_empty() && spec.addr.ip().is_loopback() && spec.addr.is_ipv4() {
-            spec.sources = sources(run, i, count);
+            spec.sources = loopback_sources(run, i, count, spec.connect_concurrency);
         }
         spec.connections = count;
         // Each worker sends its share of a count or rate.
@@ -207,7 +188,7 @@ pub async fn run_worker() -> Result<()> {
                 let _ = stdin.next_line().await;
                 stopper.cancel();
             });
-            let report = crate::idle::hold(&spec, conns, setup, stop).await;
+            let report = crate::hold::hold(&spec, conns, setup, stop).await;
             emit(&Event::Idle(Box::new(report)))
         }
     }
@@ -230,11 +211,5 @@ mod tests {
         assert_eq!(split(25_000, 10_000), vec![8334, 8333, 8333]);
         assert_eq!(split(10, 10_000), vec![10]);
         assert_eq!(split(0, 10), vec![0]);
-        let s = sources(7, 3, 12_000);
-        assert_eq!(s.len(), 3);
-        assert_eq!(s[0].to_string(), "127.7.3.2");
-        assert_eq!(s[2].to_string(), "127.7.3.4");
-        assert_eq!(sources(7, 0, 10).len(), 1);
-        assert!(run_octet() > 0);
     }
 }

@@ -134,6 +134,8 @@ async fn compare_runs_every_target_in_turn() {
         tls: false,
         with_tls: true,
         rounds: 2,
+        openserver: TargetKind::Serve,
+        with_bench_server: true,
         redis: None,
         launcher: None,
         per_worker: 10_000,
@@ -142,9 +144,12 @@ async fn compare_runs_every_target_in_turn() {
         .await
         .unwrap();
     assert_eq!(result.errors, 0);
-    assert_eq!(result.targets.len(), 3);
+    assert_eq!(result.openserver, "serve");
+    assert_eq!(result.targets.len(), 4);
     assert_eq!(result.targets[2].name, "openserver_tls");
+    assert_eq!(result.targets[3].name, "openserver_bench");
     assert!(result.ratio_tls_vs_plain.unwrap() > 0.0);
+    assert!(result.ratio_bench_server_vs_echo.unwrap() > 0.0);
     assert!(result.targets.iter().all(|t| t.runs.len() == 2));
     assert!(result.ratio_vs_echo > 0.0);
     assert!(result.ratio_vs_redis.is_none() && result.redis_skipped.is_some());
@@ -163,8 +168,10 @@ async fn idle_sessions_keep_alive_and_none_is_lost() {
         per_worker: 10_000,
         connect_concurrency: 16,
         launcher: None,
+        server: TargetKind::Serve,
     };
     let result = openserver_bench::idle::run(&options).await.unwrap();
+    assert_eq!(result.server, "serve");
     assert_eq!(result.connected, 40);
     assert_eq!(result.errors, 0, "{result:?}");
     assert_eq!(result.lost, 0);
@@ -172,4 +179,25 @@ async fn idle_sessions_keep_alive_and_none_is_lost() {
     assert!(result.heartbeats >= 40 * 3, "{}", result.heartbeats);
     // In-process: no memory figures, the client shares the process.
     assert!(result.bytes_per_session.is_none());
+}
+
+/// A server with the default per-address caps (32 logins in progress per address) takes a
+/// crowd of 100 connections logging in at once: the bench spreads them over loopback source
+/// addresses instead of asking the server to lift its limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_server_takes_a_crowd_spread_over_source_addresses() {
+    let target = InProcessTarget::start(&TargetOptions::new(TargetKind::Serve))
+        .await
+        .unwrap();
+    let mut spec = LoadSpec::new(target.addr, Workload::Hello);
+    spec.connections = 100;
+    spec.connect_concurrency = 100;
+    spec.count = Some(200);
+    spec.duration = None;
+    spec.login = Some(openserver_bench::idle::bench_login());
+    let report = run(&spec).await;
+    assert_eq!(report.setup.errors, 0, "{:?}", report.setup.first_error);
+    assert_eq!(report.setup.connected, 100);
+    assert_eq!(report.completed, 200);
+    target.stop().await;
 }

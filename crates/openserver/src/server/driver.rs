@@ -20,6 +20,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{Instrument as _, Span};
 
 /// What every session of a server shares. (The limits are not here: each session gets its
 /// own copy, read at accept, so that a reload never changes them under it.)
@@ -101,7 +102,9 @@ where
 }
 
 /// Runs a session on its engine until it closes and returns why it closed. `limits` are the
-/// session's for its whole life.
+/// session's for its whole life. `span` is the session's: entered around what may log (a
+/// packet whose handler waits, errors, logins), not around the fast path of a packet a
+/// handler answers at once, which would pay for entering it on every message.
 /// (An `async` block, not an `async fn`: an `async fn` keeps a second copy of its arguments
 /// in its state, which every idle session would pay for.)
 #[allow(
@@ -113,6 +116,7 @@ pub(crate) fn drive<'a, S>(
     session: &'a Session,
     ctx: &'a DriverContext,
     limits: &'a Limits,
+    span: &'a Span,
 ) -> impl Future<Output = CloseReason> + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -149,7 +153,9 @@ where
                 let dispatched = dispatched;
                 match dispatched {
                     Dispatched::Handled(outcome) => outcome,
-                    Dispatched::Wait(handling) => engine.run(handling).await,
+                    Dispatched::Wait(handling) => {
+                        engine.run(handling.instrument(span.clone())).await
+                    }
                 }
             };
             let lap = engine.lap();
@@ -158,7 +164,7 @@ where
                 if let Err(e) = outcome {
                     if !matches!(e, HandlerError::Closed) {
                         let protocol = protocol_name(ctx, id);
-                        tracing::debug!(session = session.id(), protocol, error = ?e, "handler failed");
+                        span.in_scope(|| tracing::debug!(session = session.id(), protocol, error = ?e, "handler failed"));
                         // Boxed, as every rare path here: the session's task stays small.
                         let refused = Box::pin(refuse(session, id, e.to_string()));
                         engine.run(refused).await;

@@ -53,7 +53,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 /// Assembles a server: configuration, user store, protocols.
 pub struct ServerBuilder {
@@ -407,20 +407,32 @@ impl Shared {
         }
         // Interactive request/response traffic: don't let Nagle hold small frames back.
         let _ = stream.set_nodelay(true);
+        // The session's span gives its log lines their `session{id, peer}` context. It is
+        // entered where a session logs (its start and end, the TLS handshake, packets that
+        // wait for their handler, errors), not on every poll of the task: with a subscriber
+        // that records it (the CLI's, at its default level `info`), entering and leaving a
+        // span costs shared-lock traffic between the worker threads, which on every wake-up
+        // of every busy session was the largest cost `serve` had over the bench's server.
+        // With `log_packets`, a debugging mode that logs every packet, every poll is in it.
         let span = tracing::info_span!("session", id, %peer);
+        let per_poll = if self.ctx.log_packets {
+            span.clone()
+        } else {
+            Span::none()
+        };
         // Two kinds of task: a plaintext connection's future is what every idle session
         // costs, so it does not carry the TLS handshake's state.
         match self.tls.as_ref().map(ServerTls::config) {
             None => {
                 let engine = driver::engine(stream, &session, &limits);
-                let task = self.clone().serve(engine, session, ip_slot, limits);
-                self.tasks.spawn(task.instrument(span));
+                let task = self.clone().serve(engine, session, ip_slot, limits, span);
+                self.tasks.spawn(task.instrument(per_poll));
             }
             Some(tls) => {
                 let task = self
                     .clone()
-                    .serve_tls(tls, stream, session, ip_slot, limits);
-                self.tasks.spawn(task.instrument(span));
+                    .serve_tls(tls, stream, session, ip_slot, limits, span);
+                self.tasks.spawn(task.instrument(per_poll));
             }
         }
     }
@@ -437,11 +449,13 @@ impl Shared {
         session: Session,
         slot: IpSlot,
         limits: Arc<Limits>,
+        span: Span,
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
             // Moved in and held to the end: the connection's places in the caps.
             let _slot = &slot;
-            self.run_session(&mut engine, &session, &limits).await
+            self.run_session(&mut engine, &session, &limits, &span)
+                .await
         }
     }
 
@@ -459,6 +473,7 @@ impl Shared {
         session: Session,
         slot: IpSlot,
         limits: Arc<Limits>,
+        span: Span,
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
             // Moved in and held to the end: the connection's places in the caps.
@@ -469,7 +484,9 @@ impl Shared {
             // The handshake runs here, in the connection's own task, never in the accept loop.
             let deadline = limits.tls_handshake_timeout;
             let accept = TlsStream::accept(tls, stream);
-            let stream = match Box::pin(tokio::time::timeout(deadline, accept)).await {
+            // The handshake is short and may log: in the session's span.
+            let handshake = tokio::time::timeout(deadline, accept).instrument(span.clone());
+            let stream = match Box::pin(handshake).await {
                 Ok(Ok(stream)) => Box::new(stream),
                 Ok(Err(e)) if crate::tls::stream::is_plaintext_peer(&e) => {
                     self.ctx
@@ -481,22 +498,24 @@ impl Shared {
                     return;
                 }
                 Ok(Err(e)) => {
-                    tracing::info!(error = %e, "TLS handshake failed");
+                    span.in_scope(|| tracing::info!(error = %e, "TLS handshake failed"));
                     self.note_refused(session.peer(), RefusalReason::TlsHandshake);
                     return;
                 }
                 Err(_) => {
-                    tracing::info!(?deadline, "TLS handshake timed out");
+                    span.in_scope(|| tracing::info!(?deadline, "TLS handshake timed out"));
                     self.note_refused(session.peer(), RefusalReason::TlsHandshake);
                     return;
                 }
             };
-            if let Some(user) = Box::pin(self.certificate_login(&stream)).await {
+            let login = self.certificate_login(&stream).instrument(span.clone());
+            if let Some(user) = Box::pin(login).await {
                 Login::new(&session).authenticate(user);
             }
             drop(handshaking);
             let mut engine = driver::engine(stream, &session, &limits);
-            self.run_session(&mut engine, &session, &limits).await
+            self.run_session(&mut engine, &session, &limits, &span)
+                .await
         }
     }
 
@@ -533,6 +552,7 @@ impl Shared {
         engine: &'a mut Engine<S>,
         session: &'a Session,
         limits: &'a Limits,
+        span: &'a Span,
     ) -> impl Future<Output = ()> + 'a
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -543,15 +563,18 @@ impl Shared {
                 // Accepted just as shutdown began, after its sweep: treat it the same way.
                 session.shut_down();
             }
-            tracing::info!("session opened");
-            if let Some(user) = session.user() {
-                // Logged in during the TLS handshake, by its client certificate.
-                tracing::info!(user = %user.name, protocol = "client_certificate", "authenticated");
-            }
+            span.in_scope(|| {
+                tracing::info!("session opened");
+                if let Some(user) = session.user() {
+                    // Logged in during the TLS handshake, by its client certificate.
+                    tracing::info!(user = %user.name, protocol = "client_certificate", "authenticated");
+                }
+            });
             self.note_opened(session);
-            let reason = driver::drive(engine, session, &self.ctx, limits).await;
+            let reason = driver::drive(engine, session, &self.ctx, limits, span).await;
             self.registry.remove(session.id());
             self.note_closed(session, &reason, session.started().elapsed());
+            let _in_span = span.enter();
             // A session that never logged in has no user to name: it says so instead of
             // logging an empty one.
             match (session.user(), reason.is_lost()) {
