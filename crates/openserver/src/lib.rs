@@ -53,6 +53,7 @@
 //! `docs/PROTOCOL.md` describes the wire protocol for client authors, `docs/CONFIG.md` every
 //! setting and `docs/SECURITY.md` the threat model and the protections against it.
 
+pub mod app;
 pub mod auth;
 pub mod client;
 pub mod protocol;
@@ -60,6 +61,10 @@ pub mod server;
 pub mod session;
 pub mod tls;
 pub mod wire;
+
+/// Re-exported so that signatures using them need no dependency of their own.
+pub use async_trait::async_trait;
+pub use bytes::{self, Bytes};
 
 // Entry points shared by the fuzz targets and their seed-replay tests.
 #[doc(hidden)]

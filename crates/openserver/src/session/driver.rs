@@ -9,7 +9,7 @@
 use super::engine::{Engine, EngineOptions};
 use super::telemetry::ServerLink;
 use super::{CloseReason, Session};
-use crate::protocol::{HandlerError, Protocol, ProtocolHandler, ProtocolSet, TryPacket};
+use crate::protocol::{HandlerError, Protocol, ProtocolHandler, ProtocolSet, Reply, TryPacket};
 use crate::server::events::{EventBus, SessionEvent};
 use crate::server::metrics::{SessionGauge, SessionState};
 use crate::server::Limits;
@@ -73,6 +73,13 @@ impl Handlers {
             });
             self.0.len() - 1
         })
+    }
+
+    /// Tells every handler that the session has ended, once each.
+    async fn close(&mut self, session: &Session) {
+        for slot in &mut self.0 {
+            slot.handler.on_close(session).await;
+        }
     }
 
     /// The slot of `id` if its packets need no checks.
@@ -177,6 +184,8 @@ where
                 session.close(CloseReason::AuthFailures);
             }
         }
+        // Boxed: a session closes once, and its task need not carry this inline.
+        Box::pin(handlers.close(session)).await;
         drop(handlers);
         // What was queued (a QUIT, a last answer) still goes out, within the write deadline.
         // Boxed: a session closes once, and its task need not carry the drain inline.
@@ -256,9 +265,13 @@ fn dispatch<'a>(
     match route {
         Route::Handler(at) => {
             let handler = &mut handlers.0[at].handler;
-            let dispatched = match handler.try_packet(session, frame.body) {
-                TryPacket::Done(outcome) => Dispatched::Handled(outcome),
-                TryPacket::Wait(body) => Dispatched::Wait(handler.on_packet(session, body)),
+            // The fast path only with room held for its answer (see `try_packet`).
+            let dispatched = match Reply::reserve(session) {
+                Some(reply) => match handler.try_packet(session, frame.body, reply) {
+                    TryPacket::Done(outcome) => Dispatched::Handled(outcome),
+                    TryPacket::Wait(body, _) => Dispatched::Wait(handler.on_packet(session, body)),
+                },
+                None => Dispatched::Wait(handler.on_packet(session, frame.body)),
             };
             (dispatched, true)
         }
