@@ -13,7 +13,7 @@
 //! echo secret1 | cargo run -p scoreboard --bin scoreboard -- --user alice set chess 3
 //! ```
 
-use openserver::app::{Api, AppError, Context, Handler};
+use openserver::app::{self, Api, AppError, Context, Handler};
 use openserver::session::SessionId;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -26,7 +26,7 @@ impl Api for Scoreboard {
     const ID: u16 = 0x0300;
     const NAME: &'static str = "scoreboard";
     type Request = Request;
-    type Response = Response;
+    type Response = Score;
     type Push = Update;
 }
 
@@ -42,18 +42,12 @@ pub enum Request {
     },
     /// Asks for a game's score.
     Get(String),
-    /// Pushes every later SET of this game to the asking session.
+    /// Pushes every later SET of this game to the asking session; answers the score now.
     Watch(String),
 }
 
-/// What the server answers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Response {
-    /// Done.
-    Ok,
-    /// The game's score, if it was ever set.
-    Score(Option<i64>),
-}
+/// The answer to every request: the game's score after it (`None`: never set).
+pub type Score = Option<i64>;
 
 /// A SET, pushed to the game's watchers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,7 +58,8 @@ pub struct Update {
     pub score: i64,
 }
 
-/// Longest game name in bytes, and most games kept: bad input gets an error, not memory.
+/// Longest game name in bytes; at most [`MAX_GAMES`] games are kept. Bad input gets an
+/// error, never unbounded memory.
 pub const MAX_NAME: usize = 64;
 /// See [`MAX_NAME`].
 pub const MAX_GAMES: usize = 10_000;
@@ -74,44 +69,34 @@ pub const MAX_GAMES: usize = 10_000;
 pub struct Board(Mutex<HashMap<String, (Option<i64>, HashSet<SessionId>)>>);
 
 impl Handler<Scoreboard> for Board {
-    async fn request(
-        &self,
-        ctx: &Context<'_, Scoreboard>,
-        req: Request,
-    ) -> Result<Response, AppError> {
+    async fn request(&self, ctx: &Context<'_, Scoreboard>, req: Request) -> app::Result<Score> {
         let mut games = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let (Request::Set { game, .. } | Request::Get(game) | Request::Watch(game)) = &req;
-        if game.is_empty() || game.len() > MAX_NAME {
-            return Err(AppError::new(
-                "bad_game",
-                format!("a game name is 1 to {MAX_NAME} bytes"),
-            ));
-        }
-        if !games.contains_key(game) && games.len() >= MAX_GAMES {
-            return Err(AppError::new(
-                "full",
-                format!("the board holds {MAX_GAMES} games"),
-            ));
+        let new = !games.contains_key(game);
+        if game.is_empty() || game.len() > MAX_NAME || (new && games.len() >= MAX_GAMES) {
+            return Err(AppError::new("bad_game", "1-64 bytes, 10000 games at most"));
         }
         Ok(match req {
             Request::Set { game, score } => {
                 let entry = games.entry(game.clone()).or_default();
                 entry.0 = Some(score);
                 ctx.push_to_sessions(entry.1.iter().copied(), &Update { game, score });
-                Response::Ok
+                Some(score)
             }
-            Request::Get(game) => Response::Score(games.get(&game).and_then(|g| g.0)),
+            Request::Get(game) => games.get(&game).and_then(|g| g.0),
             Request::Watch(game) => {
-                games.entry(game).or_default().1.insert(ctx.session_id());
-                Response::Ok
+                let entry = games.entry(game).or_default();
+                entry.1.insert(ctx.session_id());
+                entry.0
             }
         })
     }
 
     async fn on_close(&self, ctx: &Context<'_, Scoreboard>) {
         let mut games = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        for (_, watchers) in games.values_mut() {
-            watchers.remove(&ctx.session_id());
-        }
+        let id = ctx.session_id();
+        games
+            .values_mut()
+            .for_each(|(_, watchers)| _ = watchers.remove(&id));
     }
 }

@@ -70,6 +70,9 @@ pub trait Api: Send + Sync + 'static {
     type Push: Serialize + DeserializeOwned + Send + Sync + 'static;
 }
 
+/// What a [`Handler`] returns: the response, or the application's refusal.
+pub type Result<T, E = AppError> = std::result::Result<T, E>;
+
 /// An application's refusal of a request: a stable code for programs and a message for
 /// people. The client receives it as
 /// [`ClientError::Application`](crate::client::ClientError::Application).

@@ -5,7 +5,7 @@
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use openserver::client::{Client, ClientConfig};
-use scoreboard::{Request, Response, Scoreboard};
+use scoreboard::{Request, Scoreboard};
 use std::process::ExitCode;
 
 /// A scoreboard client. Reads the password from the first line of standard input.
@@ -36,11 +36,22 @@ enum Command {
         /// The game.
         game: String,
     },
-    /// Prints every later score of a game, as `GAME SCORE`, until interrupted.
+    /// Prints the game's score, then every later one, as `GAME SCORE`, until interrupted.
     Watch {
         /// The game.
         game: String,
     },
+}
+
+impl Command {
+    /// The game named and the request to send.
+    fn into_request(self) -> (String, Request) {
+        match self {
+            Command::Set { game, score } => (game.clone(), Request::Set { game, score }),
+            Command::Get { game } => (game.clone(), Request::Get(game)),
+            Command::Watch { game } => (game.clone(), Request::Watch(game)),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -70,29 +81,22 @@ async fn run(args: Args) -> Result<()> {
     if password.is_empty() {
         bail!("no password: give it as the first line of standard input");
     }
+    let (game, request) = args.command.into_request();
+    // The app's client calls: log in, one typed request, and the pushes of a watch.
     let client = Client::connect(&args.server, ClientConfig::default()).await?;
-    client
-        .authenticate_db(&args.user, password)
-        .await
-        .with_context(|| format!("cannot log in as {}", args.user))?;
-    // The app's client calls: one typed request each, and the pushes of a watch.
+    let login = client.authenticate_db(&args.user, password).await;
+    login.with_context(|| format!("cannot log in as {}", args.user))?;
     let board = client.api::<Scoreboard>();
-    match args.command {
-        Command::Set { game, score } => {
-            board.request(&Request::Set { game, score }).await?;
+    match board.request(&request).await? {
+        Some(score) => println!("{game} {score}"),
+        None => println!("{game} has no score yet"),
+    }
+    if let Request::Watch(_) = request {
+        while let Some(update) = board.next_push().await {
+            let update = update?;
+            println!("{} {}", update.game, update.score);
         }
-        Command::Get { game } => match board.request(&Request::Get(game.clone())).await? {
-            Response::Score(Some(score)) => println!("{game} {score}"),
-            _ => println!("{game} has no score yet"),
-        },
-        Command::Watch { game } => {
-            board.request(&Request::Watch(game)).await?;
-            while let Some(update) = board.next_push().await {
-                let update = update?;
-                println!("{} {}", update.game, update.score);
-            }
-            bail!("the server closed the connection");
-        }
+        bail!("the server closed the connection");
     }
     client.quit().await;
     Ok(())
