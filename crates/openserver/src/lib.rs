@@ -26,6 +26,8 @@
 //! - [`auth`]: the [`UserStore`](auth::UserStore) trait, the SQLite store, argon2id hashing
 //!   and SCRAM-SHA-256.
 //! - [`tls`]: rustls configuration for both sides, certificate reload, development certificates.
+//! - [`app`]: the application layer on top: typed protocols (serde types as MessagePack),
+//!   requests answered by id, structured errors, push from handlers, `on_close`.
 //! - The public faces: [`server`] and [`client`]. In `server/`: `mod.rs` is the listener,
 //!   per-connection task (TLS handshake, certificate login) and shutdown; `config.rs` the
 //!   limits; `gate.rs` and `penalty.rs` the pre-login caps and per-source login penalties;
@@ -65,6 +67,11 @@ pub mod wire;
 /// Re-exported so that signatures using them need no dependency of their own.
 pub use async_trait::async_trait;
 pub use bytes::{self, Bytes};
+
+// The README's Rust examples, compiled (not run) by `cargo test --doc`.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 // Entry points shared by the fuzz targets and their seed-replay tests.
 #[doc(hidden)]

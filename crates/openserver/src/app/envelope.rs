@@ -220,6 +220,46 @@ mod tests {
         assert_eq!(decode_value::<Set>(body).unwrap().game, "go");
     }
 
+    /// The example in docs/PROTOCOL.md 7.1, byte for byte.
+    #[test]
+    fn the_documented_example() {
+        #[derive(Serialize)]
+        enum Request {
+            Get(String),
+        }
+        #[derive(Serialize)]
+        struct Update {
+            game: &'static str,
+            score: i64,
+        }
+        let frame = |body: Bytes| {
+            let bytes = crate::wire::Frame::new(0x0300, body).to_bytes().unwrap();
+            bytes
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let request = frame(encode(REQUEST, 1, &Request::Get("chess".into())).unwrap());
+        let response = frame(encode(RESPONSE, 1, &Some(3i64)).unwrap());
+        let update = Update {
+            game: "chess",
+            score: 4,
+        };
+        let push = frame(encode(PUSH, 0, &update).unwrap());
+        let doc = include_str!("../../../../docs/PROTOCOL.md");
+        for (side, bytes) in [("C", request), ("S", response), ("S", push)] {
+            // The document groups header, protocol id, kind, id and value with two spaces.
+            let wanted: String = doc
+                .lines()
+                .filter_map(|l| l.strip_prefix(&format!("{side}  ")))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .find(|l| *l == bytes)
+                .unwrap_or_else(|| panic!("PROTOCOL.md 7.1 lacks `{side}  {bytes}`"));
+            assert_eq!(wanted, bytes);
+        }
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics_and_round_trips(kind in 0u8..6, id: u32, body in proptest::collection::vec(any::<u8>(), 0..64)) {
