@@ -409,3 +409,30 @@ fn decode_chunks<'a>(max_payload: usize, chunks: impl IntoIterator<Item = &'a [u
         consumed: fed - buf.len(),
     }
 }
+
+/// Decodes an application envelope (`app::envelope`), then its MessagePack value as an
+/// [`AppError`](crate::app::AppError) and as a few shapes an application might use. Nothing
+/// may panic, and an envelope that decodes is exactly its parts again: kind, the id in
+/// little-endian (not for a push), the value's bytes.
+pub fn app_envelope(data: &[u8]) {
+    use crate::app::envelope::{self, Envelope};
+    let Ok(decoded) = Envelope::decode(data) else {
+        return;
+    };
+    let (kind, id, body) = match decoded {
+        Envelope::Request { id, body } => (envelope::REQUEST, Some(id), body),
+        Envelope::Response { id, body } => (envelope::RESPONSE, Some(id), body),
+        Envelope::Error { id, body } => (envelope::ERROR, Some(id), body),
+        Envelope::Push { body } => (envelope::PUSH, None, body),
+    };
+    let mut again = vec![kind];
+    if let Some(id) = id {
+        again.extend_from_slice(&id.to_le_bytes());
+    }
+    again.extend_from_slice(body);
+    assert_eq!(again, data);
+    let _ = envelope::decode_value::<crate::app::AppError>(body);
+    let _ = envelope::decode_value::<(String, i64)>(body);
+    let _ = envelope::decode_value::<Vec<Option<String>>>(body);
+    let _ = envelope::decode_value::<std::collections::HashMap<String, Vec<u8>>>(body);
+}

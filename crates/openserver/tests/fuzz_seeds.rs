@@ -62,3 +62,8 @@ fn scram_messages_seeds() {
 fn scram_server_seeds() {
     replay("scram_server", fuzzing::scram_server);
 }
+
+#[test]
+fn app_envelope_seeds() {
+    replay("app_envelope", fuzzing::app_envelope);
+}
