@@ -66,7 +66,8 @@ pub const MAX_GAMES: usize = 10_000;
 
 /// The server's state: every game's score and watchers.
 #[derive(Default)]
-pub struct Board(Mutex<HashMap<String, (Option<i64>, HashSet<SessionId>)>>);
+pub struct Board(Mutex<HashMap<String, Game>>);
+type Game = (Score, HashSet<SessionId>);
 
 impl Handler<Scoreboard> for Board {
     async fn request(&self, ctx: &Context<'_, Scoreboard>, req: Request) -> app::Result<Score> {
