@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use openserver::protocol::{HandlerError, Protocol, ProtocolHandler, TryPacket};
+use openserver::protocol::{HandlerError, Protocol, ProtocolHandler, Reply, TryPacket};
 use openserver::session::Session;
 use openserver::wire::Frame;
 
@@ -31,15 +31,14 @@ impl Protocol for Echo {
 
 #[async_trait]
 impl ProtocolHandler for Echo {
-    /// Only when the queue was full for [`try_packet`](Self::try_packet).
+    /// Only when the queue was full, so that [`try_packet`](Self::try_packet) was skipped.
     async fn on_packet(&mut self, session: &Session, body: Bytes) -> Result<(), HandlerError> {
         session.send(Frame::new(ECHO_PROTOCOL_ID, body)).await?;
         Ok(())
     }
 
     /// The body is copied straight into the session's queue.
-    fn try_packet(&mut self, session: &Session, body: Bytes) -> TryPacket {
-        let sent = session.try_send_body(ECHO_PROTOCOL_ID, |dst| dst.extend_from_slice(&body));
-        TryPacket::after_send(sent, body)
+    fn try_packet<'a>(&mut self, _: &Session, body: Bytes, reply: Reply<'a>) -> TryPacket<'a> {
+        reply.send_body(ECHO_PROTOCOL_ID, |dst| dst.extend_from_slice(&body))
     }
 }

@@ -421,6 +421,21 @@ pub fn outcome(target: &str, data: &[u8]) -> String {
             }
         }
         "first_bytes" => format!("{:?}", crate::wire::notice::classify(data)),
+        "app_envelope" => {
+            use crate::app::envelope::{decode_value, Envelope};
+            let (name, id, body) = match Envelope::decode(data) {
+                Err(e) => return format!("error: {e}"),
+                Ok(Envelope::Request { id, body }) => ("request", Some(id), body),
+                Ok(Envelope::Response { id, body }) => ("response", Some(id), body),
+                Ok(Envelope::Error { id, body }) => ("error", Some(id), body),
+                Ok(Envelope::Push { body }) => ("push", None, body),
+            };
+            let app_error = match decode_value::<crate::app::AppError>(body) {
+                Ok(e) => format!("AppError {}", e.code),
+                Err(_) => "no AppError".into(),
+            };
+            format!("{name} {id:?}, {} bytes, {app_error}", body.len())
+        }
         "proxy_header" => match data.split_first() {
             None => "empty".into(),
             Some((&bound, stream)) => {
@@ -548,4 +563,31 @@ fn decode_chunks<'a>(max_payload: usize, chunks: impl IntoIterator<Item = &'a [u
         error,
         consumed: fed - buf.len(),
     }
+}
+
+/// Decodes an application envelope (`app::envelope`), then its MessagePack value as an
+/// [`AppError`](crate::app::AppError) and as a few shapes an application might use. Nothing
+/// may panic, and an envelope that decodes is exactly its parts again: kind, the id in
+/// little-endian (not for a push), the value's bytes.
+pub fn app_envelope(data: &[u8]) {
+    use crate::app::envelope::{self, Envelope};
+    let Ok(decoded) = Envelope::decode(data) else {
+        return;
+    };
+    let (kind, id, body) = match decoded {
+        Envelope::Request { id, body } => (envelope::REQUEST, Some(id), body),
+        Envelope::Response { id, body } => (envelope::RESPONSE, Some(id), body),
+        Envelope::Error { id, body } => (envelope::ERROR, Some(id), body),
+        Envelope::Push { body } => (envelope::PUSH, None, body),
+    };
+    let mut again = vec![kind];
+    if let Some(id) = id {
+        again.extend_from_slice(&id.to_le_bytes());
+    }
+    again.extend_from_slice(body);
+    assert_eq!(again, data);
+    let _ = envelope::decode_value::<crate::app::AppError>(body);
+    let _ = envelope::decode_value::<(String, i64)>(body);
+    let _ = envelope::decode_value::<Vec<Option<String>>>(body);
+    let _ = envelope::decode_value::<std::collections::HashMap<String, Vec<u8>>>(body);
 }

@@ -29,6 +29,8 @@
 //!   headers of trusted load balancers), config, gate, penalties, registry, live limits,
 //!   events; `server/metrics/`: Prometheus metrics.
 //! - [`client`]: the async client library and its connection task.
+//! - [`app`]: the application layer on top: typed protocols (serde types as MessagePack),
+//!   requests answered by id, structured errors, push from handlers, `on_close`.
 //!
 //! # A server in a few lines
 //!
@@ -51,6 +53,7 @@
 //! `docs/PROTOCOL.md` describes the wire protocol for client authors, `docs/CONFIG.md` every
 //! setting and `docs/SECURITY.md` the threat model and the protections against it.
 
+pub mod app;
 pub mod auth;
 pub mod client;
 pub mod protocol;
@@ -58,6 +61,15 @@ pub mod server;
 pub mod session;
 pub mod tls;
 pub mod wire;
+
+/// Re-exported so that signatures using them need no dependency of their own.
+pub use async_trait::async_trait;
+pub use bytes::{self, Bytes};
+
+// The README's Rust examples, compiled (not run) by `cargo test --doc`.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 // Entry points shared by the fuzz targets and their seed-replay tests.
 #[doc(hidden)]

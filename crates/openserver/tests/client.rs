@@ -186,6 +186,53 @@ async fn keep_alive_against_a_real_server_keeps_the_session() {
     assert_eq!(client.hello("alive").await.unwrap(), "Hello alive");
 }
 
+/// Trap 1 of issue 15: a subscription the application never reads must not stop the client's
+/// reader. With a blocking hand-over, the fifth push here would stall the reader, the hello
+/// would time out and keep-alive would declare the connection lost.
+#[tokio::test]
+async fn an_unread_subscription_stalls_neither_requests_nor_keep_alive() {
+    let mut cfg = config();
+    cfg.keep_alive.interval = Duration::from_millis(50);
+    cfg.keep_alive.timeout = Duration::from_millis(400);
+    let server = start(cfg.clone()).await;
+    let client_cfg = ClientConfig::default()
+        .with_keep_alive(cfg.keep_alive)
+        .with_queue_depth(4)
+        .with_request_timeout(Duration::from_secs(10));
+    let client = Client::connect(server.addr.to_string(), client_cfg)
+        .await
+        .unwrap();
+    client.authenticate_db(ALICE.0, ALICE.1).await.unwrap();
+    client.start_keep_alive().await.unwrap();
+    let mut pushes = client.subscribe(0x0300);
+    for n in 0..100u8 {
+        assert_eq!(
+            server
+                .handle
+                .send_to_user("alice", Frame::new(0x0300, vec![n])),
+            1
+        );
+    }
+    // Answered after all 100 pushes, on the same connection.
+    assert_eq!(
+        client.hello("still here").await.unwrap(),
+        "Hello still here"
+    );
+    // Several keep-alive timeouts pass while the pushes sit unread.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(client.is_connected());
+    assert_eq!(client.hello("alive").await.unwrap(), "Hello alive");
+    // The subscription kept the newest four and says how many it dropped before them.
+    assert_eq!(pushes.try_recv(), Some(Incoming::Lagged(96)));
+    for n in 96..100u8 {
+        assert_eq!(
+            pushes.try_recv(),
+            Some(Incoming::Packet(Bytes::from(vec![n])))
+        );
+    }
+    assert_eq!(pushes.try_recv(), None);
+}
+
 #[tokio::test]
 async fn reconnects_with_backoff_and_replays_the_login() {
     let server = start(config()).await;

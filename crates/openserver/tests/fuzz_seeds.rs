@@ -144,3 +144,8 @@ fn first_bytes_seeds() {
 fn proxy_header_seeds() {
     replay("proxy_header", fuzzing::proxy_header);
 }
+
+#[test]
+fn app_envelope_seeds() {
+    replay("app_envelope", fuzzing::app_envelope);
+}

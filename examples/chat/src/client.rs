@@ -5,9 +5,8 @@
 //! request ids to match them by.
 
 use crate::messages::{Event, LimitError, Request, PROTOCOL_ID};
-use openserver::client::{Client, ClientConfig, ClientError, Incoming};
+use openserver::client::{Client, ClientConfig, ClientError, Incoming, Subscription};
 use openserver::wire::Message;
-use tokio::sync::mpsc;
 
 /// Why a chat request was not sent.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -28,7 +27,7 @@ pub struct ChatClient {
 
 /// The server's chat events, in arrival order.
 pub struct ChatEvents {
-    packets: mpsc::Receiver<Incoming>,
+    packets: Subscription,
     /// Watched for the final close, since the subscription outlives connections.
     client: Client,
 }
@@ -112,6 +111,8 @@ impl ChatEvents {
                 Event::Error(format!("malformed packet from server: {e}"))
             }),
             Incoming::Error(text) => Event::Error(text),
+            Incoming::Lagged(n) => Event::Error(format!("{n} events dropped: reading too slowly")),
+            other => Event::Error(format!("unexpected delivery: {other:?}")),
         })
     }
 }

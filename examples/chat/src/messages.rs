@@ -136,20 +136,12 @@ impl Request {
     }
 }
 
-/// Reads the command byte, telling an empty body apart from a truncated field.
-fn command(r: &mut Reader<'_>) -> Result<u8, DecodeError> {
-    if r.remaining() == 0 {
-        return Err(DecodeError::MissingCommand);
-    }
-    r.u8()
-}
-
 impl Message for Request {
     const PROTOCOL_ID: u16 = PROTOCOL_ID;
 
     fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        let msg = match command(&mut r)? {
+        let msg = match r.command()? {
             JOIN => Request::Join(r.string()?),
             LEAVE => Request::Leave(r.string()?),
             SAY => Request::Say {
@@ -186,7 +178,7 @@ impl Message for Event {
 
     fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        let msg = match command(&mut r)? {
+        let msg = match r.command()? {
             JOINED => Event::Joined {
                 room: r.string()?,
                 // Each name takes at least its one-byte length prefix.

@@ -145,6 +145,10 @@ pub async fn run(config: FileConfig, args: ServeArgs, log: LogLevel) -> Result<(
     if let Some(tls) = &tls {
         builder = builder.tls(tls.clone());
     } else {
+        // `check_tls` has refused plaintext off loopback unless this was asked for.
+        if config.tls.danger_allow_plaintext_non_loopback {
+            builder = builder.danger_allow_plaintext_non_loopback();
+        }
         tracing::warn!("TLS is off: passwords cross the network in the clear");
     }
     let server = builder

@@ -68,6 +68,37 @@ impl ClientConfig {
         self.request_timeout = timeout;
         self
     }
+
+    /// Sets the largest frame payload accepted from the server.
+    pub fn with_max_frame(mut self, max_frame: usize) -> Self {
+        self.max_frame = max_frame;
+        self
+    }
+
+    /// Sets how many frames may wait to be written, and how many packets a subscription
+    /// keeps before it drops its oldest (at least one).
+    pub fn with_queue_depth(mut self, queue_depth: usize) -> Self {
+        self.queue_depth = queue_depth.max(1);
+        self
+    }
+
+    /// Sets how long the server may take to accept one batch of writes.
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// Sets how long a TCP connect (and the TLS handshake) may take.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Logs every packet in and out, in hex (`true`), or not.
+    pub fn with_log_packets(mut self, log_packets: bool) -> Self {
+        self.log_packets = log_packets;
+        self
+    }
 }
 
 /// Exponential backoff between reconnect attempts.

@@ -1,6 +1,7 @@
 //! One client connection, on the session [engine](crate::session::engine): routes server
 //! packets to waiting requests and subscriptions.
 
+use super::subscription::Sink;
 use super::ClientError;
 use crate::protocol::keepalive::Heartbeat;
 use crate::session::engine::{Engine, EngineOptions};
@@ -13,15 +14,19 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// A packet delivered to a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Incoming {
     /// A packet body of the subscribed protocol.
     Packet(Bytes),
     /// The server reported an error about the subscribed protocol.
     Error(String),
+    /// The subscriber fell behind: this many of the oldest packets were dropped here, before
+    /// the ones that follow (see [`Subscription`](super::Subscription)).
+    Lagged(u64),
 }
 
 type Waiter = oneshot::Sender<Result<Bytes, ClientError>>;
@@ -85,8 +90,9 @@ impl Pending {
     }
 }
 
-/// Subscriptions of application protocols, shared across reconnects.
-pub(crate) type Subscriptions = Mutex<HashMap<u16, mpsc::Sender<Incoming>>>;
+/// Subscriptions of application protocols, shared across reconnects. Delivery never waits, so
+/// a slow subscriber cannot stop the reader (see `subscription.rs`).
+pub(crate) type Subscriptions = Mutex<HashMap<u16, Arc<dyn Sink>>>;
 
 /// What the read loop needs besides the socket.
 pub(crate) struct ConnectionParts {
@@ -144,6 +150,10 @@ where
         });
     }
     pending.fail_all(&reason);
+    let sinks: Vec<Arc<dyn Sink>> = lock(&subscriptions).values().cloned().collect();
+    for sink in sinks {
+        sink.disconnected(&reason);
+    }
     Box::pin(engine.finish()).await;
     reason
 }
@@ -173,7 +183,7 @@ async fn route(session: &Session, pending: &Pending, subs: &Subscriptions, frame
                     message: message.clone(),
                 };
                 if pending.complete(protocol_id, Err(err)).is_some() {
-                    deliver(subs, protocol_id, Incoming::Error(message)).await;
+                    deliver(subs, protocol_id, Incoming::Error(message));
                 }
             }
             Ok(CapabilitiesMessage::GetProtocolIds) => {
@@ -196,19 +206,27 @@ async fn route(session: &Session, pending: &Pending, subs: &Subscriptions, frame
         },
         id => {
             if pending.complete(id, Ok(frame.body.clone())).is_some() {
-                deliver(subs, id, Incoming::Packet(frame.body)).await;
+                deliver(subs, id, Incoming::Packet(frame.body));
             }
         }
     }
 }
 
-async fn deliver(subs: &Subscriptions, protocol_id: u16, incoming: Incoming) {
-    let tx = lock(subs).get(&protocol_id).cloned();
-    match tx {
-        // Waiting here slows the reader to the subscriber's pace: back-pressure, not loss.
-        Some(tx) => {
-            if tx.send(incoming).await.is_err() {
-                lock(subs).remove(&protocol_id);
+/// Hands `incoming` to the subscription of `protocol_id`, without waiting: the reader serves
+/// every protocol and the heartbeat, so no one subscriber may hold it up.
+fn deliver(subs: &Subscriptions, protocol_id: u16, incoming: Incoming) {
+    let sink = lock(subs).get(&protocol_id).cloned();
+    match sink {
+        Some(sink) => {
+            if !sink.deliver(incoming) {
+                let mut subs = lock(subs);
+                // Only if it is still the same subscription, not a newer one.
+                if subs
+                    .get(&protocol_id)
+                    .is_some_and(|current| Arc::ptr_eq(current, &sink))
+                {
+                    subs.remove(&protocol_id);
+                }
             }
         }
         None => tracing::debug!(protocol_id, "packet for a protocol nobody subscribed to"),

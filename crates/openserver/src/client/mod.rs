@@ -17,9 +17,11 @@
 
 mod config;
 mod connection;
+pub(crate) mod subscription;
 
 pub use config::{ClientConfig, ReconnectPolicy};
 pub use connection::Incoming;
+pub use subscription::Subscription;
 
 use crate::auth::scram::ClientExchange;
 use crate::session::{lock, CloseReason, Session};
@@ -35,7 +37,7 @@ use bytes::Bytes;
 use connection::{ConnectionParts, Pending, Subscriptions};
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Why a client call failed.
@@ -134,6 +136,17 @@ pub enum ClientError {
     /// The connection is closed (with the reason, when known).
     #[error("connection closed{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
     Closed(Option<CloseReason>),
+    /// The application refused a request of a typed protocol ([`crate::app`]): the code and
+    /// message its handler returned as an [`AppError`](crate::app::AppError).
+    #[error("{message} ({code})")]
+    Application {
+        /// The typed protocol's id.
+        protocol_id: u16,
+        /// The application's stable error code, e.g. `"not_found"`.
+        code: String,
+        /// The application's message.
+        message: String,
+    },
     /// A SCRAM login was accepted, but the server could not prove it holds the user's keys
     /// (its signature did not verify): it may be an impostor, so the client closed the
     /// connection. Carries what went wrong.
@@ -376,12 +389,25 @@ impl Client {
     /// subscription survives reconnects and ends (`recv` gives `None`) when the client closes
     /// for good.
     ///
-    /// Packets are handed over with back-pressure: a subscriber that stops receiving stops
-    /// the client from reading, which after `keep_alive.timeout` counts as a lost connection.
-    pub fn subscribe(&self, protocol_id: u16) -> mpsc::Receiver<Incoming> {
-        let (tx, rx) = mpsc::channel(self.shared.config.queue_depth.max(1));
-        lock(&self.shared.subscriptions).insert(protocol_id, tx);
-        rx
+    /// The reader never waits for a subscriber: each subscription queues up to
+    /// [`ClientConfig::queue_depth`] packets, and one that falls behind loses its oldest
+    /// packets and hears [`Incoming::Lagged`] (see [`Subscription`]). Requests on other
+    /// protocols and the heartbeat go on regardless.
+    pub fn subscribe(&self, protocol_id: u16) -> Subscription {
+        let (subscription, sink) = Subscription::new(self.shared.config.queue_depth);
+        self.subscribe_sink(protocol_id, sink);
+        subscription
+    }
+
+    /// Routes the packets of `protocol_id` that no request waits for to `sink`, replacing any
+    /// earlier subscription (the application layer's typed clients use this).
+    pub(crate) fn subscribe_sink(&self, protocol_id: u16, sink: Arc<dyn subscription::Sink>) {
+        lock(&self.shared.subscriptions).insert(protocol_id, sink);
+    }
+
+    /// The settings this client was made with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.shared.config
     }
 
     /// Connection events: losses, reconnect attempts, the final close.

@@ -1,7 +1,7 @@
 //! Hello (protocol 10): the sample application protocol, built with the public [`Protocol`]
 //! trait like any protocol of your own. The server answers `"Hello " + s`.
 
-use super::{HandlerError, Protocol, ProtocolHandler, TryPacket};
+use super::{HandlerError, Protocol, ProtocolHandler, Reply, TryPacket};
 use crate::session::Session;
 use crate::wire::hello::HelloMessage;
 use crate::wire::protocol_id;
@@ -28,7 +28,8 @@ impl Protocol for Hello {
 
 #[async_trait]
 impl ProtocolHandler for Hello {
-    /// Only when [`try_packet`](Self::try_packet) found the queue full: waits for room.
+    /// Only when the queue was full, so that [`try_packet`](Self::try_packet) was skipped:
+    /// waits for room.
     async fn on_packet(&mut self, session: &Session, body: Bytes) -> Result<(), HandlerError> {
         let name = parse(session, &body)?;
         let text = session.text_mode().encoding();
@@ -42,17 +43,20 @@ impl ProtocolHandler for Hello {
 
     /// Every packet, first: the string is borrowed from the request (unless it is non-ASCII
     /// Latin-1) and the answer written straight into the queue, so nothing is allocated.
-    fn try_packet(&mut self, session: &Session, body: Bytes) -> TryPacket {
+    fn try_packet<'a>(
+        &mut self,
+        session: &Session,
+        body: Bytes,
+        reply: Reply<'a>,
+    ) -> TryPacket<'a> {
         let name = match parse(session, &body) {
             Ok(name) => name,
             Err(e) => return TryPacket::Done(Err(e.into())),
         };
         let text = session.text_mode().encoding();
-        let sent = session.try_send_body(protocol_id::HELLO, |dst| {
+        reply.send_body(protocol_id::HELLO, |dst| {
             HelloMessage::encode_reply_text(&name, text, dst)
-        });
-        drop(name);
-        TryPacket::after_send(sent, body)
+        })
     }
 }
 

@@ -43,8 +43,9 @@
 //! ```
 //!
 //! A handler that never needs to wait can also implement
-//! [`try_packet`](ProtocolHandler::try_packet), the fast path the server tries first; the
-//! Hello protocol ([`hello`]) shows how.
+//! [`try_packet`](ProtocolHandler::try_packet), the fast path the server tries first, whose
+//! one answer cannot fail for lack of room; the Hello protocol ([`hello`]) shows how. Most
+//! applications want the typed layer instead: [`crate::app`].
 
 pub mod admin;
 pub mod dbauth;
@@ -103,16 +104,31 @@ pub trait ProtocolHandler: Send + 'static {
 
     /// The fast path: handles a packet at once when that needs no waiting, or hands it on.
     ///
-    /// The server calls this first for every packet; [`on_packet`](Self::on_packet) runs only
-    /// when it returns [`TryPacket::Wait`] with the body. The default hands every packet on.
-    /// A handler that answers from memory (as most application protocols do) implements it to
-    /// save the allocation and polling of an async call per packet. It must queue only with
-    /// the sends that never wait ([`Session::try_send_body`], [`Session::try_send`]) and hand
-    /// the packet on, untouched, when they find the queue full: `on_packet` then waits for
-    /// room, so back-pressure still applies.
-    fn try_packet(&mut self, session: &Session, body: Bytes) -> TryPacket {
+    /// The server calls this first whenever the session's outbound queue has room, with a
+    /// [`Reply`] that holds that room: the one answer sent through it is queued whatever
+    /// else fills the queue meanwhile, so a handler that has acted never has to hand the
+    /// packet back. To hand a packet on to [`on_packet`](Self::on_packet) (because it needs
+    /// to wait, say for a database), return [`TryPacket::Wait`] with the body and the unused
+    /// `Reply`, before doing anything: having sent through the `Reply`, the handler no longer
+    /// has one to give back. The default hands every packet on. When the queue is full, the
+    /// server skips this and calls `on_packet`, which waits for room: back-pressure applies.
+    ///
+    /// A handler that answers from memory implements it to save the allocation and polling of
+    /// an async call per packet. Send only through the `Reply` here.
+    fn try_packet<'a>(
+        &mut self,
+        session: &Session,
+        body: Bytes,
+        reply: Reply<'a>,
+    ) -> TryPacket<'a> {
         let _ = session;
-        TryPacket::Wait(body)
+        TryPacket::Wait(body, reply)
+    }
+
+    /// The session has ended: called once, after the last packet, for every handler the
+    /// session created. Sends fail by now. The session's task waits for it, so keep it short.
+    async fn on_close(&mut self, session: &Session) {
+        let _ = session;
     }
 
     /// The peer reported an error about this protocol (a Capabilities ERROR naming it).
@@ -127,21 +143,42 @@ pub trait ProtocolHandler: Send + 'static {
 
 /// What [`ProtocolHandler::try_packet`] did with a packet.
 #[derive(Debug)]
-pub enum TryPacket {
+pub enum TryPacket<'a> {
     /// Handled, with the outcome `on_packet` would have returned.
     Done(Result<(), HandlerError>),
-    /// Not handled, nothing done: the body goes on to `on_packet`.
-    Wait(Bytes),
+    /// Not handled, nothing done: the body goes on to `on_packet`, and the unused reply back.
+    Wait(Bytes, Reply<'a>),
 }
 
-impl TryPacket {
-    /// The outcome of a send made in `try_packet`: done when queued (or when the session is
-    /// closed), and `Wait(body)` when the queue is full, so that `on_packet` waits for room.
-    pub fn after_send(sent: Result<(), SendError>, body: Bytes) -> TryPacket {
-        match sent {
-            Err(SendError::Full) => TryPacket::Wait(body),
-            other => TryPacket::Done(other.map_err(HandlerError::from)),
-        }
+/// The fast path's one answer, with its room in the outbound queue held: see
+/// [`ProtocolHandler::try_packet`]. Sending consumes it.
+#[derive(Debug)]
+pub struct Reply<'a> {
+    session: &'a Session,
+}
+
+impl<'a> Reply<'a> {
+    /// A reply if the session's queue has room now; `None` sends the packet to `on_packet`.
+    pub(crate) fn reserve(session: &'a Session) -> Option<Reply<'a>> {
+        session.has_room().then_some(Reply { session })
+    }
+
+    /// Queues the answer of `protocol_id` whose body `body` writes straight into the queue.
+    /// Never fails for lack of room; the only error is a closed session.
+    pub fn send_body(self, protocol_id: u16, body: impl Fn(&mut bytes::BytesMut)) -> TryPacket<'a> {
+        let sent = self.session.push_reserved(protocol_id, &|dst| {
+            crate::wire::Frame::encode_with(protocol_id, dst, &body)
+        });
+        TryPacket::Done(sent.map_err(HandlerError::from))
+    }
+
+    /// Queues `frame` as the answer. Never fails for lack of room.
+    pub fn send(self, frame: crate::wire::Frame) -> TryPacket<'a> {
+        let sent = self.session.push_reserved(frame.protocol_id, &|dst| {
+            frame.encode_into(dst)?;
+            Ok(frame.wire_len())
+        });
+        TryPacket::Done(sent.map_err(HandlerError::from))
     }
 }
 
@@ -217,5 +254,32 @@ impl std::fmt::Debug for ProtocolSet {
         f.debug_map()
             .entries(self.by_id.iter().map(|(id, p)| (id, p.name())))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Frame;
+
+    /// Trap 3 of issue 15: the fast path's answer cannot fail for lack of room, so a handler
+    /// that has acted never has to hand its packet back (and run a second time).
+    #[test]
+    fn a_reply_keeps_its_room_and_a_full_queue_skips_the_fast_path() {
+        let session = Session::new(1, "127.0.0.1:1".parse().unwrap(), 1, false);
+        let reply = Reply::reserve(&session).expect("an empty queue has room");
+        // A push from elsewhere takes the last place between the reservation and the answer.
+        session.try_send(Frame::new(7, vec![1u8])).unwrap();
+        assert_eq!(
+            session.try_send(Frame::new(7, vec![2u8])),
+            Err(SendError::Full)
+        );
+        assert!(matches!(
+            reply.send_body(7, |dst| dst.extend_from_slice(b"answer")),
+            TryPacket::Done(Ok(()))
+        ));
+        // Full now: the server goes straight to on_packet, which waits for room.
+        assert!(Reply::reserve(&session).is_none());
+        session.close(crate::session::CloseReason::Local);
     }
 }

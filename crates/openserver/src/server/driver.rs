@@ -10,7 +10,7 @@ use super::events::{EventBus, SessionEvent};
 use super::link::ServerLink;
 use super::metrics::{SessionGauge, SessionState};
 use super::Limits;
-use crate::protocol::{HandlerError, Protocol, ProtocolHandler, ProtocolSet, TryPacket};
+use crate::protocol::{HandlerError, Protocol, ProtocolHandler, ProtocolSet, Reply, TryPacket};
 use crate::session::engine::{Engine, EngineOptions};
 use crate::session::{CloseReason, Session};
 use crate::wire::capabilities::CapabilitiesMessage;
@@ -74,6 +74,13 @@ impl Handlers {
             });
             self.0.len() - 1
         })
+    }
+
+    /// Tells every handler that the session has ended, once each.
+    async fn close(&mut self, session: &Session) {
+        for slot in &mut self.0 {
+            slot.handler.on_close(session).await;
+        }
     }
 
     /// The slot of `id` if its packets need no checks.
@@ -183,6 +190,8 @@ where
                 session.close(CloseReason::AuthFailures);
             }
         }
+        // Boxed: a session closes once, and its task need not carry this inline.
+        Box::pin(handlers.close(session)).await;
         drop(handlers);
         // What was queued (a QUIT, a last answer) still goes out, within the write deadline.
         // Boxed: a session closes once, and its task need not carry the drain inline.
@@ -262,9 +271,13 @@ fn dispatch<'a>(
     match route {
         Route::Handler(at) => {
             let handler = &mut handlers.0[at].handler;
-            let dispatched = match handler.try_packet(session, frame.body) {
-                TryPacket::Done(outcome) => Dispatched::Handled(outcome),
-                TryPacket::Wait(body) => Dispatched::Wait(handler.on_packet(session, body)),
+            // The fast path only with room held for its answer (see `try_packet`).
+            let dispatched = match Reply::reserve(session) {
+                Some(reply) => match handler.try_packet(session, frame.body, reply) {
+                    TryPacket::Done(outcome) => Dispatched::Handled(outcome),
+                    TryPacket::Wait(body, _) => Dispatched::Wait(handler.on_packet(session, body)),
+                },
+                None => Dispatched::Wait(handler.on_packet(session, frame.body)),
             };
             (dispatched, true)
         }

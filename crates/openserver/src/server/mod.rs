@@ -71,6 +71,11 @@ pub struct ServerBuilder {
     /// The role of [`admin`](Self::admin), if called; Admin is added at bind, with the
     /// session registry.
     admin_role: Option<String>,
+    /// Set by [`danger_allow_plaintext_non_loopback`](Self::danger_allow_plaintext_non_loopback).
+    allow_plaintext_non_loopback: bool,
+    /// The live sessions: made here rather than at bind, so that typed protocols
+    /// ([`crate::app`]) can hold it from the moment they are added.
+    registry: Arc<Registry>,
 }
 
 impl ServerBuilder {
@@ -79,6 +84,14 @@ impl ServerBuilder {
     /// user store must be set with [`user_store`](Self::user_store)).
     pub fn tls(mut self, tls: ServerTls) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Allows serving plaintext (no [`tls`](Self::tls)) on an address other than loopback.
+    /// Passwords and every packet then cross the network in the clear: only for a network
+    /// that is itself encrypted or trusted. Without it, [`bind`](Self::bind) refuses.
+    pub fn danger_allow_plaintext_non_loopback(mut self) -> Self {
+        self.allow_plaintext_non_loopback = true;
         self
     }
 
@@ -121,12 +134,32 @@ impl ServerBuilder {
         self
     }
 
+    /// The server's live sessions, for the application layer's push.
+    pub(crate) fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
     /// Binds the listening socket (with the configured backlog) and returns the server, ready
     /// to [`run`](Server::run).
+    ///
+    /// Without [`tls`](Self::tls), only a loopback address is accepted (unless
+    /// [`danger_allow_plaintext_non_loopback`](Self::danger_allow_plaintext_non_loopback)):
+    /// an `InvalidInput` error says so.
     pub async fn bind(mut self) -> io::Result<Server> {
         self.config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let addr = self.config.listen;
+        if self.tls.is_none() && !addr.ip().is_loopback() && !self.allow_plaintext_non_loopback {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "refusing to serve plaintext on {addr}: passwords would cross the network \
+                     in the clear; add .tls(...), listen on a loopback address, or call \
+                     .danger_allow_plaintext_non_loopback()"
+                ),
+            ));
+        }
         // Kept so that ServerHandle::set_keep_alive can change it; an application's own
         // keep-alive protocol is the application's to change.
         let mut keep_alive = None;
@@ -141,7 +174,7 @@ impl ServerBuilder {
         }
         // Admin reads the registry directly: holding the registry, not the server, keeps
         // the protocol set from owning the server that owns it.
-        let registry = Arc::new(Registry::default());
+        let registry = self.registry.clone();
         if let Some(role) = self.admin_role {
             self.protocols.insert(Arc::new(Admin::new(
                 registry.clone(),
@@ -239,6 +272,8 @@ impl Server {
             tls: None,
             scram: false,
             admin_role: None,
+            registry: Arc::new(Registry::default()),
+            allow_plaintext_non_loopback: false,
         }
     }
 
@@ -667,6 +702,11 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// The server's live sessions, for the application layer's push.
+    pub(crate) fn registry(&self) -> Arc<Registry> {
+        self.shared.registry.clone()
+    }
+
     /// The session with this id, if open.
     pub fn session(&self, id: SessionId) -> Option<Session> {
         self.shared.registry.get(id)

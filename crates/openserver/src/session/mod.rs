@@ -425,6 +425,22 @@ impl Session {
         })
     }
 
+    /// Whether the outbound queue has room for a frame now.
+    pub(crate) fn has_room(&self) -> bool {
+        self.inner.outbox.has_room()
+    }
+
+    /// Queues the frame `encode` writes even if the queue has filled since
+    /// [`has_room`](Self::has_room) said yes: the fast path's reply, whose room was held.
+    /// Each packet gets at most one, so the queue overshoots its depth by at most one frame.
+    pub(crate) fn push_reserved(
+        &self,
+        protocol_id: u16,
+        encode: &dyn Fn(&mut bytes::BytesMut) -> Result<usize, crate::wire::FrameError>,
+    ) -> Result<(), SendError> {
+        self.push_with(false, true, protocol_id, encode)
+    }
+
     /// Queues a frame without waiting.
     pub fn try_send(&self, frame: Frame) -> Result<(), SendError> {
         self.push_encoded(false, frame.protocol_id, &|dst| {
@@ -472,10 +488,22 @@ impl Session {
         }
     }
 
-    /// One attempt at queueing; see [`Outbox::push`].
+    /// One attempt at queueing; see [`Outbox::push_checked`].
     fn push_encoded(
         &self,
         register: bool,
+        protocol_id: u16,
+        encode: &dyn Fn(&mut bytes::BytesMut) -> Result<usize, crate::wire::FrameError>,
+    ) -> Result<(), SendError> {
+        self.push_with(register, false, protocol_id, encode)
+    }
+
+    /// One attempt at queueing; `reserved` skips the depth check (see
+    /// [`push_reserved`](Self::push_reserved)).
+    fn push_with(
+        &self,
+        register: bool,
+        reserved: bool,
         protocol_id: u16,
         encode: &dyn Fn(&mut bytes::BytesMut) -> Result<usize, crate::wire::FrameError>,
     ) -> Result<(), SendError> {
@@ -483,7 +511,7 @@ impl Session {
             return Err(SendError::Closed);
         }
         let log_packets = self.inner.log_packets;
-        let pushed = self.inner.outbox.push(register, |dst| {
+        let pushed = self.inner.outbox.push_checked(register, !reserved, |dst| {
             let start = dst.len();
             let len = encode(dst)?;
             if log_packets {

@@ -65,16 +65,29 @@ impl Outbox {
         }
     }
 
-    /// Appends one frame that `encode` writes (returning its wire length) and wakes the engine
-    /// if it waits. With `register` set, a full queue also counts the caller among the
-    /// senders waiting for room (see [`room`](Self::room) and [`unregister`](Self::unregister)).
+    /// A bounded [`push_checked`](Self::push_checked), for tests.
+    #[cfg(test)]
     pub(crate) fn push(
         &self,
         register: bool,
         encode: impl FnOnce(&mut BytesMut) -> Result<usize, FrameError>,
     ) -> Result<usize, PushError> {
+        self.push_checked(register, true, encode)
+    }
+
+    /// Appends one frame that `encode` writes (returning its wire length) and wakes the engine
+    /// if it waits. With `register` set, a full queue also counts the caller among the
+    /// senders waiting for room (see [`room`](Self::room) and [`unregister`](Self::unregister)).
+    /// The depth is checked only if `bounded`: a fast-path reply whose room
+    /// [`has_room`](Self::has_room) saw goes in even if another sender took it since.
+    pub(crate) fn push_checked(
+        &self,
+        register: bool,
+        bounded: bool,
+        encode: impl FnOnce(&mut BytesMut) -> Result<usize, FrameError>,
+    ) -> Result<usize, PushError> {
         let mut state = lock(&self.state);
-        if state.frames >= state.depth {
+        if bounded && state.frames >= state.depth {
             state.waiting += u32::from(register);
             return Err(PushError::Full);
         }
@@ -169,6 +182,12 @@ impl Outbox {
         if let Some(engine) = engine {
             engine.wake();
         }
+    }
+
+    /// Whether a bounded push would find room now.
+    pub(crate) fn has_room(&self) -> bool {
+        let state = lock(&self.state);
+        state.frames < state.depth
     }
 
     /// Frames queued now.

@@ -7,9 +7,10 @@ use clap::Parser;
 use openserver::auth::{AuthError, HashParams, PasswordHasher, SqliteUserStore};
 use openserver::server::{Server, ServerConfig};
 use openserver::wire::Secret;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 /// Runs a chat server until Ctrl-C or SIGTERM.
@@ -33,17 +34,35 @@ fn parse_user(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| "expected NAME:PASSWORD".to_owned())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> ExitCode {
+    let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal, never into a redirected log.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, the causes joined, never a backtrace (as the `openserver` command).
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
+async fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let hasher = PasswordHasher::new(HashParams::default())?;
