@@ -6,31 +6,14 @@ use openserver::client::{Client, ClientConfig, ClientError};
 use openserver::session::CloseReason;
 use openserver::wire::admin::{AdminMessage, SessionInfo};
 use openserver::wire::capabilities::CapabilitiesMessage;
-use openserver::wire::dbauth::DatabaseAuthMessage;
 use openserver::wire::hello::HelloMessage;
 use openserver::wire::keepalive::KeepAliveMessage;
-use openserver::wire::{protocol_id, Message, Secret};
+use openserver::wire::{protocol_id, Message};
 use std::time::Duration;
-use support::harness::{config, start_with, Raw, TestServer, ALICE, AT_ONCE, BOB, WAIT};
+use support::harness::{config, db_login, start_with, Raw, TestServer, ALICE, AT_ONCE, BOB, WAIT};
 
 async fn admin_server(role: &'static str) -> TestServer {
     start_with(config(), move |b| b.admin(role)).await
-}
-
-/// A raw session logged in as `user` over DatabaseAuth.
-async fn raw_login(server: &TestServer, (user, password): (&str, &str)) -> Raw {
-    let mut raw = Raw::connect(server.addr).await;
-    let login = DatabaseAuthMessage::Authenticate {
-        user: user.into(),
-        password: Secret::new(password),
-    };
-    raw.send(login.to_frame()).await;
-    let answer = raw.recv().await.expect("login answer");
-    assert!(matches!(
-        DatabaseAuthMessage::decode(&answer.body),
-        Ok(DatabaseAuthMessage::Authenticated { .. })
-    ));
-    raw
 }
 
 async fn admin_request(client: &Client, message: AdminMessage) -> AdminMessage {
@@ -51,7 +34,7 @@ async fn list(client: &Client) -> Vec<SessionInfo> {
 #[tokio::test]
 async fn an_admin_lists_sessions_and_kicks_one() {
     let server = admin_server("admin").await;
-    let mut bob = raw_login(&server, BOB).await;
+    let mut bob = db_login(&server, BOB).await;
     bob.send(HelloMessage("x".into()).to_frame()).await;
     assert_eq!(bob.recv().await.unwrap().protocol_id, protocol_id::HELLO);
     let bob_peer = bob.stream.local_addr().unwrap().to_string();
@@ -120,7 +103,7 @@ async fn an_admin_lists_sessions_and_kicks_one() {
 #[tokio::test]
 async fn kicking_oneself_still_gets_the_answer() {
     let server = admin_server("admin").await;
-    let mut raw = raw_login(&server, ALICE).await;
+    let mut raw = db_login(&server, ALICE).await;
     // A server command from a client is refused, and the session goes on.
     raw.send(AdminMessage::Kicked { session_id: 1 }.to_frame())
         .await;
@@ -152,7 +135,7 @@ async fn kicking_oneself_still_gets_the_answer() {
 #[tokio::test]
 async fn others_get_requires_role() {
     let server = admin_server("admin").await;
-    let mut bob = raw_login(&server, BOB).await;
+    let mut bob = db_login(&server, BOB).await;
     bob.send(AdminMessage::List.to_frame()).await;
     let answer = bob.recv().await.unwrap();
     assert_eq!(
@@ -209,7 +192,7 @@ async fn the_role_is_configurable_and_the_protocol_is_listed() {
 #[tokio::test]
 async fn the_handle_kicks_too() {
     let server = admin_server("admin").await;
-    let mut bob = raw_login(&server, BOB).await;
+    let mut bob = db_login(&server, BOB).await;
     let id = server.handle.sessions()[0].id();
     let session = server.handle.kick(id).expect("bob's session is open");
     assert_eq!(session.close_reason(), Some(CloseReason::Kicked));

@@ -15,7 +15,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use support::harness::{
-    config, fast_hasher, test_store, Raw, TestServer, ALICE, AT_ONCE, SCRAM_TEST_ITERATIONS,
+    config, db_login, fast_hasher, test_store, Raw, TestServer, ALICE, AT_ONCE,
+    SCRAM_TEST_ITERATIONS,
 };
 
 /// A server over `store`, set up by `extra`; the test keeps the store to change it.
@@ -30,21 +31,6 @@ async fn serve(
     let handle = server.handle();
     let task = tokio::spawn(server.run());
     TestServer { addr, handle, task }
-}
-
-async fn db_login(server: &TestServer, (user, password): (&str, &str)) -> Raw {
-    let mut raw = Raw::connect(server.addr).await;
-    let login = DatabaseAuthMessage::Authenticate {
-        user: user.into(),
-        password: Secret::new(password),
-    };
-    raw.send(login.to_frame()).await;
-    let answer = raw.recv().await.expect("login answer");
-    assert!(matches!(
-        DatabaseAuthMessage::decode(&answer.body),
-        Ok(DatabaseAuthMessage::Authenticated { .. })
-    ));
-    raw
 }
 
 /// Sends LIST; `Ok` if the sessions came back, `Err` with the Capabilities ERROR text.

@@ -239,3 +239,21 @@ impl Raw {
         self.stream.local_addr().expect("local address")
     }
 }
+
+/// A raw session logged in as `user` over DatabaseAuth; panics unless the login is accepted.
+pub async fn db_login(server: &TestServer, (user, password): (&str, &str)) -> Raw {
+    use openserver::wire::dbauth::DatabaseAuthMessage;
+    use openserver::wire::Message;
+    let mut raw = Raw::connect(server.addr).await;
+    let login = DatabaseAuthMessage::Authenticate {
+        user: user.into(),
+        password: Secret::new(password),
+    };
+    raw.send(login.to_frame()).await;
+    let answer = raw.recv().await.expect("login answer");
+    assert!(matches!(
+        DatabaseAuthMessage::decode(&answer.body),
+        Ok(DatabaseAuthMessage::Authenticated { .. })
+    ));
+    raw
+}
