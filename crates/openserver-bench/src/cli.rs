@@ -183,6 +183,11 @@ pub struct CompareArgs {
     /// `openserver serve`, in the same alternating rounds.
     #[arg(long, conflicts_with = "bench_server")]
     pub with_bench_server: bool,
+    /// Also run `serve` of another openserver executable (a build of an earlier commit, say)
+    /// as a further target, `openserver_baseline`, in the same alternating rounds, with the
+    /// same settings as `openserver serve`: before and after a change in one run.
+    #[arg(long, value_name = "PATH", conflicts_with = "bench_server")]
+    pub baseline: Option<PathBuf>,
     /// The redis-server executable [default: redis-server on PATH].
     #[arg(long, value_name = "PATH")]
     pub redis_server: Option<PathBuf>,
@@ -412,6 +417,7 @@ async fn run_compare(args: CompareArgs) -> Result<()> {
             TargetKind::Serve
         },
         with_bench_server: args.with_bench_server,
+        baseline: args.baseline.clone(),
         redis,
         launcher: Some(Launcher::current()?),
         per_worker: load.per_worker,

@@ -35,6 +35,9 @@ pub struct CompareOptions {
     /// Also run the bench's own server as a further target, `openserver_bench` (ignored when
     /// it is already the "openserver" target).
     pub with_bench_server: bool,
+    /// Also run `serve` of this other openserver executable as `openserver_baseline`, with
+    /// the settings `openserver serve` gets (needs a launcher).
+    pub baseline: Option<PathBuf>,
     /// redis-server to start, if any.
     pub redis: Option<PathBuf>,
     /// Start the servers as child processes of this program; `None`: in this process.
@@ -166,6 +169,11 @@ pub struct CompareResult {
     /// With `--with-bench-server`: the bench's own server, median messages/s, over the echo
     /// server's.
     pub ratio_bench_server_vs_echo: Option<f64>,
+    /// With `--baseline`: the baseline executable's `serve`, median messages/s, over the
+    /// echo server's.
+    pub ratio_baseline_vs_echo: Option<f64>,
+    /// With `--baseline`: openserver's median messages/s over the baseline's.
+    pub ratio_vs_baseline: Option<f64>,
     /// Why redis did not run, if it did not.
     pub redis_skipped: Option<String>,
     /// Errors over every run.
@@ -227,26 +235,41 @@ pub async fn run(
         );
     }
     let tls_dir = tempfile::tempdir()?;
-    // (name, server, whether it speaks TLS), in the order the runs alternate.
+    if options.baseline.is_some() && (primary != TargetKind::Serve || options.launcher.is_none())
+    {
+        bail!("a baseline runs `serve` of another executable: it needs child-process targets");
+    }
+    // (name, server, whether it speaks TLS, another executable), in the order the runs
+    // alternate.
     let mut servers: Vec<(String, Server, bool)> = Vec::new();
     let mut kinds = vec![
-        ("openserver", primary, options.tls),
-        ("echo", TargetKind::Echo, options.tls),
+        ("openserver", primary, options.tls, None),
+        ("echo", TargetKind::Echo, options.tls, None),
     ];
+    if let Some(exe) = &options.baseline {
+        kinds.push(("openserver_baseline", primary, options.tls, Some(exe)));
+    }
     if options.with_tls && !options.tls {
-        kinds.push(("openserver_tls", primary, true));
+        kinds.push(("openserver_tls", primary, true, None));
     }
     if options.with_bench_server && primary != TargetKind::Openserver {
-        kinds.push(("openserver_bench", TargetKind::Openserver, options.tls));
+        kinds.push(("openserver_bench", TargetKind::Openserver, options.tls, None));
     }
-    for (name, kind, tls) in kinds {
+    for (name, kind, tls, exe) in kinds {
         let mut target = TargetOptions::new(kind);
         if tls {
             target.tls_dir = Some(tls_dir.path().to_owned());
         }
-        let server = match &options.launcher {
-            Some(launcher) => Server::Child(ChildTarget::spawn(launcher, &target).await?),
-            None => Server::Local(InProcessTarget::start(&target).await?),
+        let server = match (&options.launcher, exe) {
+            (Some(launcher), Some(exe)) => {
+                let other = Launcher {
+                    exe: exe.clone(),
+                    prefix: launcher.prefix.clone(),
+                };
+                Server::Child(ChildTarget::spawn(&other, &target).await?)
+            }
+            (Some(launcher), None) => Server::Child(ChildTarget::spawn(launcher, &target).await?),
+            (None, _) => Server::Local(InProcessTarget::start(&target).await?),
         };
         servers.push((name.into(), server, tls));
     }
@@ -335,6 +358,8 @@ pub async fn run(
         openserver: primary.name().to_owned(),
         ratio_vs_echo: ratio("openserver", "echo").unwrap_or(0.0),
         ratio_bench_server_vs_echo: ratio("openserver_bench", "echo"),
+        ratio_baseline_vs_echo: ratio("openserver_baseline", "echo"),
+        ratio_vs_baseline: ratio("openserver", "openserver_baseline"),
         ratio_vs_redis: ratio("openserver", "redis"),
         ratio_tls_vs_plain: ratio("openserver_tls", "openserver"),
         redis_skipped,

@@ -85,6 +85,30 @@ fn compare_prints_every_target_and_the_ratio() {
 }
 
 #[test]
+fn compare_runs_a_baseline_executable_in_the_same_rounds() {
+    // The baseline is this same build: what matters is that its `serve` ran and answered.
+    let exe = env!("CARGO_BIN_EXE_openserver");
+    let j = bench(&[
+        "compare",
+        "--rounds",
+        "1",
+        "--duration",
+        "1",
+        "--connections",
+        "2",
+        "--no-redis",
+        "--baseline",
+        exe,
+    ]);
+    assert_eq!(j["errors"], 0, "{j}");
+    let targets = j["targets"].as_array().unwrap();
+    let names: Vec<&str> = targets.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["openserver", "echo", "openserver_baseline"]);
+    assert!(targets[2]["messages_per_sec"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(j["ratio_vs_baseline"].as_f64().unwrap() > 0.0, "{j}");
+}
+
+#[test]
 fn idle_sessions_over_worker_processes() {
     // 30 sessions at 10 per process: three workers, from 127.0.0.2, .3 and .4.
     let j = bench(&[
