@@ -184,10 +184,10 @@ pub struct CompareArgs {
     #[arg(long, conflicts_with = "bench_server")]
     pub with_bench_server: bool,
     /// Also run `serve` of another openserver executable (a build of an earlier commit, say)
-    /// as a further target, `openserver_baseline`, in the same alternating rounds, with the
-    /// same settings as `openserver serve`: before and after a change in one run.
+    /// as a further target named `baseline_FILENAME`, in the same alternating rounds, with the
+    /// same settings as `openserver serve`: before and after a change in one run. Repeatable.
     #[arg(long, value_name = "PATH", conflicts_with = "bench_server")]
-    pub baseline: Option<PathBuf>,
+    pub baseline: Vec<PathBuf>,
     /// The redis-server executable [default: redis-server on PATH].
     #[arg(long, value_name = "PATH")]
     pub redis_server: Option<PathBuf>,

@@ -35,15 +35,26 @@ pub struct CompareOptions {
     /// Also run the bench's own server as a further target, `openserver_bench` (ignored when
     /// it is already the "openserver" target).
     pub with_bench_server: bool,
-    /// Also run `serve` of this other openserver executable as `openserver_baseline`, with
-    /// the settings `openserver serve` gets (needs a launcher).
-    pub baseline: Option<PathBuf>,
+    /// Also run `serve` of each of these other openserver executables, as
+    /// `baseline_FILENAME`, with the settings `openserver serve` gets (needs a launcher).
+    pub baseline: Vec<PathBuf>,
     /// redis-server to start, if any.
     pub redis: Option<PathBuf>,
     /// Start the servers as child processes of this program; `None`: in this process.
     pub launcher: Option<Launcher>,
     /// Connections per process; more are spread over worker processes (needs a launcher).
     pub per_worker: usize,
+}
+
+/// A baseline executable's ratios (`--baseline`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaselineRatios {
+    /// The target's name, `baseline_FILENAME`.
+    pub name: String,
+    /// Its median messages/s over the echo server's.
+    pub ratio_vs_echo: Option<f64>,
+    /// openserver's median messages/s over its.
+    pub openserver_vs_it: Option<f64>,
 }
 
 /// One run's figures.
@@ -169,11 +180,9 @@ pub struct CompareResult {
     /// With `--with-bench-server`: the bench's own server, median messages/s, over the echo
     /// server's.
     pub ratio_bench_server_vs_echo: Option<f64>,
-    /// With `--baseline`: the baseline executable's `serve`, median messages/s, over the
-    /// echo server's.
-    pub ratio_baseline_vs_echo: Option<f64>,
-    /// With `--baseline`: openserver's median messages/s over the baseline's.
-    pub ratio_vs_baseline: Option<f64>,
+    /// With `--baseline`: per baseline target, its median messages/s over the echo
+    /// server's and openserver's over its own.
+    pub baselines: Vec<BaselineRatios>,
     /// Why redis did not run, if it did not.
     pub redis_skipped: Option<String>,
     /// Errors over every run.
@@ -235,25 +244,31 @@ pub async fn run(
         );
     }
     let tls_dir = tempfile::tempdir()?;
-    if options.baseline.is_some() && (primary != TargetKind::Serve || options.launcher.is_none())
+    if !options.baseline.is_empty() && (primary != TargetKind::Serve || options.launcher.is_none())
     {
         bail!("a baseline runs `serve` of another executable: it needs child-process targets");
     }
     // (name, server, whether it speaks TLS, another executable), in the order the runs
     // alternate.
     let mut servers: Vec<(String, Server, bool)> = Vec::new();
-    let mut kinds = vec![
-        ("openserver", primary, options.tls, None),
-        ("echo", TargetKind::Echo, options.tls, None),
+    let mut kinds: Vec<(String, TargetKind, bool, Option<&PathBuf>)> = vec![
+        ("openserver".into(), primary, options.tls, None),
+        ("echo".into(), TargetKind::Echo, options.tls, None),
     ];
-    if let Some(exe) = &options.baseline {
-        kinds.push(("openserver_baseline", primary, options.tls, Some(exe)));
+    let baseline_names = baseline_names(&options.baseline)?;
+    for (name, exe) in baseline_names.iter().zip(&options.baseline) {
+        kinds.push((name.clone(), primary, options.tls, Some(exe)));
     }
     if options.with_tls && !options.tls {
-        kinds.push(("openserver_tls", primary, true, None));
+        kinds.push(("openserver_tls".into(), primary, true, None));
     }
     if options.with_bench_server && primary != TargetKind::Openserver {
-        kinds.push(("openserver_bench", TargetKind::Openserver, options.tls, None));
+        kinds.push((
+            "openserver_bench".into(),
+            TargetKind::Openserver,
+            options.tls,
+            None,
+        ));
     }
     for (name, kind, tls, exe) in kinds {
         let mut target = TargetOptions::new(kind);
@@ -271,7 +286,7 @@ pub async fn run(
             (Some(launcher), None) => Server::Child(ChildTarget::spawn(launcher, &target).await?),
             (None, _) => Server::Local(InProcessTarget::start(&target).await?),
         };
-        servers.push((name.into(), server, tls));
+        servers.push((name, server, tls));
     }
     let redis_skipped = if options.tls {
         Some("TLS runs compare openserver and echo only".to_owned())
@@ -358,8 +373,14 @@ pub async fn run(
         openserver: primary.name().to_owned(),
         ratio_vs_echo: ratio("openserver", "echo").unwrap_or(0.0),
         ratio_bench_server_vs_echo: ratio("openserver_bench", "echo"),
-        ratio_baseline_vs_echo: ratio("openserver_baseline", "echo"),
-        ratio_vs_baseline: ratio("openserver", "openserver_baseline"),
+        baselines: baseline_names
+            .iter()
+            .map(|name| BaselineRatios {
+                name: name.clone(),
+                ratio_vs_echo: ratio(name, "echo"),
+                openserver_vs_it: ratio("openserver", name),
+            })
+            .collect(),
         ratio_vs_redis: ratio("openserver", "redis"),
         ratio_tls_vs_plain: ratio("openserver_tls", "openserver"),
         redis_skipped,
@@ -367,6 +388,23 @@ pub async fn run(
         targets,
         last_openserver,
     })
+}
+
+/// `baseline_FILENAME` for each baseline executable; two with the same file name are refused.
+fn baseline_names(exes: &[PathBuf]) -> Result<Vec<String>> {
+    let mut names: Vec<String> = Vec::new();
+    for exe in exes {
+        let file = exe
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .ok_or_else(|| anyhow::anyhow!("--baseline {}: not a file", exe.display()))?;
+        let name = format!("baseline_{file}");
+        if names.contains(&name) {
+            bail!("two baselines are named {file}: give each a file name of its own");
+        }
+        names.push(name);
+    }
+    Ok(names)
 }
 
 /// One run, in this process or over workers when the connections need more descriptors

@@ -192,7 +192,7 @@ pub(crate) fn print_compare(c: &CompareResult) {
         c.rounds
     );
     println!(
-        "{:<19} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7} {:>12} {:>12}",
+        "{:<24} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7} {:>12} {:>12}",
         "target",
         "msg/s",
         "p50 us",
@@ -206,7 +206,7 @@ pub(crate) fn print_compare(c: &CompareResult) {
     );
     for t in &c.targets {
         println!(
-            "{:<19} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>7} {:>12} {:>12}",
+            "{:<24} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>7} {:>12} {:>12}",
             t.name,
             t.messages_per_sec,
             t.p50_us,
@@ -225,9 +225,11 @@ pub(crate) fn print_compare(c: &CompareResult) {
     if let Some(r) = c.ratio_bench_server_vs_echo {
         println!("openserver_bench / echo:  {r:.3}");
     }
-    if let (Some(b), Some(r)) = (c.ratio_baseline_vs_echo, c.ratio_vs_baseline) {
-        println!("openserver_baseline / echo:  {b:.3}");
-        println!("openserver / openserver_baseline:  {r:.3}");
+    for b in &c.baselines {
+        if let (Some(e), Some(r)) = (b.ratio_vs_echo, b.openserver_vs_it) {
+            println!("{} / echo:  {e:.3}", b.name);
+            println!("openserver / {}:  {r:.3}", b.name);
+        }
     }
     if let Some(r) = c.ratio_tls_vs_plain {
         println!("openserver TLS / plaintext: {r:.3}");

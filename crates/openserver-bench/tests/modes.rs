@@ -136,7 +136,7 @@ async fn compare_runs_every_target_in_turn() {
         rounds: 2,
         openserver: TargetKind::Serve,
         with_bench_server: true,
-        baseline: None,
+        baseline: Vec::new(),
         redis: None,
         launcher: None,
         per_worker: 10_000,

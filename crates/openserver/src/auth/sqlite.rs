@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use rand::rngs::OsRng;
 use rand::RngCore as _;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -92,6 +93,36 @@ pub struct SqliteUserStore {
     scram_secret: [u8; 32],
     /// PBKDF2 iterations of new SCRAM credentials; `None`: SCRAM credentials are not kept.
     scram_iterations: Option<u32>,
+    /// Users whose SCRAM credentials a login is deriving now. A crowd of first logins of one
+    /// user (a fleet reconnecting after an upgrade) derives them once, not once per login:
+    /// each derivation is a full PBKDF2 run.
+    deriving: Arc<Mutex<HashSet<i32>>>,
+}
+
+/// A user's place in [`SqliteUserStore::deriving`], given back on drop.
+struct Deriving {
+    set: Arc<Mutex<HashSet<i32>>>,
+    id: i32,
+}
+
+impl Deriving {
+    /// Claims `id`, unless another login holds it.
+    fn claim(set: &Arc<Mutex<HashSet<i32>>>, id: i32) -> Option<Self> {
+        let fresh = set.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+        fresh.then(|| Deriving {
+            set: Arc::clone(set),
+            id,
+        })
+    }
+}
+
+impl Drop for Deriving {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
 
 impl SqliteUserStore {
@@ -133,6 +164,7 @@ impl SqliteUserStore {
             hasher,
             scram_secret,
             scram_iterations: None,
+            deriving: Arc::default(),
         })
     }
 
@@ -433,9 +465,13 @@ impl SqliteUserStore {
     /// just accepted, if they have none or have them at another count. The password is
     /// checked against the stored hash once more first, so credentials are never made from a
     /// password changed meanwhile. Failure only costs the user SCRAM for now, so it is
-    /// logged, not returned.
-    async fn refresh_scram(&self, user: &User, password: &Secret, iterations: u32) {
+    /// logged, not returned. Whether credentials were stored is returned for tests. While
+    /// another login of the same user derives them, this one leaves it to that one.
+    async fn refresh_scram(&self, user: &User, password: &Secret, iterations: u32) -> bool {
         let id = user.id;
+        let Some(_claim) = Deriving::claim(&self.deriving, id) else {
+            return false;
+        };
         let stored = async {
             let found = self
                 .with_conn(move |conn| {
@@ -494,14 +530,18 @@ impl SqliteUserStore {
             .await
         };
         match stored.await {
-            Ok(true) => tracing::info!(
-                user_id = id,
-                iterations,
-                "stored SCRAM credentials at password login"
-            ),
-            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(
+                    user_id = id,
+                    iterations,
+                    "stored SCRAM credentials at password login"
+                );
+                true
+            }
+            Ok(false) => false,
             Err(e) => {
-                tracing::warn!(user_id = id, error = %e, "cannot store SCRAM credentials")
+                tracing::warn!(user_id = id, error = %e, "cannot store SCRAM credentials");
+                false
             }
         }
     }
@@ -575,7 +615,7 @@ impl UserStore for SqliteUserStore {
 
     async fn login_accepted(&self, user: &User, password: &Secret) {
         if let Some(iterations) = self.scram_iterations {
-            self.refresh_scram(user, password, iterations).await;
+            let _stored = self.refresh_scram(user, password, iterations).await;
         }
     }
 
@@ -1355,6 +1395,37 @@ mod tests {
         let upgraded = stronger.scram_lookup("old").await.unwrap();
         assert_eq!(upgraded.credentials.iterations, 8192);
         assert!(scram_matches(&upgraded, "new"));
+    }
+
+    #[tokio::test]
+    async fn logins_of_one_user_at_once_derive_scram_credentials_once() {
+        let store = SqliteUserStore::open_in_memory(hasher())
+            .unwrap()
+            .with_scram(4096)
+            .unwrap();
+        store.add_user("crowd", &pw("pw"), &[]).await.unwrap();
+        let user = store.verify_password("crowd", &pw("pw")).await.unwrap();
+        let user = user.unwrap();
+        // At another count than stored, so each of them would derive new ones.
+        let password = pw("pw");
+        let (a, b, c) = tokio::join!(
+            store.refresh_scram(&user, &password, 8192),
+            store.refresh_scram(&user, &password, 8192),
+            store.refresh_scram(&user, &password, 8192),
+        );
+        assert_eq!([a, b, c], [true, false, false]);
+        assert_eq!(
+            store
+                .scram_lookup("crowd")
+                .await
+                .unwrap()
+                .credentials
+                .iterations,
+            8192
+        );
+        // The claim is given back: a later login may derive again.
+        assert!(store.deriving.lock().unwrap().is_empty());
+        assert!(store.refresh_scram(&user, &pw("pw"), 16384).await);
     }
 
     #[tokio::test]
