@@ -2,10 +2,11 @@
 
 use super::envelope::{self, Envelope, REQUEST};
 use super::{Api, AppError};
-use crate::client::{Client, ClientError, Incoming, Subscription};
+use crate::client::{Client, ClientError, Incoming, ReconnectHookId, Subscription};
 use crate::session::{lock, CloseReason};
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,9 +16,9 @@ impl Client {
     /// The typed protocol `A` on this connection: requests answered by id, and the server's
     /// pushes. Replaces any earlier [`subscribe`](Client::subscribe) or `api` of `A::ID` (the
     /// earlier one's pushes end and its requests fail as closed). Keeps working across
-    /// automatic reconnects; what the server kept for the old session (subscriptions of your
-    /// protocol, say) is gone, so redo it on
-    /// [`ClientEvent::Reconnected`](crate::client::ClientEvent::Reconnected).
+    /// automatic reconnects (the same push queue goes on); what the server kept for the old
+    /// session (a watch of your protocol, say) is gone, so restore it with
+    /// [`Remote::on_reconnect`].
     pub fn api<A: Api>(&self) -> Remote<A> {
         let (pushes, push_sink) = Subscription::new(self.config().queue_depth);
         let pending = Arc::new(Mutex::new(VecDeque::new()));
@@ -130,6 +131,46 @@ impl<A: Api> Remote<A> {
             Incoming::Packet(body) => envelope::decode_value(&body).map_err(PushError::Malformed),
             Incoming::Error(message) => Err(PushError::Server(message)),
             Incoming::Lagged(n) => Err(PushError::Lagged(n)),
+        })
+    }
+
+    /// Restores this protocol's server-side state after each automatic reconnect: `hook`
+    /// gets this `Remote` and its requests go to the new connection before any other call
+    /// of the application does (see [`Client::on_reconnect`], which this is a shorthand
+    /// for). Pushes keep arriving on the same [`next_push`](Self::next_push).
+    ///
+    /// The hook holds this protocol weakly: once every clone of the `Remote` is dropped it
+    /// does nothing.
+    ///
+    /// ```no_run
+    /// # use openserver::app::{Api, Remote};
+    /// # use openserver::client::ClientError;
+    /// # async fn run<A: Api<Request = String>>(board: Remote<A>) -> Result<(), ClientError> {
+    /// board.request(&"watch chess".to_string()).await?;
+    /// board.on_reconnect(|board| async move {
+    ///     board.request(&"watch chess".to_string()).await.map(drop)
+    /// });
+    /// # Ok(()) }
+    /// ```
+    pub fn on_reconnect<F, Fut>(&self, hook: F) -> ReconnectHookId
+    where
+        F: Fn(Remote<A>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ClientError>> + Send + 'static,
+    {
+        let inner = Arc::downgrade(&self.inner);
+        self.inner.client.on_reconnect(move |_client| {
+            let run = inner.upgrade().map(|inner| {
+                hook(Remote {
+                    inner,
+                    _api: PhantomData,
+                })
+            });
+            async move {
+                match run {
+                    Some(run) => run.await,
+                    None => Ok(()),
+                }
+            }
         })
     }
 
