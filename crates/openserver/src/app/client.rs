@@ -74,8 +74,15 @@ pub enum PushError {
 
 type Answer = Result<Bytes, ClientError>;
 
-/// Requests waiting, oldest first. The server answers one session's requests in order, so a
-/// Capabilities ERROR (which carries no id) answers the oldest.
+/// Requests waiting, oldest first; an entry whose request timed out stays, without a waiter,
+/// until its answer comes, so that the answer is dropped with it.
+///
+/// Answers are matched by id. The only answers without an id are Capabilities ERRORs the
+/// server cannot tie to a request (a protocol it does not support: every request gets the
+/// same one); the server answers one session's requests in order, so such an error answers
+/// the oldest entry. Because of that order, an answer to request `n` also means that every
+/// timed-out entry older than `n` will never be answered (by a server that skipped it): those
+/// are forgotten then, so they cannot take a later request's error.
 type Pending = Arc<Mutex<VecDeque<(u32, Option<oneshot::Sender<Answer>>)>>>;
 
 struct Inner {
@@ -127,11 +134,16 @@ impl<A: Api> Remote<A> {
     /// requests or the heartbeat.
     pub async fn next_push(&self) -> Option<Result<A::Push, PushError>> {
         let mut pushes = self.inner.pushes.lock().await;
-        Some(match pushes.recv().await? {
-            Incoming::Packet(body) => envelope::decode_value(&body).map_err(PushError::Malformed),
-            Incoming::Error(message) => Err(PushError::Server(message)),
-            Incoming::Lagged(n) => Err(PushError::Lagged(n)),
-        })
+        Some(typed_push::<A>(pushes.recv().await?))
+    }
+
+    /// The next push if one is queued now, without waiting: `None` when none is (or when
+    /// another task is inside [`next_push`](Self::next_push)). Since the server queues a
+    /// request's pushes to this session before its answer, the pushes a request caused are
+    /// here once [`request`](Self::request) has returned.
+    pub fn try_next_push(&self) -> Option<Result<A::Push, PushError>> {
+        let mut pushes = self.inner.pushes.try_lock().ok()?;
+        Some(typed_push::<A>(pushes.try_recv()?))
     }
 
     /// Restores this protocol's server-side state after each automatic reconnect: `hook`
@@ -180,6 +192,15 @@ impl<A: Api> Remote<A> {
     }
 }
 
+/// A queued push as the protocol's push type.
+fn typed_push<A: Api>(incoming: Incoming) -> Result<A::Push, PushError> {
+    match incoming {
+        Incoming::Packet(body) => envelope::decode_value(&body).map_err(PushError::Malformed),
+        Incoming::Error(message) => Err(PushError::Server(message)),
+        Incoming::Lagged(n) => Err(PushError::Lagged(n)),
+    }
+}
+
 fn forget(pending: &Pending, id: u32) {
     lock(pending).retain(|(i, _)| *i != id);
 }
@@ -196,7 +217,18 @@ impl RemoteSink {
         let waiter = {
             let mut pending = lock(&self.pending);
             let at = match id {
-                Some(id) => pending.iter().position(|(i, _)| *i == id),
+                Some(id) => {
+                    if let Some(at) = pending.iter().position(|(i, _)| *i == id) {
+                        // Older entries that timed out will never be answered now.
+                        let mut index = 0;
+                        pending.retain(|(_, waiter)| {
+                            let keep = index >= at || waiter.is_some();
+                            index += 1;
+                            keep
+                        });
+                    }
+                    pending.iter().position(|(i, _)| *i == id)
+                }
                 None => (!pending.is_empty()).then_some(0),
             };
             match at.and_then(|at| pending.remove(at)) {
@@ -225,6 +257,13 @@ impl crate::client::subscription::Sink for RemoteSink {
                 }
                 Ok(Envelope::Error { id, body: value }) => {
                     let error = match envelope::decode_value::<AppError>(value) {
+                        // The stack's refusal, answered by id: the framework's error.
+                        Ok(e) if e.code.starts_with(AppError::FRAMEWORK_PREFIX) => {
+                            ClientError::Remote {
+                                protocol_id: self.protocol_id,
+                                message: e.message,
+                            }
+                        }
                         Ok(e) => ClientError::Application {
                             protocol_id: self.protocol_id,
                             code: e.code,
