@@ -85,16 +85,16 @@ pub const MAX_TEXT: usize = 4096;
 /// Rooms one session may be in at once.
 pub const MAX_ROOMS_PER_SESSION: usize = 32;
 
-/// The server's rooms (name, then member sessions with their user names). Clones share them.
+/// The server's rooms. Clones share them.
 #[derive(Clone, Default)]
-pub struct Rooms(Arc<Mutex<BTreeMap<String, HashMap<SessionId, String>>>>);
+pub struct Rooms(Arc<Mutex<Table>>);
+/// Room name, then the member sessions with their user names.
+type Table = BTreeMap<String, HashMap<SessionId, String>>;
 
 impl Handler<Chat> for Rooms {
     async fn request(&self, ctx: &Context<'_, Chat>, req: Request) -> app::Result<Members> {
-        let (id, user) = (
-            ctx.session_id(),
-            ctx.user().map(|u| u.name).unwrap_or_default(),
-        );
+        let id = ctx.session_id();
+        let user = ctx.user().map(|u| u.name).unwrap_or_default();
         // Pushes never wait, so they go out under the lock: members see one order.
         let mut rooms = self.lock();
         let (Request::Join(room) | Request::Leave(room) | Request::Say { room, .. }) = &req;
@@ -144,20 +144,14 @@ impl Handler<Chat> for Rooms {
 
     async fn on_close(&self, ctx: &Context<'_, Chat>) {
         let mut rooms = self.lock();
-        let joined: Vec<String> = rooms.keys().cloned().collect();
-        joined
-            .iter()
-            .for_each(|room| _ = leave(ctx, &mut rooms, room, ctx.session_id()));
+        for room in rooms.keys().cloned().collect::<Vec<_>>() {
+            leave(ctx, &mut rooms, &room, ctx.session_id());
+        }
     }
 }
 
-/// Takes session `id` out of `room`, tells the rest, drops the room once empty; the members left.
-fn leave(
-    ctx: &Context<'_, Chat>,
-    rooms: &mut BTreeMap<String, HashMap<SessionId, String>>,
-    room: &str,
-    id: SessionId,
-) -> Members {
+/// Takes session `id` out of `room` and tells the rest; the members left.
+fn leave(ctx: &Context<'_, Chat>, rooms: &mut Table, room: &str, id: SessionId) -> Members {
     let Some(members) = rooms.get_mut(room) else {
         return Vec::new();
     };
@@ -206,7 +200,7 @@ impl Rooms {
         self.lock().get(room).map(names).unwrap_or_default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, HashMap<SessionId, String>>> {
+    fn lock(&self) -> MutexGuard<'_, Table> {
         // Each update leaves the rooms consistent, so a panicked holder's data is usable.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }

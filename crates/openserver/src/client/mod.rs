@@ -458,7 +458,8 @@ impl Client {
     /// part of it and see the new connection only after [`ClientEvent::Reconnected`].
     ///
     /// The hook is not run for the first connection: set the state up there yourself. It is
-    /// dropped when the client closes for good, or with [`remove_reconnect_hook`](Self::remove_reconnect_hook).
+    /// dropped when the client closes for good, or with
+    /// [`remove_reconnect_hook`](Self::remove_reconnect_hook).
     ///
     /// ```no_run
     /// # use openserver::client::{Client, ClientConfig, ReconnectPolicy};
@@ -981,7 +982,11 @@ async fn reconnect(shared: &Arc<Shared>, policy: &ReconnectPolicy) -> bool {
                 };
                 if conn.session.is_closing() && !shared.quitting.is_cancelled() {
                     // Lost again while being set up: this attempt failed.
-                    tracing::warn!(addr = %shared.addr, attempt, "connection lost during the reconnect hooks");
+                    tracing::warn!(
+                        addr = %shared.addr,
+                        attempt,
+                        "connection lost during the reconnect hooks"
+                    );
                     continue;
                 }
                 *lock(&shared.conn) = conn.clone();
