@@ -28,7 +28,8 @@
 //!   auth gate, dispatch, logins), `link.rs` (its `SessionHost`), `proxy.rs` (PROXY protocol
 //!   headers of trusted load balancers), config, gate, penalties, registry, live limits,
 //!   events; `server/metrics/`: Prometheus metrics.
-//! - [`client`]: the async client library and its connection task.
+//! - [`client`]: the async client library and its connection task; automatic reconnect with
+//!   hooks that restore the application's server-side state (`client/restore.rs`).
 //! - [`app`]: the application layer on top: typed protocols (serde types as MessagePack),
 //!   requests answered by id, structured errors, push from handlers, `on_close`.
 //!

@@ -8,11 +8,13 @@ use openserver::app::envelope::{self, Envelope};
 use openserver::app::{Api, AppError, Context, Handler};
 use openserver::client::{Client, ClientConfig, ClientError};
 use openserver::session::SessionId;
+use openserver::wire::capabilities::CapabilitiesMessage;
+use openserver::wire::{Frame, Message};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::harness::{config, start_with, ALICE, BOB, WAIT};
+use support::harness::{config, start_with, Raw, ALICE, BOB, WAIT};
 
 struct Board;
 
@@ -141,6 +143,19 @@ async fn errors_are_typed_for_the_application_and_the_framework() {
         }) => assert_eq!(message, "Not authenticated."),
         other => panic!("{other:?}"),
     }
+    // On the wire, that refusal is an envelope ERROR with the request's id.
+    let refused = client
+        .request(0x0200, vec![envelope::REQUEST, 5, 0, 0, 0, 0xc0])
+        .await
+        .unwrap();
+    let Ok(Envelope::Error { id: 5, body }) = Envelope::decode(&refused) else {
+        panic!("not an error for request 5: {refused:?}");
+    };
+    let error: AppError = envelope::decode_value(body).unwrap();
+    assert_eq!(
+        (error.code.as_str(), error.message.as_str()),
+        (AppError::REFUSED, "Not authenticated.")
+    );
     client.authenticate_db(ALICE.0, ALICE.1).await.unwrap();
     match board.request(&Request::Fail).await {
         Err(ClientError::Application {
@@ -224,4 +239,85 @@ async fn pushes_reach_a_users_sessions_and_on_close_runs_once_per_session() {
     // The client whose session ended sees its pushes end.
     let end = tokio::time::timeout(WAIT, b1.next_push()).await.unwrap();
     assert_eq!(end, None);
+}
+
+/// The id of the next request the client sent to a test playing the server.
+async fn next_request_id(server: &mut Raw) -> u32 {
+    let frame = server.recv().await.expect("the client sent a request");
+    match Envelope::decode(&frame.body) {
+        Ok(Envelope::Request { id, .. }) => id,
+        other => panic!("not a request: {other:?}"),
+    }
+}
+
+fn answer(id: u32, text: &str) -> Frame {
+    let body = envelope::encode(envelope::RESPONSE, id, &Response::Text(text.into())).unwrap();
+    Frame::new(Board::ID, body)
+}
+
+fn framework_error(message: &str) -> Frame {
+    CapabilitiesMessage::Error {
+        protocol_id: Board::ID,
+        message: message.into(),
+    }
+    .to_frame()
+}
+
+/// Strict correlation: what arrives for a request that timed out is dropped with it, never
+/// handed to a later request, whether it carries the id or is the framework's id-less error;
+/// and a timed-out request the server never answers cannot take a later request's error.
+/// The test plays the server on a socket of its own.
+#[tokio::test]
+async fn late_answers_to_timed_out_requests_are_dropped_not_given_to_later_ones() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let limit = Duration::from_millis(200);
+    let config = ClientConfig::default().with_request_timeout(limit);
+    let client = Client::connect(listener.local_addr().unwrap().to_string(), config)
+        .await
+        .unwrap();
+    let mut server = Raw::from_stream(listener.accept().await.unwrap().0);
+    let board = client.api::<Board>();
+    let later = |text: &'static str| {
+        let board = board.clone();
+        tokio::spawn(async move { board.request(&Request::Echo(text.into())).await })
+    };
+    let timed_out = Err(ClientError::Timeout(limit));
+
+    // A late answer with the id.
+    assert_eq!(board.request(&Request::Echo("a".into())).await, timed_out);
+    let a = next_request_id(&mut server).await;
+    let b = later("b");
+    let b_id = next_request_id(&mut server).await;
+    server.send(answer(a, "late for a")).await;
+    server.send(answer(b_id, "b")).await;
+    assert_eq!(b.await.unwrap(), Ok(Response::Text("b".into())));
+
+    // A late framework error, which carries no id.
+    assert_eq!(board.request(&Request::Echo("c".into())).await, timed_out);
+    next_request_id(&mut server).await;
+    let d = later("d");
+    let d_id = next_request_id(&mut server).await;
+    server.send(framework_error("late for c")).await;
+    server.send(answer(d_id, "d")).await;
+    assert_eq!(d.await.unwrap(), Ok(Response::Text("d".into())));
+
+    // A request never answered, then one answered, then one refused without an id.
+    assert_eq!(board.request(&Request::Echo("e".into())).await, timed_out);
+    next_request_id(&mut server).await;
+    let f = later("f");
+    let f_id = next_request_id(&mut server).await;
+    server.send(answer(f_id, "f")).await;
+    assert_eq!(f.await.unwrap(), Ok(Response::Text("f".into())));
+    let g = later("g");
+    next_request_id(&mut server).await;
+    server.send(framework_error("for g")).await;
+    assert_eq!(
+        g.await.unwrap(),
+        Err(ClientError::Remote {
+            protocol_id: Board::ID,
+            message: "for g".into()
+        })
+    );
+    // None of it became a push.
+    assert_eq!(board.try_next_push(), None);
 }

@@ -2,10 +2,11 @@
 
 use super::envelope::{self, Envelope, REQUEST};
 use super::{Api, AppError};
-use crate::client::{Client, ClientError, Incoming, Subscription};
+use crate::client::{Client, ClientError, Incoming, ReconnectHookId, Subscription};
 use crate::session::{lock, CloseReason};
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,9 +16,9 @@ impl Client {
     /// The typed protocol `A` on this connection: requests answered by id, and the server's
     /// pushes. Replaces any earlier [`subscribe`](Client::subscribe) or `api` of `A::ID` (the
     /// earlier one's pushes end and its requests fail as closed). Keeps working across
-    /// automatic reconnects; what the server kept for the old session (subscriptions of your
-    /// protocol, say) is gone, so redo it on
-    /// [`ClientEvent::Reconnected`](crate::client::ClientEvent::Reconnected).
+    /// automatic reconnects (the same push queue goes on); what the server kept for the old
+    /// session (a watch of your protocol, say) is gone, so restore it with
+    /// [`Remote::on_reconnect`].
     pub fn api<A: Api>(&self) -> Remote<A> {
         let (pushes, push_sink) = Subscription::new(self.config().queue_depth);
         let pending = Arc::new(Mutex::new(VecDeque::new()));
@@ -73,8 +74,15 @@ pub enum PushError {
 
 type Answer = Result<Bytes, ClientError>;
 
-/// Requests waiting, oldest first. The server answers one session's requests in order, so a
-/// Capabilities ERROR (which carries no id) answers the oldest.
+/// Requests waiting, oldest first; an entry whose request timed out stays, without a waiter,
+/// until its answer comes, so that the answer is dropped with it.
+///
+/// Answers are matched by id. The only answers without an id are Capabilities ERRORs the
+/// server cannot tie to a request (a protocol it does not support: every request gets the
+/// same one); the server answers one session's requests in order, so such an error answers
+/// the oldest entry. Because of that order, an answer to request `n` also means that every
+/// timed-out entry older than `n` will never be answered (by a server that skipped it): those
+/// are forgotten then, so they cannot take a later request's error.
 type Pending = Arc<Mutex<VecDeque<(u32, Option<oneshot::Sender<Answer>>)>>>;
 
 struct Inner {
@@ -126,16 +134,70 @@ impl<A: Api> Remote<A> {
     /// requests or the heartbeat.
     pub async fn next_push(&self) -> Option<Result<A::Push, PushError>> {
         let mut pushes = self.inner.pushes.lock().await;
-        Some(match pushes.recv().await? {
-            Incoming::Packet(body) => envelope::decode_value(&body).map_err(PushError::Malformed),
-            Incoming::Error(message) => Err(PushError::Server(message)),
-            Incoming::Lagged(n) => Err(PushError::Lagged(n)),
+        Some(typed_push::<A>(pushes.recv().await?))
+    }
+
+    /// The next push if one is queued now, without waiting: `None` when none is (or when
+    /// another task is inside [`next_push`](Self::next_push)). Since the server queues a
+    /// request's pushes to this session before its answer, the pushes a request caused are
+    /// here once [`request`](Self::request) has returned.
+    pub fn try_next_push(&self) -> Option<Result<A::Push, PushError>> {
+        let mut pushes = self.inner.pushes.try_lock().ok()?;
+        Some(typed_push::<A>(pushes.try_recv()?))
+    }
+
+    /// Restores this protocol's server-side state after each automatic reconnect: `hook`
+    /// gets this `Remote` and its requests go to the new connection before any other call
+    /// of the application does (see [`Client::on_reconnect`], which this is a shorthand
+    /// for). Pushes keep arriving on the same [`next_push`](Self::next_push).
+    ///
+    /// The hook holds this protocol weakly: once every clone of the `Remote` is dropped it
+    /// does nothing.
+    ///
+    /// ```no_run
+    /// # use openserver::app::{Api, Remote};
+    /// # use openserver::client::ClientError;
+    /// # async fn run<A: Api<Request = String>>(board: Remote<A>) -> Result<(), ClientError> {
+    /// board.request(&"watch chess".to_string()).await?;
+    /// board.on_reconnect(|board| async move {
+    ///     board.request(&"watch chess".to_string()).await.map(drop)
+    /// });
+    /// # Ok(()) }
+    /// ```
+    pub fn on_reconnect<F, Fut>(&self, hook: F) -> ReconnectHookId
+    where
+        F: Fn(Remote<A>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ClientError>> + Send + 'static,
+    {
+        let inner = Arc::downgrade(&self.inner);
+        self.inner.client.on_reconnect(move |_client| {
+            let run = inner.upgrade().map(|inner| {
+                hook(Remote {
+                    inner,
+                    _api: PhantomData,
+                })
+            });
+            async move {
+                match run {
+                    Some(run) => run.await,
+                    None => Ok(()),
+                }
+            }
         })
     }
 
     /// The client this protocol runs on.
     pub fn client(&self) -> &Client {
         &self.inner.client
+    }
+}
+
+/// A queued push as the protocol's push type.
+fn typed_push<A: Api>(incoming: Incoming) -> Result<A::Push, PushError> {
+    match incoming {
+        Incoming::Packet(body) => envelope::decode_value(&body).map_err(PushError::Malformed),
+        Incoming::Error(message) => Err(PushError::Server(message)),
+        Incoming::Lagged(n) => Err(PushError::Lagged(n)),
     }
 }
 
@@ -155,7 +217,18 @@ impl RemoteSink {
         let waiter = {
             let mut pending = lock(&self.pending);
             let at = match id {
-                Some(id) => pending.iter().position(|(i, _)| *i == id),
+                Some(id) => {
+                    if let Some(at) = pending.iter().position(|(i, _)| *i == id) {
+                        // Older entries that timed out will never be answered now.
+                        let mut index = 0;
+                        pending.retain(|(_, waiter)| {
+                            let keep = index >= at || waiter.is_some();
+                            index += 1;
+                            keep
+                        });
+                    }
+                    pending.iter().position(|(i, _)| *i == id)
+                }
                 None => (!pending.is_empty()).then_some(0),
             };
             match at.and_then(|at| pending.remove(at)) {
@@ -184,6 +257,13 @@ impl crate::client::subscription::Sink for RemoteSink {
                 }
                 Ok(Envelope::Error { id, body: value }) => {
                     let error = match envelope::decode_value::<AppError>(value) {
+                        // The stack's refusal, answered by id: the framework's error.
+                        Ok(e) if e.code.starts_with(AppError::FRAMEWORK_PREFIX) => {
+                            ClientError::Remote {
+                                protocol_id: self.protocol_id,
+                                message: e.message,
+                            }
+                        }
                         Ok(e) => ClientError::Application {
                             protocol_id: self.protocol_id,
                             code: e.code,

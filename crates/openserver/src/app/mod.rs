@@ -90,6 +90,14 @@ impl AppError {
     pub const BAD_REQUEST: &'static str = "bad_request";
     /// The server failed for its own reasons; the detail is in its log.
     pub const INTERNAL: &'static str = "internal";
+    /// The server's protocol stack refused the request before the handler saw it (the
+    /// session is not authenticated, or lacks the protocol's role). Codes starting with
+    /// `openserver.` are the framework's; the client reports them as
+    /// [`ClientError::Remote`](crate::client::ClientError::Remote), not as the
+    /// application's refusal.
+    pub const REFUSED: &'static str = "openserver.refused";
+    /// The prefix of the framework's own codes; applications should not use it.
+    pub const FRAMEWORK_PREFIX: &'static str = "openserver.";
 
     /// An error with this code and message.
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {

@@ -147,6 +147,18 @@ impl<A: Api, H: Handler<A>> Protocol for AppProtocol<A, H> {
         A::NAME
     }
 
+    fn refusal(&self, body: &[u8], message: &str) -> Option<Bytes> {
+        // Answered by id, so the client fails exactly the request refused. A body without an
+        // id can only get the stack's Capabilities ERROR.
+        match Envelope::decode(body) {
+            Ok(Envelope::Request { id, .. }) => Some(envelope::encode_error(
+                id,
+                &AppError::new(AppError::REFUSED, message),
+            )),
+            _ => None,
+        }
+    }
+
     fn new_handler(&self, _session: &Session) -> Box<dyn ProtocolHandler> {
         Box::new(AppSession::<A, H> {
             shared: self.shared.clone(),

@@ -14,13 +14,39 @@
 //!
 //! With [`ClientConfig::reconnect`] set, a lost connection is re-established with backoff and
 //! the last successful login and keep-alive are replayed; [`Client::events`] reports each step.
+//!
+//! # What survives a reconnect
+//!
+//! The server sees a new session: whatever it kept for the old one (a typed protocol's
+//! per-session state, say, a watch on a game) is gone, and the old session's
+//! [`on_close`](crate::app::Handler::on_close) has run. On the client:
+//!
+//! - **Kept**: the [`Client`] and its clones; every [`Subscription`] and
+//!   [`Remote`](crate::app::Remote) (the same receivers, with what they had queued; pushes
+//!   the server sent while no connection was up are not replayed); the login and keep-alive,
+//!   replayed before anything else.
+//! - **Restored by the application**: server-side state, through hooks added with
+//!   [`Client::on_reconnect`] (or [`Remote::on_reconnect`](crate::app::Remote::on_reconnect)).
+//!   They run in the order they were added, on the new connection, after the login and
+//!   keep-alive replay and **before** the connection is handed to anyone else: until every
+//!   hook has finished, other calls fail fast with [`ClientError::Closed`], so no request of
+//!   the application reaches a server that has not been set up again. A failing hook (or one
+//!   that takes longer than [`ClientConfig::request_timeout`]) is reported as
+//!   [`ClientEvent::RestoreFailed`]; the client keeps the connection and runs the remaining
+//!   hooks, then reports [`ClientEvent::Reconnected`].
+//! - **Lost**: requests in flight when the connection dropped fail with
+//!   [`ClientError::Closed`] carrying the reason, and so do calls made while reconnecting
+//!   (until [`ClientEvent::Reconnected`]); the client does not resend them, since it cannot
+//!   know whether the server acted on them.
 
 mod config;
 mod connection;
+mod restore;
 pub(crate) mod subscription;
 
 pub use config::{ClientConfig, ReconnectPolicy};
 pub use connection::Incoming;
+pub use restore::ReconnectHookId;
 pub use subscription::Subscription;
 
 use crate::auth::scram::ClientExchange;
@@ -35,13 +61,15 @@ use crate::wire::winauth::WinAuthMessage;
 use crate::wire::{protocol_id, DecodeError, Frame, Message, Secret};
 use bytes::Bytes;
 use connection::{ConnectionParts, Pending, Subscriptions};
+use restore::Hooks;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Why a client call failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
     /// The TCP connection could not be made (for a reason none of the variants below names:
@@ -180,7 +208,18 @@ pub enum ClientEvent {
         /// The wait before it.
         delay: std::time::Duration,
     },
-    /// Connected again, with login and keep-alive replayed.
+    /// A hook added with [`Client::on_reconnect`] failed (or took longer than the request
+    /// timeout) while the new connection was being set up. What it should have restored is
+    /// not in place; the connection is kept and the other hooks still run. Comes before
+    /// [`Reconnected`](Self::Reconnected).
+    RestoreFailed {
+        /// The hook, as [`Client::on_reconnect`] returned it.
+        hook: ReconnectHookId,
+        /// Why it failed.
+        error: ClientError,
+    },
+    /// Connected again, with the login and keep-alive replayed and every reconnect hook run;
+    /// from now on calls use the new connection.
     Reconnected,
     /// The client is closed for good: by [`Client::quit`], or reconnecting gave up or is off.
     Closed(CloseReason),
@@ -229,6 +268,8 @@ struct Shared {
     subscriptions: Arc<Subscriptions>,
     /// The running heartbeat, if keep-alive was started; the read loop refreshes it.
     heartbeat: Arc<Mutex<Option<Heartbeat>>>,
+    /// What the application re-establishes after a reconnect.
+    hooks: Mutex<Hooks>,
     /// Whether keep-alive should run (replayed after reconnect).
     keep_alive: Mutex<bool>,
     /// The last successful login (replayed after reconnect).
@@ -263,6 +304,7 @@ impl Client {
                 conn: Mutex::new(conn),
                 subscriptions,
                 heartbeat,
+                hooks: Mutex::new(Hooks::default()),
                 keep_alive: Mutex::new(false),
                 login: Mutex::new(None),
                 request_lock: tokio::sync::Mutex::new(()),
@@ -405,6 +447,41 @@ impl Client {
         lock(&self.shared.subscriptions).insert(protocol_id, sink);
     }
 
+    /// Adds a hook that re-establishes application state after each automatic reconnect
+    /// (see "What survives a reconnect" in the [module docs](self)): re-subscribing on the
+    /// server, re-sending a protocol's setup. It gets the client; every call it makes on it
+    /// (directly or through a [`Remote`](crate::app::Remote) of this client) goes to the new
+    /// connection, which the rest of the application gets only once every hook has run.
+    /// Hooks run in the order they were added, each within
+    /// [`ClientConfig::request_timeout`]; an `Err` is reported as
+    /// [`ClientEvent::RestoreFailed`] and the client goes on. Tasks a hook spawns are not
+    /// part of it and see the new connection only after [`ClientEvent::Reconnected`].
+    ///
+    /// The hook is not run for the first connection: set the state up there yourself. It is
+    /// dropped when the client closes for good, or with
+    /// [`remove_reconnect_hook`](Self::remove_reconnect_hook).
+    ///
+    /// ```no_run
+    /// # use openserver::client::{Client, ClientConfig, ReconnectPolicy};
+    /// # async fn run(client: Client) -> Result<(), openserver::client::ClientError> {
+    /// client.send(0x0200, &b"watch chess"[..]).await?;
+    /// client.on_reconnect(|client| async move { client.send(0x0200, &b"watch chess"[..]).await });
+    /// # Ok(()) }
+    /// ```
+    pub fn on_reconnect<F, Fut>(&self, hook: F) -> ReconnectHookId
+    where
+        F: Fn(Client) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ClientError>> + Send + 'static,
+    {
+        lock(&self.shared.hooks).add(hook)
+    }
+
+    /// Removes a hook added with [`on_reconnect`](Self::on_reconnect); whether it was there.
+    /// A reconnect already under way may still run it once.
+    pub fn remove_reconnect_hook(&self, id: ReconnectHookId) -> bool {
+        lock(&self.shared.hooks).remove(id)
+    }
+
     /// The settings this client was made with.
     pub fn config(&self) -> &ClientConfig {
         &self.shared.config
@@ -444,7 +521,12 @@ impl Client {
         let _ = done.wait_for(Option::is_some).await;
     }
 
+    /// The connection calls use: the published one, or the one being set up when called
+    /// from a reconnect hook.
     fn current(&self) -> Conn {
+        if let Some(conn) = restore::restoring_conn(&self.shared) {
+            return conn;
+        }
         lock(&self.shared.conn).clone()
     }
 
@@ -892,7 +974,33 @@ async fn reconnect(shared: &Arc<Shared>, policy: &ReconnectPolicy) -> bool {
         }
         match reestablish(shared).await {
             Ok(conn) => {
-                *lock(&shared.conn) = conn;
+                // The application's state first, so that nothing it sends meets a server
+                // that has not been set up again.
+                let failures = tokio::select! {
+                    () = shared.quitting.cancelled() => Vec::new(),
+                    failures = restore::run_hooks(shared, &conn) => failures,
+                };
+                if conn.session.is_closing() && !shared.quitting.is_cancelled() {
+                    // Lost again while being set up: this attempt failed.
+                    tracing::warn!(
+                        addr = %shared.addr,
+                        attempt,
+                        "connection lost during the reconnect hooks"
+                    );
+                    continue;
+                }
+                *lock(&shared.conn) = conn.clone();
+                if shared.quitting.is_cancelled() {
+                    // `quit` may have closed the old connection before this one was
+                    // published; close this one too (after the publish, so one of us does).
+                    conn.session.close(CloseReason::Local);
+                    return true;
+                }
+                for (hook, error) in failures {
+                    let _ = shared
+                        .events
+                        .send(ClientEvent::RestoreFailed { hook, error });
+                }
                 tracing::info!(addr = %shared.addr, attempt, "reconnected");
                 let _ = shared.events.send(ClientEvent::Reconnected);
                 return true;
@@ -933,6 +1041,7 @@ async fn reestablish(shared: &Arc<Shared>) -> Result<Conn, ClientError> {
 fn finish(shared: &Shared, reason: CloseReason) {
     // Dropping the senders ends every subscription's stream.
     lock(&shared.subscriptions).clear();
+    lock(&shared.hooks).clear();
     let _ = shared.events.send(ClientEvent::Closed(reason.clone()));
     shared.closed.send_replace(Some(reason));
 }

@@ -90,6 +90,16 @@ pub trait Protocol: Send + Sync + 'static {
         false
     }
 
+    /// The answer to a packet of this protocol that the server refuses before any handler
+    /// sees it (`message` is the stack's reason: "Not authenticated.", "Requires role R."),
+    /// for protocols whose packets carry their own request ids and answer refusals by id.
+    /// `None`, the default, answers with a Capabilities ERROR naming the protocol, as DNOS
+    /// does.
+    fn refusal(&self, body: &[u8], message: &str) -> Option<Bytes> {
+        let _ = (body, message);
+        None
+    }
+
     /// Creates this protocol's state for one session.
     fn new_handler(&self, session: &Session) -> Box<dyn ProtocolHandler>;
 }

@@ -289,8 +289,19 @@ fn dispatch<'a>(
             (Dispatched::Wait(Box::pin(answer)), false)
         }
         Route::Refuse(message) => {
+            // A protocol that answers by request id refuses in its own format, so that the
+            // refusal reaches the request it is about.
+            let own = ctx
+                .protocols
+                .get(id)
+                .and_then(|p| p.refusal(&frame.body, &message));
             let answer = async move {
-                refuse(session, id, message).await;
+                match own {
+                    Some(body) => {
+                        let _ = session.send(Frame::new(id, body)).await;
+                    }
+                    None => refuse(session, id, message).await,
+                }
                 Ok(())
             };
             (Dispatched::Wait(Box::pin(answer)), false)

@@ -166,6 +166,15 @@ impl Raw {
         }
     }
 
+    /// Wraps an accepted connection, for a test that plays the server.
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        Raw {
+            stream,
+            codec: FrameCodec::new(64 * 1024 * 1024),
+            buf: BytesMut::new(),
+        }
+    }
+
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
     }

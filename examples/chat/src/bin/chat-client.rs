@@ -2,21 +2,16 @@
 //! `chat-client`: joins a room, says each line of standard input there, prints the room.
 
 use anyhow::{bail, Context as _, Result};
-use chat::client::{ChatClient, ChatClientError};
-use chat::messages::Event;
+use chat::{Chat, Event, Request};
 use clap::Parser;
+use openserver::client::{Client, ClientConfig, ClientError, ReconnectPolicy};
 use std::io::{BufRead as _, IsTerminal as _};
 use std::process::ExitCode;
-use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// How long, after the end of the input, the client waits for its last messages to come back
-/// from the server before it quits anyway.
-const DRAIN: Duration = Duration::from_secs(10);
-
 /// Joins a chat room: lines read from standard input are said there, and everything said in
-/// the room is printed as `[room] user: text`. At the end of the input, waits until the
-/// server has relayed the lines it said (at most 10 s), then quits.
+/// the room is printed as `[room] user: text`. Reconnects after a lost connection and joins
+/// the room again. Quits at the end of the input, once what it said has been relayed.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -76,58 +71,58 @@ async fn run(args: Args) -> Result<()> {
             .context("cannot read the password from the terminal (use --password-stdin?)")?
     };
 
-    let (chat, mut events) = ChatClient::connect(&args.server, &args.user, &password)
+    let login = async {
+        let config = ClientConfig::default().with_reconnect(ReconnectPolicy::default());
+        let client = Client::connect(&args.server, config).await?;
+        if let Err(e) = client.authenticate_db(&args.user, &password).await {
+            client.quit().await;
+            return Err(e);
+        }
+        client.start_keep_alive().await?;
+        Ok(client)
+    };
+    let client = login
         .await
         .with_context(|| format!("cannot log in to {} as {}", args.server, args.user))?;
-    chat.client().start_keep_alive().await?;
-    chat.join(&args.room).await?;
-    // Lines said and not yet relayed back: the server sends every SAY to the room, the speaker
-    // included, so the input's end waits for these before quitting (else a piped input's last
-    // lines would never be seen).
-    let mut unrelayed = 0usize;
-    let mut input_open = true;
-    let drain = tokio::time::sleep(Duration::MAX);
-    tokio::pin!(drain);
-    while input_open || unrelayed > 0 {
+    let chat = client.api::<Chat>();
+    let members = chat::join(&chat, &args.room).await?;
+    println!("* joined [{}], members: {}", args.room, members.join(", "));
+    loop {
         tokio::select! {
-            line = lines.recv(), if input_open => match line {
+            line = lines.recv() => match line {
                 Some(line) => {
-                    let line = line.context("cannot read standard input")?;
-                    if line.trim().is_empty() {
+                    let text = line.context("cannot read standard input")?;
+                    if text.trim().is_empty() {
                         continue;
                     }
-                    match chat.say(&args.room, &line).await {
-                        Ok(()) => unrelayed += 1,
-                        // Too long: tell the user and keep going.
-                        Err(ChatClientError::Invalid(e)) => eprintln!("! {e}"),
+                    let say = Request::Say { room: args.room.clone(), text };
+                    match chat.request(&say).await {
+                        Ok(_) => {}
+                        // Refused (too long) or not sent (reconnecting): say so, go on.
+                        Err(e @ (ClientError::Application { .. } | ClientError::Closed(_))) => {
+                            eprintln!("! not said: {e}")
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }
-                None => {
-                    input_open = false;
-                    drain.as_mut().reset(tokio::time::Instant::now() + DRAIN);
-                }
+                None => break,
             },
-            event = events.next() => match event {
-                Some(event) => {
-                    if matches!(&event, Event::Message { room, from, .. } if *room == args.room && *from == args.user) {
-                        unrelayed = unrelayed.saturating_sub(1);
-                    }
-                    // A refused SAY is not relayed either.
-                    if matches!(event, Event::Error(_)) {
-                        unrelayed = unrelayed.saturating_sub(1);
-                    }
-                    print_event(&event);
-                }
+            push = chat.next_push() => match push {
+                Some(Ok(event)) => print_event(&event),
+                Some(Err(e)) => eprintln!("! {e}"),
                 None => bail!("the server closed the connection"),
             },
-            () = &mut drain, if !input_open => {
-                eprintln!("! {unrelayed} line(s) not relayed by the server within {DRAIN:?}");
-                break;
-            }
         }
     }
-    chat.quit().await;
+    // Every line said was answered, and the server queues a room's messages before the
+    // answer: what it relayed is here already.
+    while let Some(push) = chat.try_next_push() {
+        match push {
+            Ok(event) => print_event(&event),
+            Err(e) => eprintln!("! {e}"),
+        }
+    }
+    client.quit().await;
     Ok(())
 }
 
@@ -136,14 +131,10 @@ fn print_event(event: &Event) {
         Event::Message {
             room, from, text, ..
         } => println!("[{room}] {from}: {text}"),
-        Event::Joined { room, members } => {
-            println!("* joined [{room}], members: {}", members.join(", "))
-        }
         Event::Presence { room, user, joined } => {
             let verb = if *joined { "joined" } else { "left" };
             println!("* {user} {verb} [{room}]");
         }
-        Event::Error(text) => eprintln!("! {text}"),
     }
 }
 

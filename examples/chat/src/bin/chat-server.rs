@@ -1,8 +1,9 @@
 #![forbid(unsafe_code)]
-//! `chat-server`: an openserver server speaking the chat protocol and Hello.
+//! `chat-server`: an openserver server with the chat protocol, Hello, and users from a
+//! SQLite store.
 
 use anyhow::{Context as _, Result};
-use chat::server::ChatProtocol;
+use chat::Rooms;
 use clap::Parser;
 use openserver::auth::{AuthError, HashParams, PasswordHasher, SqliteUserStore};
 use openserver::server::{Server, ServerConfig};
@@ -88,7 +89,7 @@ async fn run(args: Args) -> Result<()> {
     let server = Server::builder(config)
         .user_store(Arc::new(store))
         .hello()
-        .protocol(ChatProtocol::new())
+        .app(Rooms::default())
         .bind()
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
