@@ -31,6 +31,9 @@
 //! - [`client`]: the async client library and its connection task.
 //! - [`app`]: the application layer on top: typed protocols (serde types as MessagePack),
 //!   requests answered by id, structured errors, push from handlers, `on_close`.
+//! - [`channels`]: beside `app`, on top: publish/subscribe with presence, history and
+//!   recovery (the Channels protocol, 6), on a `Broker` trait with an in-memory broker; its
+//!   client side too.
 //!
 //! # A server in a few lines
 //!
@@ -55,6 +58,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod channels;
 pub mod client;
 pub mod protocol;
 pub mod server;
