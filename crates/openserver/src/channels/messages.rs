@@ -307,9 +307,9 @@ mod tests {
             Just(Recovery::EpochChanged),
             Just(Recovery::TooOld)
         ]);
-        let pubs = proptest::collection::vec(publication(), 0..3);
+        let pubs = || proptest::collection::vec(publication(), 0..3);
         prop_oneof![
-            (position(), recovery, pubs.clone()).prop_map(|(position, recovery, publications)| {
+            (position(), recovery, pubs()).prop_map(|(position, recovery, publications)| {
                 Reply::Subscribed(Subscribed {
                     position,
                     recovery,
@@ -322,7 +322,7 @@ mod tests {
                 .prop_map(|clients| Reply::Presence { clients }),
             (any::<u64>(), any::<u64>())
                 .prop_map(|(sessions, users)| Reply::PresenceCounts { sessions, users }),
-            (position(), pubs).prop_map(|(position, publications)| Reply::History(
+            (position(), pubs()).prop_map(|(position, publications)| Reply::History(
                 HistoryReply {
                     position,
                     publications
