@@ -235,8 +235,7 @@ pub async fn run(
         );
     }
     let tls_dir = tempfile::tempdir()?;
-    if options.baseline.is_some() && (primary != TargetKind::Serve || options.launcher.is_none())
-    {
+    if options.baseline.is_some() && (primary != TargetKind::Serve || options.launcher.is_none()) {
         bail!("a baseline runs `serve` of another executable: it needs child-process targets");
     }
     // (name, server, whether it speaks TLS, another executable), in the order the runs
@@ -253,7 +252,12 @@ pub async fn run(
         kinds.push(("openserver_tls", primary, true, None));
     }
     if options.with_bench_server && primary != TargetKind::Openserver {
-        kinds.push(("openserver_bench", TargetKind::Openserver, options.tls, None));
+        kinds.push((
+            "openserver_bench",
+            TargetKind::Openserver,
+            options.tls,
+            None,
+        ));
     }
     for (name, kind, tls, exe) in kinds {
         let mut target = TargetOptions::new(kind);

@@ -102,9 +102,15 @@ fn compare_runs_a_baseline_executable_in_the_same_rounds() {
     ]);
     assert_eq!(j["errors"], 0, "{j}");
     let targets = j["targets"].as_array().unwrap();
-    let names: Vec<&str> = targets.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = targets
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["openserver", "echo", "openserver_baseline"]);
-    assert!(targets[2]["messages_per_sec"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(
+        targets[2]["messages_per_sec"].as_f64().unwrap() > 0.0,
+        "{j}"
+    );
     assert!(j["ratio_vs_baseline"].as_f64().unwrap() > 0.0, "{j}");
 }
 

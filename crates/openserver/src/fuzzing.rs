@@ -441,13 +441,19 @@ pub fn outcome(target: &str, data: &[u8]) -> String {
             use crate::channels::messages::{ChannelPush, Command, Reply};
             let body = match Envelope::decode(data) {
                 Err(e) => return format!("error: {e}"),
-                Ok(Envelope::Request { body, .. }
-                | Envelope::Response { body, .. }
-                | Envelope::Error { body, .. }
-                | Envelope::Push { body }) => body,
+                Ok(
+                    Envelope::Request { body, .. }
+                    | Envelope::Response { body, .. }
+                    | Envelope::Error { body, .. }
+                    | Envelope::Push { body },
+                ) => body,
             };
             if let Ok(c) = decode_value::<Command>(body) {
-                return format!("command {:?} on {:?}", variant(&format!("{c:?}")), c.channel());
+                return format!(
+                    "command {:?} on {:?}",
+                    variant(&format!("{c:?}")),
+                    c.channel()
+                );
             }
             if let Ok(r) = decode_value::<Reply>(body) {
                 return format!("reply {:?}", variant(&format!("{r:?}")));

@@ -8,8 +8,8 @@ mod support;
 use openserver::app::envelope::{self, Envelope, REQUEST};
 use openserver::channels::messages::{codes, Command, Reply};
 use openserver::channels::{
-    Access, ChannelItem, ChannelSubscription, ChannelsClient, ChannelsConfig, Gap,
-    NamespaceConfig, Position, Recovery, CHANNELS_ID,
+    Access, ChannelItem, ChannelSubscription, ChannelsClient, ChannelsConfig, Gap, NamespaceConfig,
+    Position, Recovery, CHANNELS_ID,
 };
 use openserver::client::{Client, ClientConfig, ClientError, ClientEvent, ReconnectPolicy};
 use openserver::server::SessionEvent;
@@ -75,8 +75,18 @@ async fn subscribers_get_publications_in_order_until_they_unsubscribe() {
     let mut b = bob.subscribe("lobby").await.unwrap();
     let first = bob.publish("lobby", "hi").await.unwrap();
     assert_eq!(first.offset, 1);
-    let second = server.handle.publish("lobby", "from the server").await.unwrap();
-    assert_eq!(second, Position { offset: 2, ..first.clone() });
+    let second = server
+        .handle
+        .publish("lobby", "from the server")
+        .await
+        .unwrap();
+    assert_eq!(
+        second,
+        Position {
+            offset: 2,
+            ..first.clone()
+        }
+    );
     for sub in [&mut a, &mut b] {
         // Bob's join reaches alice before the publications; skip joins here.
         let mut got = Vec::new();
@@ -107,7 +117,10 @@ async fn subscribers_get_publications_in_order_until_they_unsubscribe() {
     subscribed.sort();
     assert_eq!(
         subscribed,
-        [("alice".into(), "lobby".into()), ("bob".into(), "lobby".into())]
+        [
+            ("alice".into(), "lobby".into()),
+            ("bob".into(), "lobby".into())
+        ]
     );
     alice.unsubscribe("lobby").await.unwrap();
     assert_eq!(tokio::time::timeout(WAIT, a.next()).await.unwrap(), None);
@@ -121,7 +134,13 @@ async fn subscribers_get_publications_in_order_until_they_unsubscribe() {
         other => panic!("expected alice's leave, got {other:?}"),
     }
     assert_eq!(publication(&mut b).await.0, 3);
-    let presence = server.handle.channels().unwrap().presence("lobby").await.unwrap();
+    let presence = server
+        .handle
+        .channels()
+        .unwrap()
+        .presence("lobby")
+        .await
+        .unwrap();
     let users: Vec<&str> = presence.iter().map(|c| c.user.as_str()).collect();
     assert_eq!(users, ["bob"]);
     let metrics = server.handle.metrics().encode_prometheus();
@@ -156,7 +175,9 @@ async fn namespaces_decide_who_subscribes_and_publishes() {
         codes::FORBIDDEN
     );
     let mut ops = alice.subscribe("ops:alerts").await.unwrap();
-    bob.publish("ops:alerts", "anyone may publish").await.unwrap();
+    bob.publish("ops:alerts", "anyone may publish")
+        .await
+        .unwrap();
     assert_eq!(publication(&mut ops).await.1, "anyone may publish");
     assert_eq!(
         code(bob.subscribe("nope:x").await.unwrap_err()),
@@ -169,7 +190,10 @@ async fn namespaces_decide_who_subscribes_and_publishes() {
         codes::FORBIDDEN
     );
     server.handle.publish("news:today", "real").await.unwrap();
-    assert_eq!(publication(&mut news).await, (1, "real".into(), String::new()));
+    assert_eq!(
+        publication(&mut news).await,
+        (1, "real".into(), String::new())
+    );
 }
 
 #[tokio::test]
@@ -240,7 +264,9 @@ async fn drop_connection(server: &TestServer, client: &Client, user: &str) {
             }
         }
     };
-    tokio::time::timeout(WAIT, lost).await.expect("the client sees the loss");
+    tokio::time::timeout(WAIT, lost)
+        .await
+        .expect("the client sees the loss");
 }
 
 #[tokio::test]
@@ -256,7 +282,10 @@ async fn a_reconnect_recovers_every_missed_publication_in_order() {
     }
     // Recovered by the library on its own, then the live stream goes on.
     for n in 2..=4u64 {
-        assert_eq!(publication(&mut sub).await, (n, n.to_string(), String::new()));
+        assert_eq!(
+            publication(&mut sub).await,
+            (n, n.to_string(), String::new())
+        );
     }
     server.handle.publish("feed", "5").await.unwrap();
     assert_eq!(publication(&mut sub).await.0, 5);
@@ -288,7 +317,15 @@ async fn a_reconnect_without_a_gap_recovers_nothing_and_loses_nothing() {
     tokio::time::timeout(WAIT, back).await.unwrap();
     // The resubscribe is under way or done; either way the next publication comes next.
     let wait_subscribed = async {
-        while server.handle.channels().unwrap().presence("feed").await.unwrap().is_empty() {
+        while server
+            .handle
+            .channels()
+            .unwrap()
+            .presence("feed")
+            .await
+            .unwrap()
+            .is_empty()
+        {
             tokio::task::yield_now().await;
         }
     };
@@ -314,7 +351,11 @@ async fn a_gap_the_history_no_longer_covers_is_reported_as_such() {
     assert_eq!(publication(&mut sub).await.0, 1);
     drop_connection(&server, &client, "alice").await;
     for n in 2..=5 {
-        server.handle.publish("tiny:a", n.to_string()).await.unwrap();
+        server
+            .handle
+            .publish("tiny:a", n.to_string())
+            .await
+            .unwrap();
     }
     match next(&mut sub).await {
         ChannelItem::Gap(Gap::Unrecoverable {
@@ -413,7 +454,10 @@ async fn a_slow_subscriber_is_cut_off_and_never_delays_the_others() {
     )
     .unwrap();
     slow.send(Frame::new(CHANNELS_ID, body)).await;
-    let answer = tokio::time::timeout(WAIT, slow.recv()).await.unwrap().unwrap();
+    let answer = tokio::time::timeout(WAIT, slow.recv())
+        .await
+        .unwrap()
+        .unwrap();
     let Ok(Envelope::Response { id: 1, body }) = Envelope::decode(&answer.body) else {
         panic!("not an answer: {answer:?}");
     };
@@ -495,4 +539,49 @@ async fn history_and_typed_values() {
         code(alice.history("ticks", Some(stale), None).await.unwrap_err()),
         codes::UNAVAILABLE
     );
+}
+
+/// Only alice may join `room:7`; everyone else is refused by the application itself.
+struct RoomSeven;
+
+#[openserver::async_trait]
+impl openserver::channels::ChannelPolicy for RoomSeven {
+    async fn authorize(
+        &self,
+        user: &openserver::auth::User,
+        action: openserver::channels::Action,
+        channel: &str,
+    ) -> Result<(), String> {
+        if channel == "room:7"
+            && action == openserver::channels::Action::Subscribe
+            && user.name != "alice"
+        {
+            return Err(format!("{} may not join room 7", user.name));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_application_policy_decides_after_the_rules() {
+    let mut config = ChannelsConfig::default();
+    config
+        .namespaces
+        .insert("room".into(), NamespaceConfig::default());
+    let server = start_with(support::harness::config(), move |b| {
+        b.channels(config).channel_policy(RoomSeven)
+    })
+    .await;
+    let (_a, alice) = login(&server, ALICE).await;
+    let (_b, bob) = login(&server, BOB).await;
+    let _in = alice.subscribe("room:7").await.unwrap();
+    let refused = bob.subscribe("room:7").await.unwrap_err();
+    match refused {
+        ClientError::Application { code, message, .. } => {
+            assert_eq!(code, codes::FORBIDDEN);
+            assert!(message.contains("bob may not join room 7"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let _other = bob.subscribe("room:8").await.unwrap();
 }

@@ -185,8 +185,14 @@ mod tests {
         };
         assert_eq!(p.to_string(), "0a1b2c3d4e5f6071:42");
         assert_eq!(p.to_string().parse::<Position>(), Ok(p));
-        assert!("nocolon".parse::<Position>().unwrap_err().contains("EPOCH:OFFSET"));
+        assert!("nocolon"
+            .parse::<Position>()
+            .unwrap_err()
+            .contains("EPOCH:OFFSET"));
         assert!(":5".parse::<Position>().unwrap_err().contains("no epoch"));
-        assert!("ab:x".parse::<Position>().unwrap_err().contains("whole number"));
+        assert!("ab:x"
+            .parse::<Position>()
+            .unwrap_err()
+            .contains("whole number"));
     }
 }

@@ -478,7 +478,10 @@ impl Inner {
             Err(ClientError::Application { code, message, .. }) => {
                 // Refused now (say the rules changed): the subscription is over.
                 state.starting = false;
-                state.enqueue(ChannelItem::Ended(format!("{message} ({code})")), self.depth);
+                state.enqueue(
+                    ChannelItem::Ended(format!("{message} ({code})")),
+                    self.depth,
+                );
                 state.closed = true;
                 drop(state);
                 lock(&self.slots).remove(channel);
@@ -504,7 +507,10 @@ async fn read_pushes(inner: Arc<Inner>) {
             Ok(push) => push,
             Err(PushError::Lagged(n)) => {
                 // The offsets of what follows show each subscription what it lost.
-                tracing::warn!(dropped = n, "channel pushes dropped: the client fell behind");
+                tracing::warn!(
+                    dropped = n,
+                    "channel pushes dropped: the client fell behind"
+                );
                 continue;
             }
             Err(e) => {

@@ -17,8 +17,7 @@ use super::broker::{
 };
 use super::config::{Access, ChannelsConfig, NamespaceConfig};
 use super::messages::{
-    codes, ChannelPush, HistoryReply, PublicationMessage, Recovery, Reply, Subscribed,
-    CHANNELS_ID,
+    codes, ChannelPush, HistoryReply, PublicationMessage, Recovery, Reply, Subscribed, CHANNELS_ID,
 };
 use super::name::{self, Kind, NameError};
 use crate::app::envelope::{self, PUSH, RESPONSE};
@@ -88,7 +87,9 @@ pub enum ChannelError {
     #[error("the channel has {0} subscribers, the most its namespace allows (max_subscribers)")]
     TooManySubscribers(usize),
     /// The data is too large.
-    #[error("the publication is {len} bytes; at most {max} are allowed (channels.max_publication)")]
+    #[error(
+        "the publication is {len} bytes; at most {max} are allowed (channels.max_publication)"
+    )]
     TooLarge {
         /// Its size.
         len: usize,
@@ -549,7 +550,10 @@ impl Engine {
     ) -> Result<(History, Option<Recovery>), ChannelError> {
         let size = rules.ns.history.size;
         let Some(since) = since else {
-            let history = self.broker.history(channel, None, 0, &rules.ns.history).await?;
+            let history = self
+                .broker
+                .history(channel, None, 0, &rules.ns.history)
+                .await?;
             return Ok((history, None));
         };
         let mut history = self
@@ -583,7 +587,11 @@ impl Engine {
         history: History,
         recovery: Option<Recovery>,
     ) -> Result<(), ChannelError> {
-        let ended = || ChannelError::Unavailable(format!("the subscription to {channel:?} ended while it started"));
+        let ended = || {
+            ChannelError::Unavailable(format!(
+                "the subscription to {channel:?} ended while it started"
+            ))
+        };
         let local = lock(&self.local).get(channel).cloned().ok_or_else(ended)?;
         let mut subs = lock(&local.subs);
         let sub = subs.get_mut(&session.id()).ok_or_else(ended)?;

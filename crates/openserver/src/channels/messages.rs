@@ -100,7 +100,11 @@ pub enum Recovery {
 
 impl Recovery {
     /// Every outcome, for metrics.
-    pub const ALL: [Recovery; 3] = [Recovery::Recovered, Recovery::EpochChanged, Recovery::TooOld];
+    pub const ALL: [Recovery; 3] = [
+        Recovery::Recovered,
+        Recovery::EpochChanged,
+        Recovery::TooOld,
+    ];
 
     /// A short stable label.
     pub fn label(self) -> &'static str {
@@ -334,7 +338,8 @@ mod tests {
     fn push() -> impl Strategy<Value = ChannelPush> {
         prop_oneof![
             publication().prop_map(ChannelPush::Publication),
-            (".{0,8}", client()).prop_map(|(channel, client)| ChannelPush::Join { channel, client }),
+            (".{0,8}", client())
+                .prop_map(|(channel, client)| ChannelPush::Join { channel, client }),
             (".{0,8}", client())
                 .prop_map(|(channel, client)| ChannelPush::Leave { channel, client }),
             (".{0,8}", "[a-z_]{0,12}")
@@ -406,7 +411,9 @@ mod tests {
     #[test]
     fn the_documented_example() {
         let frame = |body: Bytes| {
-            let bytes = crate::wire::Frame::new(CHANNELS_ID, body).to_bytes().unwrap();
+            let bytes = crate::wire::Frame::new(CHANNELS_ID, body)
+                .to_bytes()
+                .unwrap();
             bytes
                 .iter()
                 .map(|b| format!("{b:02x}"))
@@ -439,11 +446,20 @@ mod tests {
         });
         let published = Reply::Published(position(1));
         let lines = [
-            ("C", frame(envelope::encode(REQUEST, 1, &subscribe).unwrap())),
-            ("S", frame(envelope::encode(RESPONSE, 1, &subscribed).unwrap())),
+            (
+                "C",
+                frame(envelope::encode(REQUEST, 1, &subscribe).unwrap()),
+            ),
+            (
+                "S",
+                frame(envelope::encode(RESPONSE, 1, &subscribed).unwrap()),
+            ),
             ("C", frame(envelope::encode(REQUEST, 2, &publish).unwrap())),
             ("S", frame(envelope::encode(PUSH, 0, &push).unwrap())),
-            ("S", frame(envelope::encode(RESPONSE, 2, &published).unwrap())),
+            (
+                "S",
+                frame(envelope::encode(RESPONSE, 2, &published).unwrap()),
+            ),
         ];
         let doc = include_str!("../../../../docs/PROTOCOL.md");
         let section = doc
@@ -456,7 +472,10 @@ mod tests {
             .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
             .take(lines.len())
             .collect();
-        let wanted: Vec<String> = lines.iter().map(|(side, b)| format!("{side} {b}")).collect();
+        let wanted: Vec<String> = lines
+            .iter()
+            .map(|(side, b)| format!("{side} {b}"))
+            .collect();
         assert_eq!(documented, wanted);
     }
 }

@@ -73,9 +73,6 @@ mod tests {
         assert_eq!(parse(":x", 255), Err(NameError::Empty));
         assert_eq!(parse("a b", 255), Err(NameError::BadCharacter));
         assert_eq!(parse("a\u{0}", 255), Err(NameError::BadCharacter));
-        assert_eq!(
-            parse("abcd", 3),
-            Err(NameError::TooLong { len: 4, max: 3 })
-        );
+        assert_eq!(parse("abcd", 3), Err(NameError::TooLong { len: 4, max: 3 }));
     }
 }

@@ -36,9 +36,10 @@ impl ChannelMetrics {
     pub(crate) fn namespace(&self, ns: &str, outcomes: &[&'static str]) -> NamespaceMetrics {
         let label = [("namespace", ns.to_string())];
         for outcome in outcomes {
-            let _ = self
-                .recoveries
-                .get_or_create(&[("namespace", ns.to_string()), ("outcome", outcome.to_string())]);
+            let _ = self.recoveries.get_or_create(&[
+                ("namespace", ns.to_string()),
+                ("outcome", outcome.to_string()),
+            ]);
         }
         NamespaceMetrics {
             channels: self.channels.get_or_create_owned(&label),
@@ -52,7 +53,10 @@ impl ChannelMetrics {
     /// A recovery in `ns` came to `outcome`.
     pub(crate) fn recovery(&self, ns: &str, outcome: &'static str) {
         self.recoveries
-            .get_or_create(&[("namespace", ns.to_string()), ("outcome", outcome.to_string())])
+            .get_or_create(&[
+                ("namespace", ns.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
             .inc();
     }
 
