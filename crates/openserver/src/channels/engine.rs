@@ -512,8 +512,13 @@ impl Engine {
         if let Some(recovery) = recovery {
             self.metrics.recovery(&rules.ns.label, recovery.label());
         }
-        if let Err(e) = self.go_live(session, request_id, channel, history, recovery) {
-            let _ = self.broker.unsubscribe(channel).await;
+        if let Err((e, still_registered)) =
+            self.go_live(session, request_id, channel, history, recovery)
+        {
+            // Whoever removed a subscription that is gone released its node subscription.
+            if still_registered {
+                let _ = self.broker.unsubscribe(channel).await;
+            }
             return Err(e);
         }
         let client = ClientInfo {
@@ -586,20 +591,18 @@ impl Engine {
         channel: &str,
         history: History,
         recovery: Option<Recovery>,
-    ) -> Result<(), ChannelError> {
+    ) -> Result<(), (ChannelError, bool)> {
         let ended = || {
-            ChannelError::Unavailable(format!(
-                "the subscription to {channel:?} ended while it started"
-            ))
+            let e = format!("the subscription to {channel:?} ended while it started");
+            (ChannelError::Unavailable(e), false)
         };
         let local = lock(&self.local).get(channel).cloned().ok_or_else(ended)?;
         let mut subs = lock(&local.subs);
         let sub = subs.get_mut(&session.id()).ok_or_else(ended)?;
         let buffer = sub.starting.take().unwrap_or_default();
         if buffer.overflowed {
-            return Err(ChannelError::Unavailable(format!(
-                "{channel:?} published too fast while the subscription started; retry"
-            )));
+            let e = format!("{channel:?} published too fast while the subscription started; retry");
+            return Err((ChannelError::Unavailable(e), true));
         }
         let epoch = history.top.epoch.clone();
         let mut last = history.top.offset;
@@ -626,7 +629,7 @@ impl Engine {
             publications,
         });
         let body = envelope::encode(RESPONSE, request_id, &reply)
-            .map_err(|e| ChannelError::Unavailable(e.to_string()))?;
+            .map_err(|e| (ChannelError::Unavailable(e.to_string()), true))?;
         // Queued without waiting, under the lock: no push of this channel overtakes it. A full
         // queue closes the session as a slow consumer, as any push would.
         let _ = session.push(Frame::new(CHANNELS_ID, body));
