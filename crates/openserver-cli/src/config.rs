@@ -5,6 +5,7 @@ use crate::alerts::AlertsConfig;
 use crate::metrics::MetricsConfig;
 use anyhow::{Context as _, Result};
 use openserver::auth::HashParams;
+use openserver::channels::ChannelsConfig;
 use openserver::server::ServerConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,9 @@ pub struct FileConfig {
     pub metrics: MetricsConfig,
     /// Alerts on lost connections (off by default).
     pub alerts: AlertsConfig,
+    /// Channels (publish/subscribe, protocol 6): namespaces and limits. Always on; the
+    /// default namespace lets logged-in users subscribe and publish.
+    pub channels: ChannelsConfig,
 }
 
 /// The Admin protocol (5) of `serve`: list sessions and kick one.
@@ -124,6 +128,7 @@ impl Default for FileConfig {
             admin: AdminConfig::default(),
             metrics: MetricsConfig::default(),
             alerts: AlertsConfig::default(),
+            channels: ChannelsConfig::default(),
         }
     }
 }
@@ -217,6 +222,7 @@ impl FileConfig {
             anyhow::bail!("admin.role must not be empty while admin.enabled is true");
         }
         self.alerts.validate()?;
+        self.channels.validate().map_err(anyhow::Error::msg)?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level)
         })?;
@@ -343,6 +349,30 @@ mod tests {
         // The example leaves max_concurrent out: its default is the machine's CPU count.
         parsed.hash.max_concurrent = HashParams::default().max_concurrent;
         assert_eq!(parsed, FileConfig::default());
+    }
+
+    #[test]
+    fn channel_namespaces_come_from_the_file() {
+        let text = "[channels.namespaces.chat]\npublish = \"role:ops\"\nhistory_size = 5\n\n\
+                    [channels.default]\nsubscribe = \"server\"\n";
+        let c = FileConfig::parse(text).unwrap();
+        let chat = &c.channels.namespaces["chat"];
+        assert_eq!(
+            chat.publish,
+            openserver::channels::Access::Role("ops".into())
+        );
+        assert_eq!(chat.history_size, 5);
+        assert_eq!(
+            c.channels.default.subscribe,
+            openserver::channels::Access::Server
+        );
+        let err = FileConfig::parse("[channels.default]\npublish = \"everyone\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("not an access rule"), "{err:#}");
+        let err = FileConfig::parse("[channels]\nmax_publication = 0\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("channels.max_publication"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -34,6 +34,12 @@ enum Command {
     Hello(cmd::hello::HelloArgs),
     /// List a running server's sessions, or kick one (needs the admin role).
     Sessions(cmd::sessions::SessionsArgs),
+    /// Publish a message on a channel: prints its position, EPOCH:OFFSET.
+    Publish(cmd::channels::PublishArgs),
+    /// Subscribe to a channel: prints one line per publication, OFFSET MESSAGE.
+    Subscribe(cmd::channels::SubscribeArgs),
+    /// List the sessions subscribed to a channel.
+    Presence(cmd::channels::PresenceArgs),
     /// Check a configuration file and print the configuration it gives.
     Config(cmd::config::ConfigArgs),
     /// Measure a server: throughput and latency under load, baselines, idle sessions.
@@ -95,6 +101,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sessions(args) => {
             init_logging(client_log_filter(args.connect.verbose), LogFormat::Text);
             cmd::sessions::run(args).await
+        }
+        Command::Publish(args) => {
+            init_logging(client_log_filter(args.connect.verbose), LogFormat::Text);
+            cmd::channels::publish(args).await
+        }
+        Command::Subscribe(args) => {
+            init_logging(client_log_filter(args.connect.verbose), LogFormat::Text);
+            cmd::channels::subscribe(args).await
+        }
+        Command::Presence(args) => {
+            init_logging(client_log_filter(args.connect.verbose), LogFormat::Text);
+            cmd::channels::presence(args).await
         }
         Command::Config(args) => {
             init_logging("warn", LogFormat::Text);

@@ -436,6 +436,33 @@ pub fn outcome(target: &str, data: &[u8]) -> String {
             };
             format!("{name} {id:?}, {} bytes, {app_error}", body.len())
         }
+        "channels_messages" => {
+            use crate::app::envelope::{decode_value, Envelope};
+            use crate::channels::messages::{ChannelPush, Command, Reply};
+            let body = match Envelope::decode(data) {
+                Err(e) => return format!("error: {e}"),
+                Ok(
+                    Envelope::Request { body, .. }
+                    | Envelope::Response { body, .. }
+                    | Envelope::Error { body, .. }
+                    | Envelope::Push { body },
+                ) => body,
+            };
+            if let Ok(c) = decode_value::<Command>(body) {
+                return format!(
+                    "command {:?} on {:?}",
+                    variant(&format!("{c:?}")),
+                    c.channel()
+                );
+            }
+            if let Ok(r) = decode_value::<Reply>(body) {
+                return format!("reply {:?}", variant(&format!("{r:?}")));
+            }
+            match decode_value::<ChannelPush>(body) {
+                Ok(p) => format!("push {:?}", variant(&format!("{p:?}"))),
+                Err(_) => "no channels message".into(),
+            }
+        }
         "proxy_header" => match data.split_first() {
             None => "empty".into(),
             Some((&bound, stream)) => {
@@ -590,4 +617,47 @@ pub fn app_envelope(data: &[u8]) {
     let _ = envelope::decode_value::<(String, i64)>(body);
     let _ = envelope::decode_value::<Vec<Option<String>>>(body);
     let _ = envelope::decode_value::<std::collections::HashMap<String, Vec<u8>>>(body);
+}
+
+/// The variant name at the start of a `Debug` rendering.
+fn variant(debug: &str) -> String {
+    debug
+        .split(|c: char| !c.is_alphanumeric() && c != '_')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Decodes a Channels body ([`crate::channels::messages`]): the envelope, then the value as a
+/// command, a reply and a push. Asserts that whatever decodes re-encodes to a value that
+/// decodes to the same thing (what the server answers from is what the client sent).
+pub fn channels_messages(data: &[u8]) {
+    use crate::app::envelope::{self, decode_value, Envelope};
+    use crate::channels::messages::{ChannelPush, Command, Reply};
+    let Ok(decoded) = Envelope::decode(data) else {
+        return;
+    };
+    let body = match decoded {
+        Envelope::Request { body, .. }
+        | Envelope::Response { body, .. }
+        | Envelope::Error { body, .. }
+        | Envelope::Push { body } => body,
+    };
+    fn again<T>(value: T)
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + Debug,
+    {
+        let bytes = envelope::encode(envelope::PUSH, 0, &value).expect("a decoded value encodes");
+        let back: T = decode_value(&bytes[1..]).expect("a re-encoded value decodes");
+        assert_eq!(back, value);
+    }
+    if let Ok(c) = decode_value::<Command>(body) {
+        again(c);
+    }
+    if let Ok(r) = decode_value::<Reply>(body) {
+        again(r);
+    }
+    if let Ok(p) = decode_value::<ChannelPush>(body) {
+        again(p);
+    }
 }

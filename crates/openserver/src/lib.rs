@@ -32,6 +32,9 @@
 //!   hooks that restore the application's server-side state (`client/restore.rs`).
 //! - [`app`]: the application layer on top: typed protocols (serde types as MessagePack),
 //!   requests answered by id, structured errors, push from handlers, `on_close`.
+//! - [`channels`]: beside `app`, on top: publish/subscribe with presence, history and
+//!   recovery (the Channels protocol, 6), on a `Broker` trait with an in-memory broker; its
+//!   client side too.
 //!
 //! # A server in a few lines
 //!
@@ -56,6 +59,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod channels;
 pub mod client;
 pub mod protocol;
 pub mod server;

@@ -149,3 +149,8 @@ fn proxy_header_seeds() {
 fn app_envelope_seeds() {
     replay("app_envelope", fuzzing::app_envelope);
 }
+
+#[test]
+fn channels_messages_seeds() {
+    replay("channels_messages", fuzzing::channels_messages);
+}

@@ -1,6 +1,7 @@
 //! The subcommands, one file each, and what they share.
 
 pub mod bench;
+pub mod channels;
 pub mod config;
 pub mod connect;
 pub mod hello;

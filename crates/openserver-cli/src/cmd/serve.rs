@@ -132,7 +132,8 @@ pub async fn run(config: FileConfig, args: ServeArgs, log: LogLevel) -> Result<(
 
     let mut builder = Server::builder(config.server.clone())
         .user_store(Arc::new(store))
-        .hello();
+        .hello()
+        .channels(config.channels.clone());
     if config.auth.scram {
         builder = builder.scram();
     }

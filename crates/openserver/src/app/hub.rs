@@ -2,10 +2,11 @@
 
 use super::envelope::{self, PUSH};
 use super::Api;
+use crate::channels::Channels;
 use crate::server::registry::Registry;
 use crate::session::{Session, SessionId};
 use crate::wire::Frame;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The server's live sessions, for typed push. Cheap to clone; handlers get it through their
 /// [`Context`](super::Context), other code from
@@ -19,11 +20,18 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Hub {
     registry: Arc<Registry>,
+    channels: Arc<OnceLock<Channels>>,
 }
 
 impl Hub {
-    pub(crate) fn new(registry: Arc<Registry>) -> Hub {
-        Hub { registry }
+    pub(crate) fn new(registry: Arc<Registry>, channels: Arc<OnceLock<Channels>>) -> Hub {
+        Hub { registry, channels }
+    }
+
+    /// The server's channels, once the server is bound, if
+    /// [`ServerBuilder::channels`](crate::server::ServerBuilder::channels) enabled them.
+    pub fn channels(&self) -> Option<&Channels> {
+        self.channels.get()
     }
 
     /// The open session with this id.

@@ -58,7 +58,7 @@ use serde::{Deserialize, Serialize};
 
 /// A typed application protocol: the declaration both sides share.
 pub trait Api: Send + Sync + 'static {
-    /// The protocol id. Ids 0-5 and 10 are the built-ins; 0x0100 and up are free.
+    /// The protocol id. Ids 0-6 and 10 are the built-ins; 0x0100 and up are free.
     const ID: u16;
     /// A short name for logs and metrics.
     const NAME: &'static str;

@@ -4,6 +4,7 @@
 use super::envelope::{self, Envelope, RESPONSE};
 use super::{Api, AppError, Hub};
 use crate::auth::User;
+use crate::channels::{ChannelError, Channels, Position};
 use crate::protocol::{HandlerError, Protocol, ProtocolHandler};
 use crate::server::{ServerBuilder, ServerHandle};
 use crate::session::{Session, SessionId};
@@ -98,6 +99,23 @@ impl<A: Api> Context<'_, A> {
     pub fn broadcast(&self, push: &A::Push) -> usize {
         self.hub.broadcast::<A>(push)
     }
+
+    /// The server's channels, if enabled ([`ServerBuilder::channels`]).
+    pub fn channels(&self) -> Option<&Channels> {
+        self.hub.channels()
+    }
+
+    /// Publishes `data` on `channel` as server code (see [`Channels::publish`]).
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: impl Into<Bytes>,
+    ) -> Result<Position, ChannelError> {
+        match self.hub.channels() {
+            Some(channels) => channels.publish(channel, data).await,
+            None => Err(ChannelError::Disabled),
+        }
+    }
 }
 
 impl ServerBuilder {
@@ -115,14 +133,14 @@ impl ServerBuilder {
     /// The server's sessions, for pushes from outside a handler; the same [`Hub`] as every
     /// handler's [`Context::hub`].
     pub fn hub(&self) -> Hub {
-        Hub::new(self.registry())
+        Hub::new(self.registry(), self.channels_slot())
     }
 }
 
 impl ServerHandle {
     /// The server's sessions, for typed push: see [`Hub`].
     pub fn hub(&self) -> Hub {
-        Hub::new(self.registry())
+        Hub::new(self.registry(), self.channels_slot())
     }
 }
 

@@ -65,7 +65,7 @@ use std::sync::Arc;
 
 /// A protocol: an id on the wire and a factory of per-session handlers.
 pub trait Protocol: Send + Sync + 'static {
-    /// The protocol id in the first two payload bytes. Ids 0-5 and 10 are the built-ins.
+    /// The protocol id in the first two payload bytes. Ids 0-6 and 10 are the built-ins.
     fn id(&self) -> u16;
 
     /// A short name for logs.

@@ -1,7 +1,8 @@
 //! Session events: what happened to connections, for alerts, audit and dashboards.
 //!
 //! The server publishes a [`SessionEvent`] when a connection is refused, a session opens, a
-//! login succeeds or fails, and a session closes. [`ServerHandle::events`] subscribes.
+//! login succeeds or fails, a session subscribes to a channel or unsubscribes, and a session
+//! closes. [`ServerHandle::events`] subscribes.
 //!
 //! Publishing never waits: the events go through a bounded [`broadcast`] channel, and a
 //! subscriber that falls more than [`EVENT_CAPACITY`] events behind loses the oldest ones and
@@ -72,6 +73,29 @@ pub enum SessionEvent {
         reason: CloseReason,
         /// How long the connection lasted, from accept.
         duration: Duration,
+    },
+    /// A session subscribed to a channel ([`crate::channels`]).
+    #[non_exhaustive]
+    Subscribed {
+        /// The session's id.
+        id: SessionId,
+        /// Its user.
+        user: String,
+        /// The channel.
+        channel: String,
+    },
+    /// A session's subscription to a channel ended.
+    #[non_exhaustive]
+    Unsubscribed {
+        /// The session's id.
+        id: SessionId,
+        /// Its user.
+        user: String,
+        /// The channel.
+        channel: String,
+        /// Why: `client` (the client unsubscribed), `server` (server code did) or `closed`
+        /// (the session ended).
+        reason: &'static str,
     },
     /// A connection was closed before it became a session.
     #[non_exhaustive]
@@ -150,7 +174,9 @@ impl From<Refusal> for RefusalReason {
     }
 }
 
-/// The sending side, shared by the accept loop and every session's driver.
+/// The sending side, shared by the accept loop, every session's driver and the channels
+/// engine.
+#[derive(Clone)]
 pub(crate) struct EventBus {
     sender: broadcast::Sender<SessionEvent>,
 }

@@ -71,7 +71,7 @@ mod tests {
 
     fn session(id: u64, peer: &str, gate: &Arc<Gatekeeper>) -> Session {
         let session = Session::new(id, peer.parse().unwrap(), 4, false);
-        let metrics = ServerMetrics::new(&Default::default(), gate);
+        let metrics = ServerMetrics::new(&Default::default(), gate, None);
         session.attach_server(Arc::new(ServerLink {
             gate: gate.clone(),
             metrics: Arc::new(metrics),

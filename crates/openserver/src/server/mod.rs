@@ -25,6 +25,7 @@ pub use events::{RefusalReason, SessionEvent, EVENT_CAPACITY};
 pub use metrics::Metrics;
 
 use crate::auth::{User, UserStore};
+use crate::channels::{Broker, ChannelError, ChannelPolicy, Channels, ChannelsConfig};
 use crate::protocol::admin::Admin;
 use crate::protocol::dbauth::DatabaseAuth;
 use crate::protocol::hello::Hello;
@@ -48,7 +49,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -76,6 +77,18 @@ pub struct ServerBuilder {
     /// The live sessions: made here rather than at bind, so that typed protocols
     /// ([`crate::app`]) can hold it from the moment they are added.
     registry: Arc<Registry>,
+    /// Set by [`channels`](Self::channels): the engine is built at bind.
+    channels: Option<ChannelsSetup>,
+    /// The channels engine once built, shared with every [`Hub`](crate::app::Hub) made
+    /// before bind.
+    channels_slot: Arc<OnceLock<Channels>>,
+}
+
+/// What [`ServerBuilder::channels`] and its companions set.
+struct ChannelsSetup {
+    config: ChannelsConfig,
+    broker: Option<Arc<dyn Broker>>,
+    policy: Option<Arc<dyn ChannelPolicy>>,
 }
 
 impl ServerBuilder {
@@ -139,6 +152,53 @@ impl ServerBuilder {
         self.registry.clone()
     }
 
+    /// Adds Channels (6): publish/subscribe with presence, history and recovery
+    /// ([`crate::channels`]), with these rules (validated at bind). The broker is the
+    /// in-memory one unless [`channel_broker`](Self::channel_broker) gives another.
+    pub fn channels(mut self, config: ChannelsConfig) -> Self {
+        let setup = self.channels.get_or_insert_with(|| ChannelsSetup {
+            config: ChannelsConfig::default(),
+            broker: None,
+            policy: None,
+        });
+        setup.config = config;
+        self
+    }
+
+    /// The broker of [`channels`](Self::channels) (which it enables with the default rules
+    /// if not called).
+    pub fn channel_broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self = self.channels_enabled();
+        if let Some(setup) = self.channels.as_mut() {
+            setup.broker = Some(broker);
+        }
+        self
+    }
+
+    /// The application's own authorization of channel actions, consulted after the
+    /// namespace's rules (enables [`channels`](Self::channels) with the default rules if not
+    /// called).
+    pub fn channel_policy(mut self, policy: impl ChannelPolicy) -> Self {
+        self = self.channels_enabled();
+        if let Some(setup) = self.channels.as_mut() {
+            setup.policy = Some(Arc::new(policy));
+        }
+        self
+    }
+
+    fn channels_enabled(self) -> Self {
+        if self.channels.is_some() {
+            self
+        } else {
+            self.channels(ChannelsConfig::default())
+        }
+    }
+
+    /// The channels engine's slot, filled at bind.
+    pub(crate) fn channels_slot(&self) -> Arc<OnceLock<Channels>> {
+        self.channels_slot.clone()
+    }
+
     /// Binds the listening socket (with the configured backlog) and returns the server, ready
     /// to [`run`](Server::run).
     ///
@@ -188,10 +248,39 @@ impl ServerBuilder {
             })?;
             self.protocols.insert(Arc::new(ScramAuth::new(store)));
         }
+        let events = events::EventBus::new();
+        let mut channel_metrics = None;
+        if let Some(setup) = self.channels.take() {
+            setup
+                .config
+                .validate()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let broker = setup
+                .broker
+                .unwrap_or_else(|| Arc::new(crate::channels::MemoryBroker::new()));
+            let counted = metrics::channels::ChannelMetrics::default();
+            let engine = crate::channels::Engine::new(
+                setup.config,
+                broker,
+                setup.policy,
+                counted.clone(),
+                events.clone(),
+            );
+            self.protocols
+                .insert(Arc::new(crate::channels::protocol::ChannelsProtocol {
+                    engine: engine.clone(),
+                }));
+            let _ = self.channels_slot.set(Channels::new(engine));
+            channel_metrics = Some(counted);
+        }
         let listener = listen(self.config.listen, self.config.limits.listen_backlog)?;
         let local_addr = listener.local_addr()?;
         let gate = Arc::new(gate::Gatekeeper::new(self.config.security.clone()));
-        let metrics = Arc::new(metrics::ServerMetrics::new(&self.protocols, &gate));
+        let metrics = Arc::new(metrics::ServerMetrics::new(
+            &self.protocols,
+            &gate,
+            channel_metrics.as_ref(),
+        ));
         Ok(Server {
             listener,
             local_addr,
@@ -203,9 +292,10 @@ impl ServerBuilder {
                     log_packets: self.config.log_packets,
                     link: Arc::new(ServerLink { gate, metrics }),
                     protocols: self.protocols,
-                    events: events::EventBus::new(),
+                    events,
                 },
                 registry,
+                channels: self.channels_slot,
                 next_id: AtomicU64::new(1),
                 per_ip: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
@@ -242,6 +332,8 @@ struct Shared {
     keep_alive: Option<KeepAlive>,
     /// Live sessions, for push, shutdown and Admin.
     registry: Arc<Registry>,
+    /// The channels engine, if enabled.
+    channels: Arc<OnceLock<Channels>>,
     /// Source of session ids.
     next_id: AtomicU64,
     /// Open connections: the total cap.
@@ -274,6 +366,8 @@ impl Server {
             admin_role: None,
             registry: Arc::new(Registry::default()),
             allow_plaintext_non_loopback: false,
+            channels: None,
+            channels_slot: Arc::new(OnceLock::new()),
         }
     }
 
@@ -705,6 +799,29 @@ impl ServerHandle {
     /// The server's live sessions, for the application layer's push.
     pub(crate) fn registry(&self) -> Arc<Registry> {
         self.shared.registry.clone()
+    }
+
+    /// The channels engine's slot, for [`Hub`](crate::app::Hub)s.
+    pub(crate) fn channels_slot(&self) -> Arc<OnceLock<Channels>> {
+        self.shared.channels.clone()
+    }
+
+    /// The server's channels, if [`ServerBuilder::channels`] enabled them: publish from
+    /// server code, presence, history.
+    pub fn channels(&self) -> Option<Channels> {
+        self.shared.channels.get().cloned()
+    }
+
+    /// Publishes `data` on `channel` from server code (see [`Channels::publish`]).
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: impl Into<bytes::Bytes>,
+    ) -> Result<crate::channels::Position, ChannelError> {
+        match self.shared.channels.get() {
+            Some(channels) => channels.publish(channel, data).await,
+            None => Err(ChannelError::Disabled),
+        }
     }
 
     /// The session with this id, if open.

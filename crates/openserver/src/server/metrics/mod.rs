@@ -1,5 +1,6 @@
 //! Prometheus metrics of a server: sessions by state, connections accepted, refused and
-//! closed, logins, traffic and handler latency per protocol, penalties, outbound queues.
+//! closed, logins, traffic and handler latency per protocol, penalties, outbound queues, and
+//! channels by namespace (`channels.rs`).
 //!
 //! [`ServerHandle::metrics`] returns a [`Metrics`] that renders them in the Prometheus text
 //! format or in OpenMetrics; `docs/OPERATIONS.md` lists every metric.
@@ -9,6 +10,7 @@
 //! id picks them, no label is hashed and no lock taken. Values that would cost every frame to
 //! keep (queue depths, penalised sources) are sampled when scraped instead.
 
+pub(crate) mod channels;
 mod sharded;
 
 use super::events::RefusalReason;
@@ -100,8 +102,15 @@ impl ProtocolMetrics {
 
 impl ServerMetrics {
     /// Metrics for a server speaking `protocols`, with `gate`'s penalties.
-    pub(crate) fn new(protocols: &ProtocolSet, gate: &Gatekeeper) -> Self {
+    pub(crate) fn new(
+        protocols: &ProtocolSet,
+        gate: &Gatekeeper,
+        channels: Option<&channels::ChannelMetrics>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("openserver");
+        if let Some(channels) = channels {
+            channels.register(&mut registry);
+        }
 
         let states: Family<Label, Gauge> = Family::default();
         let sessions = ["handshaking", "authenticating", "authenticated"]
@@ -470,7 +479,7 @@ mod tests {
     #[test]
     fn the_session_gauge_follows_one_connection() {
         let gate = Gatekeeper::new(crate::server::Security::default());
-        let metrics = Arc::new(ServerMetrics::new(&ProtocolSet::new(), &gate));
+        let metrics = Arc::new(ServerMetrics::new(&ProtocolSet::new(), &gate, None));
         let count = |s: SessionState| metrics.gauge(s).get();
         let mut g = SessionGauge::new(metrics.clone(), SessionState::Handshaking);
         assert_eq!(count(SessionState::Handshaking), 1);
@@ -495,7 +504,7 @@ mod tests {
         let gate = Gatekeeper::new(crate::server::Security::default());
         let mut set = ProtocolSet::new();
         set.insert(Arc::new(crate::protocol::hello::Hello));
-        let metrics = ServerMetrics::new(&set, &gate);
+        let metrics = ServerMetrics::new(&set, &gate, None);
         metrics.protocol(10).received(9);
         metrics.protocol(0).received(9);
         metrics.protocol(777).received(10);
