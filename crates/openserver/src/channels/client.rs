@@ -1,9 +1,10 @@
 //! The client side of Channels: subscriptions that survive reconnects.
 //!
-//! [`Client::channels`] starts two small tasks: one reads the protocol's pushes and hands each
-//! to its subscription, the other waits for the client's
-//! [`ClientEvent::Reconnected`](crate::client::ClientEvent::Reconnected) and resubscribes
-//! every channel from the last position it saw, so the server recovers what was missed.
+//! [`Client::channels`] starts a small task that reads the protocol's pushes and hands each to
+//! its subscription, and adds a [reconnect hook](Client::on_reconnect) that resubscribes
+//! every channel from the last position it saw, so the server recovers what was missed. As a
+//! hook it runs on the new connection before the application can use it: a publish made
+//! after a reconnect never overtakes the resubscription.
 //! Every subscription checks that offsets follow each other: whatever cannot be delivered (a
 //! recovery the server refused, pushes lost on the way, items the application did not read in
 //! time) becomes an explicit [`Gap`] in the stream, at the place it happened.
@@ -14,12 +15,11 @@ use super::messages::{
     Subscribed,
 };
 use crate::app::{PushError, Remote};
-use crate::client::{Client, ClientError, ClientEvent};
+use crate::client::{Client, ClientError};
 use crate::session::lock;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
 
 impl Client {
@@ -33,7 +33,16 @@ impl Client {
             depth: self.config().queue_depth.max(1),
         });
         tokio::spawn(read_pushes(inner.clone()));
-        tokio::spawn(resubscribe_on_reconnect(inner.clone(), self.events()));
+        let weak = Arc::downgrade(&inner);
+        self.on_reconnect(move |_client| {
+            let inner = weak.upgrade();
+            async move {
+                if let Some(inner) = inner {
+                    inner.resubscribe_all().await;
+                }
+                Ok(())
+            }
+        });
         ChannelsClient { inner }
     }
 }
@@ -443,6 +452,21 @@ impl Inner {
         }
     }
 
+    /// Renews every subscription, all at once (one round trip for them all, within the
+    /// hook's time).
+    async fn resubscribe_all(&self) {
+        let slots: Vec<(String, Arc<Slot>)> = lock(&self.slots)
+            .iter()
+            .map(|(c, s)| (c.clone(), s.clone()))
+            .collect();
+        futures::future::join_all(
+            slots
+                .iter()
+                .map(|(channel, slot)| self.resubscribe(channel, slot)),
+        )
+        .await;
+    }
+
     /// Renews the subscription of `channel` from its last position.
     async fn resubscribe(&self, channel: &str, slot: &Arc<Slot>) {
         let since = {
@@ -468,7 +492,7 @@ impl Inner {
             Err(ClientError::Application { code, .. })
                 if code == super::messages::codes::ALREADY_SUBSCRIBED =>
             {
-                // No reconnect after all (the events lagged): the subscription stands.
+                // The server still holds it (this session never ended): it stands.
                 state.starting = false;
                 let held = std::mem::take(&mut state.held);
                 for push in held {
@@ -548,29 +572,6 @@ async fn read_pushes(inner: Arc<Inner>) {
             }
         }
         slot.ready.notify_waiters();
-    }
-    inner.close_all();
-}
-
-/// Resubscribes every channel after each reconnect.
-async fn resubscribe_on_reconnect(
-    inner: Arc<Inner>,
-    mut events: tokio::sync::broadcast::Receiver<ClientEvent>,
-) {
-    loop {
-        match events.recv().await {
-            Ok(ClientEvent::Reconnected) | Err(RecvError::Lagged(_)) => {
-                let slots: Vec<(String, Arc<Slot>)> = lock(&inner.slots)
-                    .iter()
-                    .map(|(c, s)| (c.clone(), s.clone()))
-                    .collect();
-                for (channel, slot) in slots {
-                    inner.resubscribe(&channel, &slot).await;
-                }
-            }
-            Ok(ClientEvent::Closed(_)) | Err(RecvError::Closed) => break,
-            Ok(_) => {}
-        }
     }
     inner.close_all();
 }
