@@ -467,4 +467,37 @@ mod tests {
         assert_eq!(by_ref, by_value);
         assert_eq!(frame.to_bytes().unwrap(), by_value.freeze());
     }
+
+    #[test]
+    fn encoding_reserves_the_frame_not_a_multiple_of_it() {
+        // A 16 MiB push must not hold several times that in the output buffer.
+        let frame = Frame::new(1, vec![0u8; 1000]);
+        let mut dst = BytesMut::new();
+        frame.encode_into(&mut dst).unwrap();
+        assert_eq!(dst.len(), frame.wire_len());
+        assert!(dst.capacity() < 2 * frame.wire_len(), "{}", dst.capacity());
+    }
+
+    #[test]
+    fn a_header_reserves_room_for_its_whole_frame() {
+        // The rest of an announced frame (within the limit) is read without regrowing.
+        let mut codec = FrameCodec::new(100);
+        let mut buf = header(100);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() >= HEADER_LEN + 100, "{}", buf.capacity());
+    }
+
+    #[test]
+    fn encode_with_patches_the_length_after_any_prefix() {
+        for prefix in [&b""[..], &b"abc"[..], &[0u8; 17][..]] {
+            let mut direct = BytesMut::from(prefix);
+            let len = Frame::encode_with(0x0a, &mut direct, |dst| dst.put_slice(b"body")).unwrap();
+            assert_eq!(len, 12);
+            let mut framed = BytesMut::from(prefix);
+            Frame::new(0x0a, &b"body"[..])
+                .encode_into(&mut framed)
+                .unwrap();
+            assert_eq!(direct, framed, "after {} bytes", prefix.len());
+        }
+    }
 }
