@@ -443,4 +443,80 @@ mod tests {
         assert_eq!(g.record_failure(ip), Duration::from_secs(1));
         assert!(!g.penalty_remaining(ip).is_zero());
     }
+
+    #[test]
+    fn logging_in_keeps_the_other_slots_of_its_source_counted() {
+        let g = gate(8, 8, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let _a1 = g.admit_with(1, a, 0.0).unwrap();
+        let _a2 = g.admit_with(2, a, 0.0).unwrap();
+        g.logged_in(1);
+        // One slot of two came back: one more fits, a second does not.
+        let _a3 = g.admit_with(3, a, 0.0).unwrap();
+        assert_eq!(g.admit_with(4, a, 0.0).err(), Some(Refusal::SourceFull));
+    }
+
+    #[test]
+    fn a_penalised_source_is_refused_with_the_time_left_and_counted() {
+        let g = Gatekeeper::new(Security {
+            penalty_free_failures: 1,
+            ..Security::default()
+        });
+        let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let other: SocketAddr = "192.0.2.2:4000".parse().unwrap();
+        assert_eq!(g.max_auth_failures(), 3);
+        // A free failure: no penalty, nothing counted, nobody refused.
+        assert_eq!(g.record_failure(peer.ip()), Duration::ZERO);
+        assert_eq!(g.penalties_started().get(), 0);
+        assert_eq!(g.penalized_sources(), 0);
+        assert_eq!(g.penalized_refusal(peer), None);
+        // The next one starts a penalty of `penalty_initial` (1 s).
+        assert_eq!(g.record_failure(peer.ip()), Duration::from_secs(1));
+        assert_eq!(g.penalties_started().get(), 1);
+        assert_eq!(g.penalized_sources(), 1);
+        let left = g.penalized_refusal(peer).expect("the source is penalised");
+        assert!(
+            left > Duration::ZERO && left <= Duration::from_secs(1),
+            "{left:?}"
+        );
+        assert_eq!(g.penalized_refusal(other), None);
+
+        let off = Gatekeeper::new(Security {
+            penalties: false,
+            penalty_free_failures: 0,
+            ..Security::default()
+        });
+        off.record_failure(peer.ip());
+        assert_eq!(off.penalized_refusal(peer), None);
+        assert_eq!(off.penalties_started().get(), 0);
+    }
+
+    #[test]
+    fn the_time_left_is_told_in_whole_seconds_rounded_up() {
+        assert_eq!(whole_seconds(Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            whole_seconds(Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            whole_seconds(Duration::from_millis(2001)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            whole_seconds(Duration::from_millis(400)),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_setting_that_refused() {
+        assert_eq!(Refusal::Full.to_string(), "max_unauthenticated reached");
+        assert_eq!(
+            Refusal::SourceFull.to_string(),
+            "max_unauthenticated_per_ip reached"
+        );
+        assert!(Refusal::EarlyDrop
+            .to_string()
+            .contains("unauthenticated_drop_start"));
+    }
 }

@@ -374,4 +374,49 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!(t.remaining(ip("192.0.2.2"), now), S(1));
     }
+
+    #[test]
+    fn another_failure_of_a_known_source_in_a_full_table_evicts_nobody() {
+        let mut t = PenaltyTable::new(policy(0, 4));
+        let now = Instant::now();
+        for i in 0..4u32 {
+            t.record_failure(Source::V4(i), now + S(u64::from(i)));
+        }
+        // Source 0 would be forgotten soonest, so it is the one room would be made from.
+        assert_eq!(t.record_failure(Source::V4(0), now + S(10)), S(2));
+        assert_eq!(t.len(), 4);
+        for i in 1..4u32 {
+            let at = now + S(u64::from(i));
+            assert_eq!(t.remaining(Source::V4(i), at), S(1), "source {i}");
+        }
+    }
+
+    #[test]
+    fn sources_are_forgotten_at_the_instant_their_quiet_time_ends() {
+        let mut t = PenaltyTable::new(policy(0, 4));
+        let now = Instant::now();
+        for i in 0..4 {
+            t.record_failure(Source::V4(i), now);
+        }
+        // Penalised until now + 1 s, then quiet for `max` (300 s): forgotten at now + 301 s,
+        // so a new source then finds the table empty rather than evicting.
+        t.record_failure(Source::V4(99), now + S(301));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_full_table_evicts_a_sixteenth_of_itself_at_once() {
+        let mut t = PenaltyTable::new(policy(0, 64));
+        let now = Instant::now();
+        for i in 0..64 {
+            t.record_failure(Source::V4(i), now + Duration::from_millis(u64::from(i)));
+        }
+        t.record_failure(Source::V4(1000), now + S(1));
+        // Four (64 / 16) evicted, the new one added: the next 3 new sources need no scan.
+        assert_eq!(t.len(), 61);
+        assert_eq!(t.remaining(Source::V4(0), now), Duration::ZERO);
+        // The soonest forgotten went; the latest stayed.
+        let last = now + Duration::from_millis(63);
+        assert_eq!(t.remaining(Source::V4(63), last), S(1));
+    }
 }

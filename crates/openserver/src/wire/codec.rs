@@ -349,4 +349,155 @@ mod tests {
             .unwrap();
         assert_eq!(&dst[..], &[0x53, 0x55, 5, 0, 0, 0, 0x0a, 0, 2, b'm', b'0']);
     }
+
+    /// A header announcing `len` payload bytes.
+    fn header(len: i32) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_u16_le(MAGIC);
+        b.put_i32_le(len);
+        b
+    }
+
+    #[test]
+    fn the_default_limit_is_64_kib_inclusive() {
+        let mut codec = FrameCodec::default();
+        assert_eq!(codec.max_payload(), 64 * 1024);
+        // A header at the limit waits for its payload; one byte more is refused at once.
+        assert!(codec.decode(&mut header(64 * 1024)).unwrap().is_none());
+        assert!(matches!(
+            codec.decode(&mut header(64 * 1024 + 1)),
+            Err(FrameError::TooLarge {
+                len: 65_537,
+                max: 65_536
+            })
+        ));
+    }
+
+    #[test]
+    fn a_payload_of_exactly_the_limit_decodes() {
+        let mut codec = FrameCodec::new(100);
+        let mut bytes = header(100);
+        bytes.put_u16_le(7);
+        bytes.put_slice(&[0xab; 98]);
+        let frames = decode_all(&mut codec, &bytes).unwrap();
+        assert_eq!(frames, vec![Frame::new(7, vec![0xab; 98])]);
+    }
+
+    #[test]
+    fn raising_the_limit_admits_larger_frames() {
+        let mut codec = FrameCodec::new(10);
+        assert_eq!(codec.max_payload(), 10);
+        assert!(codec.decode(&mut header(11)).is_err());
+        codec.set_max_payload(200);
+        assert_eq!(codec.max_payload(), 200);
+        let mut bytes = header(150);
+        bytes.put_u16_le(1);
+        bytes.put_slice(&[1; 148]);
+        assert_eq!(decode_all(&mut codec, &bytes).unwrap()[0].body.len(), 148);
+        // No limit goes below the protocol id itself.
+        codec.set_max_payload(0);
+        assert_eq!(codec.max_payload(), MIN_PAYLOAD);
+        assert_eq!(FrameCodec::new(0).max_payload(), MIN_PAYLOAD);
+    }
+
+    #[test]
+    fn an_empty_body_decodes_and_a_zero_length_is_too_short() {
+        let bytes = [0x53, 0x55, 0x02, 0, 0, 0, 0x09, 0x00];
+        let frames = decode_all(&mut FrameCodec::default(), &bytes).unwrap();
+        assert_eq!(frames, vec![Frame::new(9, Bytes::new())]);
+        assert!(matches!(
+            FrameCodec::default().decode(&mut header(0)),
+            Err(FrameError::PayloadTooShort(0))
+        ));
+    }
+
+    #[test]
+    fn consecutive_frames_of_different_sizes_decode_in_order() {
+        let mut bytes = BytesMut::new();
+        // Ids with both bytes set: the id is read from its own two bytes, not the length's.
+        Frame::new(0x0102, &b"hello"[..])
+            .encode_into(&mut bytes)
+            .unwrap();
+        Frame::new(2, &b""[..]).encode_into(&mut bytes).unwrap();
+        Frame::new(0xff03, vec![0u8; 300])
+            .encode_into(&mut bytes)
+            .unwrap();
+        let frames = decode_all(&mut FrameCodec::default(), &bytes).unwrap();
+        let seen: Vec<(u16, usize)> = frames
+            .iter()
+            .map(|f| (f.protocol_id, f.body.len()))
+            .collect();
+        assert_eq!(seen, [(0x0102, 5), (2, 0), (0xff03, 300)]);
+        assert_eq!(&frames[0].body[..], b"hello");
+    }
+
+    #[test]
+    fn a_proxy_header_from_an_untrusted_address_gets_a_hint() {
+        let hint = "server.trusted_proxies (--trusted-proxy)";
+        for start in [&b"PROXY TCP4 "[..], &b"\r\n\r\n\0\r\nQUIT\n"[..]] {
+            let err = FrameCodec::default()
+                .decode(&mut BytesMut::from(start))
+                .unwrap_err();
+            assert!(err.to_string().contains(hint), "{err}");
+        }
+        let err = FrameCodec::default()
+            .decode(&mut BytesMut::from(&b"GET / HTTP/1.1"[..]))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "bad frame magic 0x4547 (expected 0x5553)");
+    }
+
+    #[test]
+    fn debug_shows_the_id_and_length_but_not_the_body() {
+        let frame = Frame::new(0x0a, &b"secret"[..]);
+        assert_eq!(
+            format!("{frame:?}"),
+            "Frame { protocol_id: 0x000a, body_len: 6 }"
+        );
+    }
+
+    #[test]
+    fn both_encoders_write_the_same_bytes() {
+        let frame = Frame::new(0x0a, &b"\x02m0"[..]);
+        let mut by_ref = BytesMut::new();
+        FrameCodec::default().encode(&frame, &mut by_ref).unwrap();
+        let mut by_value = BytesMut::new();
+        FrameCodec::default()
+            .encode(frame.clone(), &mut by_value)
+            .unwrap();
+        assert_eq!(by_ref, by_value);
+        assert_eq!(frame.to_bytes().unwrap(), by_value.freeze());
+    }
+
+    #[test]
+    fn encoding_reserves_the_frame_not_a_multiple_of_it() {
+        // A 16 MiB push must not hold several times that in the output buffer.
+        let frame = Frame::new(1, vec![0u8; 1000]);
+        let mut dst = BytesMut::new();
+        frame.encode_into(&mut dst).unwrap();
+        assert_eq!(dst.len(), frame.wire_len());
+        assert!(dst.capacity() < 2 * frame.wire_len(), "{}", dst.capacity());
+    }
+
+    #[test]
+    fn a_header_reserves_room_for_its_whole_frame() {
+        // The rest of an announced frame (within the limit) is read without regrowing.
+        let mut codec = FrameCodec::new(100);
+        let mut buf = header(100);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() >= HEADER_LEN + 100, "{}", buf.capacity());
+    }
+
+    #[test]
+    fn encode_with_patches_the_length_after_any_prefix() {
+        for prefix in [&b""[..], &b"abc"[..], &[0u8; 17][..]] {
+            let mut direct = BytesMut::from(prefix);
+            let len = Frame::encode_with(0x0a, &mut direct, |dst| dst.put_slice(b"body")).unwrap();
+            assert_eq!(len, 12);
+            let mut framed = BytesMut::from(prefix);
+            Frame::new(0x0a, &b"body"[..])
+                .encode_into(&mut framed)
+                .unwrap();
+            assert_eq!(direct, framed, "after {} bytes", prefix.len());
+        }
+    }
 }
