@@ -324,21 +324,20 @@ impl Api {
             }
             _ => {
                 let body: DisconnectBody = self.body(request).await?;
-                let sessions = match (body.session, body.user) {
-                    (Some(id), None) => vec![id],
-                    (None, Some(user)) => self
-                        .server
-                        .sessions()
-                        .iter()
-                        .filter(|s| s.user().is_some_and(|u| u.name == user))
-                        .map(|s| s.id())
-                        .collect(),
-                    _ => {
-                        return Err(Failure::bad(
+                let sessions =
+                    match (body.session, body.user) {
+                        (Some(id), None) => vec![id],
+                        (None, Some(user)) => self
+                            .server
+                            .sessions()
+                            .iter()
+                            .filter(|s| s.user().is_some_and(|u| u.name == user))
+                            .map(|s| s.id())
+                            .collect(),
+                        _ => return Err(Failure::bad(
                             "disconnect takes {\"session\": ID} or {\"user\": NAME}, one of them",
-                        ))
-                    }
-                };
+                        )),
+                    };
                 let disconnected: Vec<u64> = sessions
                     .into_iter()
                     .filter(|&id| self.server.kick(id).is_some())
@@ -499,10 +498,9 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full
     body.push(b'\n');
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if status == StatusCode::METHOD_NOT_ALLOWED {
         response
             .headers_mut()
