@@ -173,6 +173,7 @@ async fn serve(listener: TcpListener, api: Arc<Api>) {
 }
 
 /// An answer other than 200: its status and the JSON `{code, message}`.
+#[derive(Debug)]
 struct Failure(StatusCode, &'static str, String);
 
 impl Failure {
