@@ -2,6 +2,7 @@
 //! errors. `docs/CONFIG.md` documents each one.
 
 use crate::alerts::AlertsConfig;
+use crate::http_api::HttpApiConfig;
 use crate::metrics::MetricsConfig;
 use anyhow::{Context as _, Result};
 use openserver::auth::HashParams;
@@ -38,6 +39,8 @@ pub struct FileConfig {
     /// Channels (publish/subscribe, protocol 6): namespaces and limits. Always on; the
     /// default namespace lets logged-in users subscribe and publish.
     pub channels: ChannelsConfig,
+    /// The HTTP API for backends (off by default; loopback only).
+    pub http_api: HttpApiConfig,
 }
 
 /// The Admin protocol (5) of `serve`: list sessions and kick one.
@@ -129,6 +132,7 @@ impl Default for FileConfig {
             metrics: MetricsConfig::default(),
             alerts: AlertsConfig::default(),
             channels: ChannelsConfig::default(),
+            http_api: HttpApiConfig::default(),
         }
     }
 }
@@ -208,6 +212,7 @@ impl FileConfig {
     fn validate(&self) -> Result<()> {
         self.server.validate().map_err(anyhow::Error::msg)?;
         self.check_tls()?;
+        self.http_api.check()?;
         let (min, max) = (
             openserver::auth::scram::MIN_ITERATIONS,
             openserver::auth::scram::MAX_ITERATIONS,

@@ -7,6 +7,7 @@ mod alerts;
 mod alloc;
 mod cmd;
 mod config;
+mod http_api;
 mod metrics;
 
 use clap::{Parser, Subcommand};
