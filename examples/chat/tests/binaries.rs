@@ -1,7 +1,6 @@
 //! The chat-client binary as the README runs it: a piped input's lines are seen before the
 //! client quits, and errors are one `error:` line without a backtrace.
 
-use chat::Rooms;
 use openserver::auth::{HashParams, PasswordHasher, SqliteUserStore};
 use openserver::server::{Server, ServerConfig};
 use openserver::wire::Secret;
@@ -29,7 +28,7 @@ async fn server() -> String {
     };
     let server = Server::builder(config)
         .user_store(Arc::new(store))
-        .app(Rooms::default())
+        .channels(chat::config())
         .bind()
         .await
         .unwrap();

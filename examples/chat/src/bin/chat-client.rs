@@ -2,16 +2,18 @@
 //! `chat-client`: joins a room, says each line of standard input there, prints the room.
 
 use anyhow::{bail, Context as _, Result};
-use chat::{Chat, Event, Request};
 use clap::Parser;
+use openserver::channels::ChannelItem;
 use openserver::client::{Client, ClientConfig, ClientError, ReconnectPolicy};
 use std::io::{BufRead as _, IsTerminal as _};
 use std::process::ExitCode;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Joins a chat room: lines read from standard input are said there, and everything said in
-/// the room is printed as `[room] user: text`. Reconnects after a lost connection and joins
-/// the room again. Quits at the end of the input, once what it said has been relayed.
+/// the room is printed as `[room] user: text`, what was said before it came first. Reconnects
+/// after a lost connection and recovers what was said meanwhile. Quits at the end of the
+/// input, once what it said has come back.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -84,9 +86,18 @@ async fn run(args: Args) -> Result<()> {
     let client = login
         .await
         .with_context(|| format!("cannot log in to {} as {}", args.server, args.user))?;
-    let chat = client.api::<Chat>();
-    let members = chat::join(&chat, &args.room).await?;
-    println!("* joined [{}], members: {}", args.room, members.join(", "));
+    let channels = client.channels();
+    let mut room = chat::join(&channels, &args.room).await?;
+    for said in &room.recent {
+        print_item(&args.room, &ChannelItem::Publication(said.clone()));
+    }
+    println!(
+        "* joined [{}], here: {}",
+        args.room,
+        room.members.join(", ")
+    );
+    let channel = chat::channel(&args.room);
+    let mut last_said = None;
     loop {
         tokio::select! {
             line = lines.recv() => match line {
@@ -95,9 +106,8 @@ async fn run(args: Args) -> Result<()> {
                     if text.trim().is_empty() {
                         continue;
                     }
-                    let say = Request::Say { room: args.room.clone(), text };
-                    match chat.request(&say).await {
-                        Ok(_) => {}
+                    match channels.publish(&channel, text).await {
+                        Ok(position) => last_said = Some(position),
                         // Refused (too long) or not sent (reconnecting): say so, go on.
                         Err(e @ (ClientError::Application { .. } | ClientError::Closed(_))) => {
                             eprintln!("! not said: {e}")
@@ -107,34 +117,41 @@ async fn run(args: Args) -> Result<()> {
                 }
                 None => break,
             },
-            push = chat.next_push() => match push {
-                Some(Ok(event)) => print_event(&event),
-                Some(Err(e)) => eprintln!("! {e}"),
+            item = room.messages.next() => match item {
+                Some(item) => print_item(&args.room, &item),
                 None => bail!("the server closed the connection"),
             },
         }
     }
-    // Every line said was answered, and the server queues a room's messages before the
-    // answer: what it relayed is here already.
-    while let Some(push) = chat.try_next_push() {
-        match push {
-            Ok(event) => print_event(&event),
-            Err(e) => eprintln!("! {e}"),
+    // Print what was said up to our own last line before quitting (bounded: a lost
+    // connection must not keep us here).
+    let caught_up = async {
+        while let Some(last) = &last_said {
+            let seen = room.messages.position();
+            if seen.is_some_and(|p| p.epoch == last.epoch && p.offset >= last.offset) {
+                break;
+            }
+            match room.messages.next().await {
+                Some(item) => print_item(&args.room, &item),
+                None => break,
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), caught_up).await;
     client.quit().await;
     Ok(())
 }
 
-fn print_event(event: &Event) {
-    match event {
-        Event::Message {
-            room, from, text, ..
-        } => println!("[{room}] {from}: {text}"),
-        Event::Presence { room, user, joined } => {
-            let verb = if *joined { "joined" } else { "left" };
-            println!("* {user} {verb} [{room}]");
+fn print_item(room: &str, item: &ChannelItem) {
+    match item {
+        ChannelItem::Publication(p) => {
+            println!("[{room}] {}: {}", p.user, String::from_utf8_lossy(&p.data))
         }
+        ChannelItem::Join(who) => println!("* {} joined [{room}]", who.user),
+        ChannelItem::Leave(who) => println!("* {} left [{room}]", who.user),
+        ChannelItem::Gap(gap) => eprintln!("! messages were missed: {gap:?}"),
+        ChannelItem::Ended(reason) => eprintln!("! left [{room}]: {reason}"),
+        other => eprintln!("! {other:?}"),
     }
 }
 

@@ -1,9 +1,8 @@
 #![forbid(unsafe_code)]
-//! `chat-server`: an openserver server with the chat protocol, Hello, and users from a
-//! SQLite store.
+//! `chat-server`: an openserver server with channels (the `chat` namespace), Hello, and
+//! users from a SQLite store.
 
 use anyhow::{Context as _, Result};
-use chat::Rooms;
 use clap::Parser;
 use openserver::auth::{AuthError, HashParams, PasswordHasher, SqliteUserStore};
 use openserver::server::{Server, ServerConfig};
@@ -89,7 +88,7 @@ async fn run(args: Args) -> Result<()> {
     let server = Server::builder(config)
         .user_store(Arc::new(store))
         .hello()
-        .app(Rooms::default())
+        .channels(chat::config())
         .bind()
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
