@@ -51,6 +51,7 @@ mod server;
 
 pub use client::{PushError, Remote};
 pub use hub::Hub;
+pub(crate) use server::{answer_body, request_of};
 pub use server::{Context, Handler};
 
 use serde::de::DeserializeOwned;

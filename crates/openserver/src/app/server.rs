@@ -201,20 +201,40 @@ impl<A: Api, H: Handler<A>> AppSession<A, H> {
     }
 }
 
+/// The id and body of a packet to a protocol on the envelope. Anything but a request breaks
+/// the envelope: a Capabilities ERROR, as for any protocol's malformed packet (the client
+/// cannot be answered by id).
+pub(crate) fn request_of(body: &[u8]) -> Result<(u32, &[u8]), HandlerError> {
+    match Envelope::decode(body) {
+        Ok(Envelope::Request { id, body }) => Ok((id, body)),
+        Ok(_) => Err(HandlerError::Rejected(
+            "only requests (kind 0x01) may be sent to the server".into(),
+        )),
+        Err(e) => Err(HandlerError::Rejected(e.to_string())),
+    }
+}
+
+/// The envelope answering request `id` of `protocol`: the response, or the error. A response
+/// that does not encode is logged and answered as an internal error.
+pub(crate) fn answer_body<T: serde::Serialize>(
+    session: &Session,
+    protocol: &str,
+    id: u32,
+    answer: Result<T, AppError>,
+) -> Bytes {
+    match answer {
+        Ok(response) => envelope::encode(RESPONSE, id, &response).unwrap_or_else(|e| {
+            tracing::error!(session = session.id(), protocol, error = %e, "response not sent");
+            envelope::encode_error(id, &AppError::new(AppError::INTERNAL, "internal error"))
+        }),
+        Err(error) => envelope::encode_error(id, &error),
+    }
+}
+
 #[async_trait]
 impl<A: Api, H: Handler<A>> ProtocolHandler for AppSession<A, H> {
     async fn on_packet(&mut self, session: &Session, body: Bytes) -> Result<(), HandlerError> {
-        // Anything but a request breaks the envelope: a Capabilities ERROR, as for any
-        // protocol's malformed packet (the client cannot be answered by id).
-        let (id, request) = match Envelope::decode(&body) {
-            Ok(Envelope::Request { id, body }) => (id, body),
-            Ok(_) => {
-                return Err(HandlerError::Rejected(
-                    "only requests (kind 0x01) may be sent to the server".into(),
-                ))
-            }
-            Err(e) => return Err(HandlerError::Rejected(e.to_string())),
-        };
+        let (id, request) = request_of(&body)?;
         let answer = match envelope::decode_value::<A::Request>(request) {
             Ok(request) => {
                 let ctx = self.context(session);
@@ -222,13 +242,7 @@ impl<A: Api, H: Handler<A>> ProtocolHandler for AppSession<A, H> {
             }
             Err(message) => Err(AppError::new(AppError::BAD_REQUEST, message)),
         };
-        let body = match answer {
-            Ok(response) => envelope::encode(RESPONSE, id, &response).unwrap_or_else(|e| {
-                tracing::error!(session = session.id(), protocol = A::NAME, error = %e, "response not sent");
-                envelope::encode_error(id, &AppError::new(AppError::INTERNAL, "internal error"))
-            }),
-            Err(error) => envelope::encode_error(id, &error),
-        };
+        let body = answer_body(session, A::NAME, id, answer);
         session.send(Frame::new(A::ID, body)).await?;
         Ok(())
     }

@@ -2,9 +2,9 @@
 //! request, enforces the session's publish rate, and answers through the engine.
 
 use super::engine::{ChannelError, Engine};
-use super::messages::{Command, Reply, CHANNELS_ID};
-use crate::app::envelope::{self, Envelope, RESPONSE};
-use crate::app::AppError;
+use super::messages::{ChannelsApi, Command, Reply, CHANNELS_ID};
+use crate::app::envelope;
+use crate::app::{answer_body, request_of, Api as _, AppError};
 use crate::protocol::{HandlerError, Protocol, ProtocolHandler};
 use crate::session::Session;
 use crate::wire::Frame;
@@ -130,27 +130,16 @@ impl ChannelsSession {
 #[async_trait]
 impl ProtocolHandler for ChannelsSession {
     async fn on_packet(&mut self, session: &Session, body: Bytes) -> Result<(), HandlerError> {
-        let (id, request) = match Envelope::decode(&body) {
-            Ok(Envelope::Request { id, body }) => (id, body),
-            Ok(_) => {
-                return Err(HandlerError::Rejected(
-                    "only requests (kind 0x01) may be sent to the server".into(),
-                ))
-            }
-            Err(e) => return Err(HandlerError::Rejected(e.to_string())),
-        };
+        let (id, request) = request_of(&body)?;
         let answer = match envelope::decode_value::<Command>(request) {
             Ok(command) => self.run(session, id, command).await.map_err(AppError::from),
             Err(message) => Err(AppError::new(AppError::BAD_REQUEST, message)),
         };
-        let body = match answer {
-            Ok(None) => return Ok(()),
-            Ok(Some(reply)) => envelope::encode(RESPONSE, id, &reply).unwrap_or_else(|e| {
-                tracing::error!(session = session.id(), error = %e, "channels answer not encoded");
-                envelope::encode_error(id, &AppError::new(AppError::INTERNAL, "internal error"))
-            }),
-            Err(error) => envelope::encode_error(id, &error),
+        // `None`: answered already (a subscribe's answer goes out with its recovery).
+        let Some(answer) = answer.transpose() else {
+            return Ok(());
         };
+        let body = answer_body(session, ChannelsApi::NAME, id, answer);
         session.send(Frame::new(CHANNELS_ID, body)).await?;
         Ok(())
     }
