@@ -13,26 +13,19 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use openserver::channels::{ChannelError, Position};
 use openserver::server::ServerHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 /// Backend connections at once; more are closed on accept.
 const MAX_CONNECTIONS: usize = 64;
-/// Time a client gets to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest life of one connection, keep-alive included.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 /// The shortest API key accepted: a guessable key is no key.
 pub const MIN_KEY_LEN: usize = 16;
 
@@ -128,48 +121,20 @@ struct Api {
 }
 
 async fn serve(listener: TcpListener, api: Arc<Api>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of descriptors, usually: the server's sessions come first.
-                tracing::warn!(error = %e, "HTTP API: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "HTTP API: too many connections; closed");
-            continue;
-        };
+    let respond = move |request: Request<Incoming>| {
         let api = api.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let api = api.clone();
-                async move {
-                    let response =
-                        match tokio::time::timeout(api.timeout, api.respond(request)).await {
-                            Ok(response) => response,
-                            Err(_) => error(
-                                StatusCode::REQUEST_TIMEOUT,
-                                "timeout",
-                                "the request took longer than http_api.request_timeout; retry",
-                            ),
-                        };
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
-                tracing::debug!(%peer, error = %e, "HTTP API: connection failed");
+        async move {
+            match tokio::time::timeout(api.timeout, api.respond(request)).await {
+                Ok(response) => response,
+                Err(_) => error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    "the request took longer than http_api.request_timeout; retry",
+                ),
             }
-            drop(slot);
-        });
-    }
+        }
+    };
+    crate::http_listener::serve(listener, "HTTP API", MAX_CONNECTIONS, respond).await;
 }
 
 /// An answer other than 200: its status and the JSON `{code, message}`.

@@ -8,6 +8,7 @@ mod alloc;
 mod cmd;
 mod config;
 mod http_api;
+mod http_listener;
 mod metrics;
 
 use clap::{Parser, Subcommand};

@@ -10,23 +10,14 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{ACCEPT, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use openserver::server::Metrics;
 use serde::{Deserialize, Serialize};
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 /// Scrapers connected at once; more are closed on accept. Prometheus uses one per target.
 const MAX_CONNECTIONS: usize = 16;
-/// Time a client gets to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest life of one connection, keep-alive included.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
 /// `[metrics]`: the Prometheus endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -52,37 +43,11 @@ pub async fn bind(
 }
 
 async fn serve(listener: TcpListener, metrics: Metrics) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of descriptors, usually: the server's sessions come first.
-                tracing::warn!(error = %e, "metrics endpoint: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "metrics endpoint: too many connections; closed");
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let response = respond(&metrics, &request);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
-                tracing::debug!(%peer, error = %e, "metrics endpoint: connection failed");
-            }
-            drop(slot);
-        });
-    }
+    let respond = move |request: Request<Incoming>| {
+        let response = respond(&metrics, &request);
+        async move { response }
+    };
+    crate::http_listener::serve(listener, "metrics endpoint", MAX_CONNECTIONS, respond).await;
 }
 
 /// `GET /metrics` renders the metrics, in OpenMetrics when the scraper asks for it (Prometheus
