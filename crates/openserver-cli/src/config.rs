@@ -39,7 +39,7 @@ pub struct FileConfig {
     /// Channels (publish/subscribe, protocol 6): namespaces and limits. Always on; the
     /// default namespace lets logged-in users subscribe and publish.
     pub channels: ChannelsConfig,
-    /// The HTTP API for backends (off by default; loopback only).
+    /// The HTTP API for backends (off by default; loopback only unless over TLS).
     pub http_api: HttpApiConfig,
 }
 

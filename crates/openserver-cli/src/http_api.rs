@@ -2,9 +2,9 @@
 //! over HTTP with JSON, on `[http_api] listen`, its own task and listener, off by default.
 //!
 //! Every request carries one of `[http_api] api_keys` (`Authorization: Bearer KEY` or
-//! `X-API-Key: KEY`). It speaks plain HTTP, so it listens on loopback only: a backend on
-//! another host reaches it through a TLS-terminating proxy. docs/OPERATIONS.md shows the
-//! endpoints.
+//! `X-API-Key: KEY`). Plain HTTP listens on loopback only; with `[http_api] tls` it serves
+//! HTTPS with the server's own certificate (and its reloads) and may listen anywhere.
+//! docs/OPERATIONS.md shows the endpoints.
 
 use anyhow::{Context as _, Result};
 use base64::Engine as _;
@@ -15,6 +15,7 @@ use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_T
 use hyper::{Method, Request, Response, StatusCode};
 use openserver::channels::{ChannelError, Position};
 use openserver::server::ServerHandle;
+use openserver::tls::ServerTls;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::future::Future;
@@ -33,8 +34,11 @@ pub const MIN_KEY_LEN: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpApiConfig {
-    /// Address of the API; absent: no API. Loopback only.
+    /// Address of the API; absent: no API. Loopback only, unless `tls` is on.
     pub listen: Option<SocketAddr>,
+    /// Serve HTTPS with the server's own certificate (`[tls]`, reloaded with it on SIGHUP),
+    /// which lets the API listen on any address.
+    pub tls: bool,
     /// The keys a request may carry; at least one (of 16 characters or more) when on.
     pub api_keys: Vec<String>,
     /// The largest request body, in bytes; larger ones are answered 413.
@@ -48,6 +52,7 @@ impl Default for HttpApiConfig {
     fn default() -> Self {
         HttpApiConfig {
             listen: None,
+            tls: false,
             api_keys: Vec::new(),
             max_body: 64 * 1024,
             request_timeout: Duration::from_secs(10),
@@ -61,12 +66,11 @@ impl HttpApiConfig {
         let Some(listen) = self.listen else {
             return Ok(());
         };
-        if !listen.ip().is_loopback() {
+        if !listen.ip().is_loopback() && !self.tls {
             anyhow::bail!(
-                "refusing http_api.listen = {listen}: the HTTP API has no TLS of its own, so its \
-                 API keys and data would cross the network in the clear; listen on loopback \
-                 (127.0.0.1 or [::1]) and put a TLS-terminating proxy in front of it for backends \
-                 on other hosts"
+                "refusing http_api.listen = {listen}: without TLS the API keys and data would \
+                 cross the network in the clear; set http_api.tls = true (HTTPS with the \
+                 server's certificate) or listen on loopback (127.0.0.1 or [::1])"
             );
         }
         if self.api_keys.is_empty() {
@@ -92,14 +96,25 @@ impl HttpApiConfig {
 }
 
 /// Binds the API on `config.listen`; returns the bound address and the task that serves it.
+/// `tls` is the server's TLS, which `http_api.tls` needs.
 pub async fn bind(
     config: &HttpApiConfig,
+    tls: Option<&ServerTls>,
     server: ServerHandle,
 ) -> Result<Option<(SocketAddr, impl Future<Output = ()>)>> {
     let Some(addr) = config.listen else {
         return Ok(None);
     };
     config.check()?;
+    let tls = match (config.tls, tls) {
+        (false, _) => None,
+        (true, Some(tls)) => Some(tls.config()),
+        (true, None) => anyhow::bail!(
+            "http_api.tls = true needs the server's TLS, which is off (--no-tls or \
+             tls.enabled = false): turn TLS on, or set http_api.tls = false and listen on \
+             loopback"
+        ),
+    };
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for the HTTP API on {addr}"))?;
@@ -110,7 +125,7 @@ pub async fn bind(
         max_body: config.max_body,
         timeout: config.request_timeout,
     });
-    Ok(Some((local, serve(listener, api))))
+    Ok(Some((local, serve(listener, tls, api))))
 }
 
 struct Api {
@@ -120,7 +135,7 @@ struct Api {
     timeout: Duration,
 }
 
-async fn serve(listener: TcpListener, api: Arc<Api>) {
+async fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, api: Arc<Api>) {
     let respond = move |request: Request<Incoming>| {
         let api = api.clone();
         async move {
@@ -134,7 +149,7 @@ async fn serve(listener: TcpListener, api: Arc<Api>) {
             }
         }
     };
-    crate::http_listener::serve(listener, "HTTP API", MAX_CONNECTIONS, respond).await;
+    crate::http_listener::serve(listener, "HTTP API", MAX_CONNECTIONS, tls, respond).await;
 }
 
 /// An answer other than 200: its status and the JSON `{code, message}`.
@@ -414,39 +429,25 @@ fn data_of(body: &PublishBody) -> Result<Bytes, Failure> {
     }
 }
 
-/// `a=1&b=x%20y` as pairs, percent- and `+`-decoded.
+/// `a=1&b=x%20y` as pairs, `+` and %-escapes decoded. As browsers do (WHATWG
+/// `application/x-www-form-urlencoded`), a `%` not followed by two hex digits stays as it is;
+/// what decodes to bytes that are not UTF-8 is refused rather than replaced.
 fn parse_query(query: &str) -> Result<Vec<(String, String)>, Failure> {
+    let decode = |text: &str| {
+        let spaced = text.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8()
+            .map(|text| text.into_owned())
+            .map_err(|_| Failure::bad(format!("the query part {text:?} is not UTF-8 once decoded")))
+    };
     query
         .split('&')
         .filter(|part| !part.is_empty())
         .map(|part| {
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
-            Ok((percent_decode(name)?, percent_decode(value)?))
+            Ok((decode(name)?, decode(value)?))
         })
         .collect()
-}
-
-fn percent_decode(text: &str) -> Result<String, Failure> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| Failure::bad(format!("bad %-escape in the query {text:?}")))?;
-                out.push(hex);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).map_err(|_| Failure::bad("the query is not UTF-8"))
 }
 
 /// The one value of `name`; twice is an error rather than a guess.
@@ -489,9 +490,19 @@ mod tests {
         assert_eq!(param(&params, "channel").unwrap().unwrap(), "chat:lobby");
         assert_eq!(param(&params, "since").unwrap().unwrap(), "ab:3");
         assert_eq!(param(&params, "x").unwrap().unwrap(), "a b");
-        assert!(parse_query("channel=%4").is_err());
-        assert!(parse_query("channel=%zz").is_err());
+        // A lone `%` stays literal, as in browsers; bytes that are not UTF-8 are refused.
+        assert_eq!(
+            param(&parse_query("channel=%4&b=%zz").unwrap(), "channel")
+                .unwrap()
+                .unwrap(),
+            "%4"
+        );
+        assert_eq!(
+            param(&parse_query("b=%zz").unwrap(), "b").unwrap().unwrap(),
+            "%zz"
+        );
         assert!(parse_query("channel=%ff").is_err());
+        assert!(parse_query("channel=%e2%82").is_err());
         assert!(param(&parse_query("a=1&a=2").unwrap(), "a").is_err());
     }
 
@@ -511,7 +522,9 @@ mod tests {
         config.api_keys = vec![key];
         config.listen = Some("0.0.0.0:8080".parse().unwrap());
         let e = config.check().unwrap_err().to_string();
-        assert!(e.contains("loopback"), "{e}");
+        assert!(e.contains("loopback") && e.contains("http_api.tls"), "{e}");
+        config.tls = true;
+        config.check().unwrap();
         HttpApiConfig::default().check().unwrap();
     }
 }

@@ -47,7 +47,7 @@ async fn serve(listener: TcpListener, metrics: Metrics) {
         let response = respond(&metrics, &request);
         async move { response }
     };
-    crate::http_listener::serve(listener, "metrics endpoint", MAX_CONNECTIONS, respond).await;
+    crate::http_listener::serve(listener, "metrics endpoint", MAX_CONNECTIONS, None, respond).await;
 }
 
 /// `GET /metrics` renders the metrics, in OpenMetrics when the scraper asks for it (Prometheus

@@ -314,3 +314,85 @@ fn a_non_loopback_listen_is_refused_at_startup() {
         "{err}"
     );
 }
+
+/// One HTTPS request to `api` that trusts only the server's development CA.
+fn https_get(api: &str, ca: &std::path::Path, path: &str) -> String {
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(api).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\
+         Authorization: Bearer {KEY}\r\n\r\n"
+    );
+    tls.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    // The server may end without close_notify once it has answered; the answer is complete.
+    let _ = tls.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+#[test]
+fn with_tls_the_api_serves_https_with_the_servers_certificate() {
+    let (_serve, _addr, api, dir) = start("tls = true\n");
+    let answer = https_get(
+        &api,
+        &dir.path().join("tls").join("ca.pem"),
+        "/api/v1/presence?channel=lobby",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""clients":[]"#), "{answer}");
+
+    // Plain HTTP gets no answer: keys never cross in the clear.
+    let mut plain = TcpStream::connect(&api).unwrap();
+    plain.set_read_timeout(Some(WAIT)).unwrap();
+    let head = format!("GET /api/v1/presence?channel=lobby HTTP/1.1\r\nHost: {api}\r\n\r\n");
+    plain.write_all(head.as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let _ = plain.read_to_end(&mut reply);
+    assert!(!reply.starts_with(b"HTTP/"), "{reply:?}");
+}
+
+#[test]
+fn https_without_the_servers_tls_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("openserver.toml");
+    std::fs::write(
+        &config,
+        format!("[http_api]\nlisten = \"0.0.0.0:0\"\ntls = true\napi_keys = [\"{KEY}\"]\n"),
+    )
+    .unwrap();
+    let out = run(
+        &[
+            "serve",
+            "--no-tls",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("http_api.tls = true needs the server's TLS"),
+        "{err}"
+    );
+}

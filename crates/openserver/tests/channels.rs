@@ -67,7 +67,9 @@ fn code(e: ClientError) -> String {
 
 #[tokio::test]
 async fn subscribers_get_publications_in_order_until_they_unsubscribe() {
-    let server = server(ChannelsConfig::default()).await;
+    let mut config = ChannelsConfig::default();
+    config.default.join_leave = true;
+    let server = server(config).await;
     let mut events = server.handle.events();
     let (_a, alice) = login(&server, ALICE).await;
     let (_b, bob) = login(&server, BOB).await;
@@ -198,7 +200,9 @@ async fn namespaces_decide_who_subscribes_and_publishes() {
 
 #[tokio::test]
 async fn presence_lists_sessions_and_joins_and_leaves_are_pushed() {
-    let server = server(ChannelsConfig::default()).await;
+    let mut config = ChannelsConfig::default();
+    config.default.join_leave = true;
+    let server = server(config).await;
     let (_a, alice) = login(&server, ALICE).await;
     let (_b, bob) = login(&server, BOB).await;
     let mut a = alice.subscribe("room").await.unwrap();
@@ -435,11 +439,13 @@ async fn limits_refuse_with_their_own_codes() {
 async fn a_slow_subscriber_is_cut_off_and_never_delays_the_others() {
     let mut limits = config();
     limits.limits.outbound_queue = 8;
-    let channels = ChannelsConfig {
+    let mut channels = ChannelsConfig {
         max_publication: 64 * 1024,
         publishes_per_second: 10_000,
         ..ChannelsConfig::default()
     };
+    // The slow session's leave shows that cutting it off also took it out of the channel.
+    channels.default.join_leave = true;
     let server = start_with(limits, move |b| b.channels(channels)).await;
     let mut events = server.handle.events();
     // Bob subscribes over raw frames and then never reads again.

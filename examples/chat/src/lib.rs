@@ -25,16 +25,20 @@ use openserver::client::ClientError;
 pub const MAX_TEXT: usize = 4096;
 
 /// The server's channel settings: a `chat` namespace where any logged-in user reads and
-/// writes, the last 100 messages are kept for 5 minutes, and presence with joins and leaves
-/// is on (the [`NamespaceConfig`] defaults).
+/// writes, the last 100 messages are kept for 5 minutes (the [`NamespaceConfig`] defaults),
+/// and presence with joins and leaves is on (rooms are small enough for joins pushed to all).
 pub fn config() -> ChannelsConfig {
     let mut config = ChannelsConfig {
         max_publication: MAX_TEXT,
         ..ChannelsConfig::default()
     };
-    config
-        .namespaces
-        .insert("chat".into(), NamespaceConfig::default());
+    config.namespaces.insert(
+        "chat".into(),
+        NamespaceConfig {
+            join_leave: true,
+            ..NamespaceConfig::default()
+        },
+    );
     config
 }
 

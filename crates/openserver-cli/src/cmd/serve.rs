@@ -164,7 +164,9 @@ pub async fn run(config: FileConfig, args: ServeArgs, log: LogLevel) -> Result<(
         // Before `listening on`, which stays the last startup line scripts wait for.
         println!("metrics on {addr}");
     }
-    if let Some((addr, api)) = crate::http_api::bind(&config.http_api, server.handle()).await? {
+    if let Some((addr, api)) =
+        crate::http_api::bind(&config.http_api, tls.as_ref(), server.handle()).await?
+    {
         tokio::spawn(api);
         tracing::info!(%addr, "HTTP API listening");
         println!("http api on {addr}");

@@ -63,7 +63,9 @@ pub struct NamespaceConfig {
     pub history_ttl: Duration,
     /// Keep who is subscribed, for presence queries.
     pub presence: bool,
-    /// Push join and leave events to the channel's subscribers.
+    /// Push join and leave events to the channel's subscribers. Off by default: each join is
+    /// pushed to every subscriber, so N sessions joining one channel cost N²/2 pushes (50
+    /// million for 10,000), which only small rooms can afford.
     pub join_leave: bool,
     /// Sessions subscribed to one channel at most (on this server).
     pub max_subscribers: usize,
@@ -77,7 +79,7 @@ impl Default for NamespaceConfig {
             history_size: 100,
             history_ttl: Duration::from_secs(300),
             presence: true,
-            join_leave: true,
+            join_leave: false,
             max_subscribers: 100_000,
         }
     }
@@ -90,7 +92,6 @@ impl NamespaceConfig {
         NamespaceConfig {
             publish: Access::Server,
             presence: false,
-            join_leave: false,
             max_subscribers: 1_000,
             ..NamespaceConfig::default()
         }
@@ -230,6 +231,7 @@ mod tests {
         assert_eq!(config.default.history_size, 100);
         assert_eq!(config.default.history_ttl, Duration::from_secs(300));
         assert!(config.default.presence);
+        assert!(!config.default.join_leave);
         let mut bad = config.clone();
         bad.namespaces
             .insert("no spaces".into(), NamespaceConfig::default());

@@ -102,8 +102,9 @@ impl ServerTls {
         self.client_auth
     }
 
-    /// The rustls configuration for a handshake.
-    pub(crate) fn config(&self) -> Arc<rustls::ServerConfig> {
+    /// The rustls configuration for a handshake: also for other listeners of the same
+    /// application (an HTTPS endpoint, say), which then share the certificate and its reloads.
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
         self.config.clone()
     }
 }
