@@ -129,8 +129,10 @@ pub fn bench_server_config(listen: SocketAddr, interval: Option<Duration>) -> Se
 /// The Channels settings of the bench's own openserver: those `bench fanout` gives `serve`
 /// ([`crate::fanout::serve_config`]): publishers not rate limited, no join/leave pushes.
 pub fn bench_channels_config() -> openserver::channels::ChannelsConfig {
-    let mut config = openserver::channels::ChannelsConfig::default();
-    config.publishes_per_second = 1_000_000;
+    let mut config = openserver::channels::ChannelsConfig {
+        publishes_per_second: 1_000_000,
+        ..Default::default()
+    };
     config.default.join_leave = false;
     config
 }
