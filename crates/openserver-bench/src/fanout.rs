@@ -488,8 +488,6 @@ async fn publish(
             .first_error
             .get_or_insert(format!("{unanswered} publications unanswered"));
     }
-    // Wake the read loop of nothing else: dropping the connection closes it.
-    let _ = payload.pop();
     result
 }
 
@@ -811,11 +809,12 @@ pub async fn run_rounds(options: &RoundsOptions) -> Result<RoundsResult> {
             .with_context(|| format!("round {} against {}", round + 1, peer.name()))?;
             if options.verbose {
                 eprintln!(
-                    "round {} {}: {:.0} deliveries/s, lost {}, p99 {:.0} us",
+                    "round {} {}: {:.0} deliveries/s, lost {}, subscribers closed {}, p99 {:.0} us",
                     round + 1,
                     report.peer,
                     report.deliveries_per_sec,
                     report.lost,
+                    report.subscribers_closed,
                     report.latency.p99_us
                 );
             }
