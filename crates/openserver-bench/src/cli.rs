@@ -34,6 +34,11 @@ pub enum BenchMode {
     /// Hold N authenticated sessions with keep-alive and report the server's memory per
     /// session, lost sessions and heartbeat lateness.
     Idle(IdleArgs),
+    /// Publish/subscribe fan-out: S subscribers on C channels, P publishers; deliveries/s,
+    /// losses, publish-to-delivery latency and server memory per subscription, against
+    /// `openserver serve` and, with --compare, nats-server and redis-server in alternating
+    /// rounds.
+    Fanout(FanoutArgs),
     /// (internal) Run a server for the bench: prints `listening on ADDR`, stops when stdin
     /// closes.
     #[command(hide = true)]
@@ -225,6 +230,58 @@ pub struct IdleArgs {
     pub json: bool,
 }
 
+/// `openserver bench fanout`.
+#[derive(Args, Debug)]
+pub struct FanoutArgs {
+    /// Subscribing sessions.
+    #[arg(long, short = 's', default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Channels.
+    #[arg(long, short = 'C', default_value_t = 1)]
+    pub channels: usize,
+    /// Channels each subscriber is on.
+    #[arg(long, default_value_t = 1)]
+    pub channels_per_sub: usize,
+    /// Publishing sessions.
+    #[arg(long, short = 'p', default_value_t = 1)]
+    pub publishers: usize,
+    /// Publications per second in all; without it, as fast as the deliveries keep up.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Payload bytes of each publication (the first 16 carry the send time and a sequence).
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Seconds of publishing per run.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub duration: f64,
+    /// Seconds without a delivery, after publishing, before the rest counts as lost.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    pub drain: f64,
+    /// As fast as possible: most publications per subscription published but not yet
+    /// delivered, on average, before the publishers pause.
+    #[arg(long, default_value_t = 100)]
+    pub lag: u64,
+    /// Publications in flight per publisher at most.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Rounds (each runs every server once, alternating).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Also run nats-server and redis-server pub/sub (skipped with the reason if missing).
+    #[arg(long)]
+    pub compare: bool,
+    /// Instead of the fan-out: resubscribe after this many missed publications and time the
+    /// recovery (openserver only; sets the default namespace's history_size to at least it).
+    #[arg(long, value_name = "N")]
+    pub resubscribe: Option<usize>,
+    /// Sessions set up at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `openserver bench target` (internal).
 #[derive(Args, Debug)]
 pub struct TargetArgs {
@@ -257,6 +314,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         None => run_bench(*args.run).await,
         Some(BenchMode::Compare(a)) => run_compare(a).await,
         Some(BenchMode::Idle(a)) => run_idle(a).await,
+        Some(BenchMode::Fanout(a)) => run_fanout(a).await,
         Some(BenchMode::Target(a)) => run_target(a).await,
         Some(BenchMode::Worker) => crate::worker::run_worker().await,
     }
@@ -473,6 +531,93 @@ async fn run_idle(args: IdleArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         report::print_idle(&result);
+    }
+    Ok(())
+}
+
+async fn run_fanout(args: FanoutArgs) -> Result<()> {
+    let secs = |v: f64, name: &str| -> Result<Duration> {
+        if v > 0.0 && v.is_finite() {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            bail!("--{name} must be a positive number of seconds")
+        }
+    };
+    let login = TargetOptions::new(TargetKind::Serve).login;
+    let launcher = Launcher::current()?;
+    if let Some(missed) = args.resubscribe {
+        return run_resubscribe(
+            &launcher,
+            login,
+            missed,
+            args.payload,
+            args.rounds,
+            args.json,
+        )
+        .await;
+    }
+    let mut spec = crate::fanout::FanoutSpec::new(args.subscribers, args.channels, login);
+    spec.channels_per_sub = args.channels_per_sub;
+    spec.publishers = args.publishers;
+    spec.rate = args.rate;
+    spec.payload = args.payload;
+    spec.duration = secs(args.duration, "duration")?;
+    spec.drain = secs(args.drain, "drain")?;
+    spec.lag = args.lag.max(1);
+    spec.window = args.window.max(1);
+    spec.connect_concurrency = args.connect_concurrency.max(1);
+    let options = crate::fanout::RoundsOptions {
+        spec,
+        rounds: args.rounds.max(1),
+        peers: args.compare,
+        launcher,
+        history_size: None,
+        verbose: !args.json,
+    };
+    let result = crate::fanout::run_rounds(&options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        report::print_fanout(&result);
+    }
+    Ok(())
+}
+
+async fn run_resubscribe(
+    launcher: &Launcher,
+    login: crate::load::Login,
+    missed: usize,
+    payload: usize,
+    rounds: usize,
+    json: bool,
+) -> Result<()> {
+    let mut target = TargetOptions::new(TargetKind::Serve);
+    target.login = login.clone();
+    target.serve_config = Some(crate::fanout::serve_config(Some(missed.max(100))));
+    let mut reports = Vec::new();
+    for round in 0..rounds.max(1) {
+        let t = ChildTarget::spawn(launcher, &target).await?;
+        let r =
+            crate::fanout::resubscribe(t.addr, &login, &format!("resub.{round}"), missed, payload)
+                .await;
+        t.stop().await;
+        reports.push(r?);
+    }
+    let millis: Vec<f64> = reports.iter().map(|r| r.millis).collect();
+    let median = crate::stats::median(&millis);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"runs": reports, "median_millis": median})
+        );
+    } else {
+        for r in &reports {
+            println!(
+                "resubscribe after {} missed: {} delivered, in order {}, recovery {}, {:.2} ms",
+                r.missed, r.delivered, r.in_order, r.recovery, r.millis
+            );
+        }
+        println!("median {median:.2} ms over {} rounds", reports.len());
     }
     Ok(())
 }

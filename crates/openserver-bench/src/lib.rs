@@ -14,6 +14,8 @@
 //! - [`idle`]: held sessions with keep-alive, memory per session (the holding itself, shared
 //!   with the worker processes, is in `hold`, which neither imports).
 //! - [`compare`]: the same load against every target, alternating, with ratios.
+//! - [`fanout`]: publish/subscribe fan-out against openserver Channels, nats and redis,
+//!   with per-delivery latency, losses and memory per subscription.
 //! - [`cli`]: the `openserver bench` arguments and their entry point.
 //!
 //! The load generator speaks raw frames ([`openserver::wire::FrameCodec`]) on its own
@@ -21,14 +23,18 @@
 //! channel and task hops would cost more than the server under test, and DNOS answers of one
 //! protocol arrive in order, so a FIFO of send times per connection matches answers.
 
+mod channels_client;
 pub mod cli;
 pub mod compare;
 pub mod echo;
+pub mod fanout;
 mod hold;
 pub mod idle;
 pub mod load;
+mod nats_client;
 mod plot;
 pub mod procfs;
+mod redis_pubsub;
 mod report;
 pub mod stats;
 mod stream;

@@ -358,7 +358,7 @@ impl Conn {
     }
 
     /// Logs in with DatabaseAuth.
-    async fn login(&mut self, login: &Login) -> Result<()> {
+    pub(crate) async fn login(&mut self, login: &Login) -> Result<()> {
         let request = DatabaseAuthMessage::Authenticate {
             user: login.user.clone(),
             password: Secret::new(login.password.clone()),

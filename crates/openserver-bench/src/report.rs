@@ -284,3 +284,86 @@ pub(crate) fn print_idle(r: &IdleResult) {
         println!("first error   {e}");
     }
 }
+
+/// The fan-out rounds: each run, then the medians per server with ratios to openserver.
+pub(crate) fn print_fanout(r: &crate::fanout::RoundsResult) {
+    let s = &r.spec;
+    let rate = s
+        .rate
+        .map(|x| format!("{x:.0} publications/s"))
+        .unwrap_or_else(|| format!("as fast as possible (lag {})", s.lag));
+    println!(
+        "fan-out: {} subscribers x {} channel(s) each over {} channels, {} publisher(s), {}, {} B, {:.1} s",
+        s.subscribers,
+        s.channels_per_sub,
+        s.channels,
+        s.publishers,
+        rate,
+        s.payload,
+        s.duration.as_secs_f64()
+    );
+    for skipped in &r.skipped {
+        println!("skipped {skipped}");
+    }
+    println!(
+        "{:<11} {:>12} {:>10} {:>12} {:>12} {:>8} {:>9} {:>9} {:>9} {:>10} {:>7}",
+        "server",
+        "deliveries/s",
+        "pubs/s",
+        "expected",
+        "received",
+        "lost",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "B/sub",
+        "errors"
+    );
+    for run in &r.runs {
+        println!(
+            "{:<11} {:>12.0} {:>10.0} {:>12} {:>12} {:>8} {:>9.0} {:>9.0} {:>9.0} {:>10} {:>7}",
+            run.peer,
+            run.deliveries_per_sec,
+            run.publications_per_sec,
+            run.expected,
+            run.received,
+            run.lost,
+            run.latency.p50_us,
+            run.latency.p99_us,
+            run.latency.p999_us,
+            run.rss_per_subscription_bytes
+                .map(|b| format!("{b:.0}"))
+                .unwrap_or_else(|| "-".into()),
+            run.publish_errors,
+        );
+        if let Some(e) = &run.first_error {
+            println!("  first error: {e}");
+        }
+    }
+    println!("medians:");
+    let base = r
+        .medians
+        .first()
+        .map(|m| m.deliveries_per_sec)
+        .unwrap_or(0.0);
+    for m in &r.medians {
+        let ratio = if m.deliveries_per_sec > 0.0 {
+            base / m.deliveries_per_sec
+        } else {
+            0.0
+        };
+        println!(
+            "{:<11} {:>12.0} deliveries/s  openserver/this {:>5.2}x  p50 {:>7.0} p99 {:>7.0} p99.9 {:>7.0} us  lost(max) {}  B/sub {}",
+            m.peer,
+            m.deliveries_per_sec,
+            ratio,
+            m.p50_us,
+            m.p99_us,
+            m.p999_us,
+            m.lost_max,
+            m.rss_per_subscription_bytes
+                .map(|b| format!("{b:.0}"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+}

@@ -68,6 +68,9 @@ pub struct TargetOptions {
     pub keep_alive_interval: Option<Duration>,
     /// The one user of the openserver target.
     pub login: Login,
+    /// `serve` only: TOML appended to the configuration file the bench gives it (e.g. the
+    /// `[channels]` settings of `bench fanout`).
+    pub serve_config: Option<String>,
 }
 
 impl TargetOptions {
@@ -82,6 +85,7 @@ impl TargetOptions {
                 user: "bench".into(),
                 password: "bench".into(),
             },
+            serve_config: None,
         }
     }
 }
@@ -119,6 +123,17 @@ pub fn bench_server_config(listen: SocketAddr, interval: Option<Duration>) -> Se
     if let Some(interval) = interval {
         config.keep_alive = keep_alive_every(interval);
     }
+    config
+}
+
+/// The Channels settings of the bench's own openserver: those `bench fanout` gives `serve`
+/// ([`crate::fanout::serve_config`]): publishers not rate limited, no join/leave pushes.
+pub fn bench_channels_config() -> openserver::channels::ChannelsConfig {
+    let mut config = openserver::channels::ChannelsConfig {
+        publishes_per_second: 1_000_000,
+        ..Default::default()
+    };
+    config.default.join_leave = false;
     config
 }
 
@@ -180,7 +195,8 @@ pub async fn openserver_server(options: &TargetOptions) -> Result<Server> {
     let mut builder = Server::builder(config)
         .user_store(Arc::new(store))
         .hello()
-        .protocol(Echo);
+        .protocol(Echo)
+        .channels(bench_channels_config());
     if let Some(dir) = &options.tls_dir {
         let set = crate::tls::dev_certs(dir)?;
         builder = builder.tls(ServerTls::from_pem_files(&set.cert, &set.key, None)?);
@@ -478,14 +494,20 @@ impl ChildTarget {
                 args.extend(["--tls-key".into(), set.key.into()]);
             }
         }
+        let mut text = String::new();
         if let Some(interval) = options.keep_alive_interval {
-            let path = dir.path().join("bench.toml");
             let ms = interval.as_millis().max(1);
-            let text = format!(
+            text.push_str(&format!(
                 "# Written by openserver bench: only the keep-alive timing differs from the defaults.\n\
                  [server.keep_alive]\ninterval = \"{ms}ms\"\ntimeout = \"{}ms\"\n",
                 ms * 3
-            );
+            ));
+        }
+        if let Some(extra) = &options.serve_config {
+            text.push_str(extra);
+        }
+        if !text.is_empty() {
+            let path = dir.path().join("bench.toml");
             std::fs::write(&path, text)?;
             args.extend(["--config".into(), path.into()]);
         }
@@ -600,6 +622,9 @@ impl RedisTarget {
         let mut child = Command::new(exe)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            // Bound to 127.0.0.1 only; protected mode would refuse the bench's 127.x.y.z
+            // sources, and 10,000 subscribers need more than the default 10,000 clients.
+            .args(["--protected-mode", "no", "--maxclients", "18000"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -627,6 +652,78 @@ impl RedisTarget {
         self.child
             .id()
             .and_then(|pid| crate::procfs::cpu_secs(Some(pid)))
+    }
+
+    /// Its resident memory in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.child
+            .id()
+            .and_then(|pid| crate::procfs::rss_kib(Some(pid)))
+    }
+
+    /// Stops it.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Where Debian's `nats-server` package puts the executable.
+const NATS_DEBIAN_PATH: &str = "/usr/sbin/nats-server";
+
+/// The `nats-server` executable on `PATH` or at `/usr/sbin/nats-server`, if any.
+pub fn find_nats() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("nats-server"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| Some(PathBuf::from(NATS_DEBIAN_PATH)).filter(|p| p.is_file()))
+}
+
+/// `nats-server` on a free loopback port, with its defaults otherwise.
+pub struct NatsTarget {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl NatsTarget {
+    /// Starts `exe` on 127.0.0.1 and waits until it accepts connections.
+    pub async fn spawn(exe: &Path) -> Result<Self> {
+        // The same harmless race as for redis: a lost port makes nats-server fail, and say so.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut child = Command::new(exe)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(NatsTarget { addr, child });
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("nats-server exited ({status}) before listening");
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = child.kill().await;
+                bail!("nats-server did not listen on {addr} within 15 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Its resident memory in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.child
+            .id()
+            .and_then(|pid| crate::procfs::rss_kib(Some(pid)))
     }
 
     /// Stops it.
