@@ -591,3 +591,21 @@ async fn the_application_policy_decides_after_the_rules() {
     }
     let _other = bob.subscribe("room:8").await.unwrap();
 }
+
+#[tokio::test]
+async fn position_counts_only_what_the_application_has_read() {
+    let server = server(ChannelsConfig::default()).await;
+    let (_a, alice) = login(&server, ALICE).await;
+    let mut sub = alice.subscribe("lobby").await.unwrap();
+    let start = sub.position();
+    // The server queues a publisher's own push before the publish's answer: once these
+    // return, both publications have reached the client, and neither has been read.
+    let first = alice.publish("lobby", "one").await.unwrap();
+    let second = alice.publish("lobby", "two").await.unwrap();
+    alice.presence("lobby").await.unwrap();
+    assert_eq!(sub.position(), start, "nothing read yet");
+    assert_eq!(publication(&mut sub).await.1, "one");
+    assert_eq!(sub.position(), Some(first));
+    assert_eq!(publication(&mut sub).await.1, "two");
+    assert_eq!(sub.position(), Some(second));
+}

@@ -67,8 +67,11 @@ struct Slot {
 
 #[derive(Default)]
 struct SlotState {
-    /// The last position handed on (or reported as reached by the server).
+    /// The last position received (or reported as reached by the server): what a
+    /// resubscribe recovers from, since unread items stay queued across a reconnect.
     position: Option<Position>,
+    /// The last publication the application took from the queue.
+    read: Option<Position>,
     /// A subscribe is under way: pushes wait in `held` until its answer is applied.
     starting: bool,
     held: Vec<ChannelPush>,
@@ -225,9 +228,17 @@ impl ChannelSubscription {
         &self.channel
     }
 
-    /// The last position seen (what a resubscribe recovers from).
+    /// The position the application has read up to: that of the last publication
+    /// [`next`](Self::next) returned or, with nothing left unread, the last the server reported.
+    /// Publications received but not read yet are not counted, so waiting until this reaches
+    /// a position means having read everything up to it.
     pub fn position(&self) -> Option<Position> {
-        lock(&self.slot.state).position.clone()
+        let state = lock(&self.slot.state);
+        if state.queue.is_empty() && state.dropped == 0 {
+            state.position.clone()
+        } else {
+            state.read.clone()
+        }
     }
 
     /// The next item; `None` once the subscription is over (after [`ChannelItem::Ended`], or
@@ -240,6 +251,13 @@ impl ChannelSubscription {
             {
                 let mut state = lock(&self.slot.state);
                 if let Some(item) = state.queue.pop_front() {
+                    match &item {
+                        ChannelItem::Publication(p) => state.read = Some(p.position()),
+                        ChannelItem::Gap(Gap::Unrecoverable { resumed_at, .. }) => {
+                            state.read = Some(resumed_at.clone())
+                        }
+                        _ => {}
+                    }
                     return Some(item);
                 }
                 if state.dropped > 0 {
