@@ -140,8 +140,17 @@ impl SlotState {
         }
     }
 
+    /// With nothing unread, the application has read up to `position`: keep that as its
+    /// read position before queueing more.
+    fn note_caught_up(&mut self) {
+        if self.queue.is_empty() && self.dropped == 0 {
+            self.read = self.position.clone();
+        }
+    }
+
     /// Hands a push on, checking that offsets follow each other.
     fn deliver(&mut self, push: ChannelPush, depth: usize) {
+        self.note_caught_up();
         match push {
             ChannelPush::Publication(p) => {
                 if let Some(last) = &self.position {
@@ -170,6 +179,7 @@ impl SlotState {
 
     /// Applies the answer to a subscribe made from `since`, then what was held meanwhile.
     fn apply(&mut self, since: Option<Position>, answer: Subscribed, channel: &str, depth: usize) {
+        self.note_caught_up();
         match (answer.recovery, since) {
             (Some(Recovery::Recovered), _) | (None, _) => {}
             (Some(reason), Some(last_seen)) => {
