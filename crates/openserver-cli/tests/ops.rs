@@ -291,6 +291,18 @@ fn the_metrics_endpoint_counts_a_scripted_session() {
     assert!(body.contains("# TYPE openserver_sessions_closed counter\n"));
     let (status, _, _) = http_get(&metrics, "/", None);
     assert_eq!(status, "HTTP/1.1 404 Not Found");
+
+    // Health checks for load balancers, on the same listener.
+    let (status, _, body) = http_get(&metrics, "/healthz", None);
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok\n")
+    );
+    let (status, _, body) = http_get(&metrics, "/readyz", None);
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ready\n")
+    );
 }
 
 #[test]

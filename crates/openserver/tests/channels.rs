@@ -609,3 +609,14 @@ async fn position_counts_only_what_the_application_has_read() {
     assert_eq!(publication(&mut sub).await.1, "two");
     assert_eq!(sub.position(), Some(second));
 }
+
+#[tokio::test]
+async fn a_server_is_ready_until_it_shuts_down() {
+    let server = server(ChannelsConfig::default()).await;
+    assert_eq!(server.handle.ready().await, Ok(()));
+    server.handle.shutdown();
+    assert_eq!(
+        server.handle.ready().await,
+        Err("shutting down".to_string())
+    );
+}

@@ -159,7 +159,7 @@ pub async fn run(config: FileConfig, args: ServeArgs, log: LogLevel) -> Result<(
     // Subscribed before the server runs, so no session goes unseen.
     crate::alerts::start(&config.alerts, server.handle().events())?;
     if let Some(addr) = config.metrics.listen {
-        let (addr, endpoint) = crate::metrics::bind(addr, server.handle().metrics()).await?;
+        let (addr, endpoint) = crate::metrics::bind(addr, server.handle()).await?;
         tokio::spawn(endpoint);
         // Before `listening on`, which stays the last startup line scripts wait for.
         println!("metrics on {addr}");

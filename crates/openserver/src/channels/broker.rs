@@ -171,6 +171,14 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Delivers a leave event of `client` on `channel` to every subscribed node.
     async fn publish_leave(&self, channel: &str, client: &ClientInfo) -> Result<(), BrokerError>;
+
+    /// Proves that the broker works end to end, for readiness checks: a shared broker sends a
+    /// canary through itself and waits for it to come back, since one that answers but no
+    /// longer delivers is the failure that matters. The default (a broker in this process)
+    /// is always ready.
+    async fn ready(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

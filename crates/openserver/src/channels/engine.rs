@@ -901,6 +901,15 @@ impl Channels {
         self.publish(channel, data).await
     }
 
+    /// Whether the broker delivers end to end ([`Broker::ready`]); `Err` says why not.
+    pub async fn ready(&self) -> Result<(), ChannelError> {
+        self.engine
+            .broker
+            .ready()
+            .await
+            .map_err(ChannelError::Broker)
+    }
+
     /// The sessions subscribed to `channel` (where its namespace keeps presence).
     pub async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, ChannelError> {
         let rules = self.engine.rules(channel)?;

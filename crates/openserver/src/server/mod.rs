@@ -902,6 +902,18 @@ impl ServerHandle {
         Ok(())
     }
 
+    /// Whether this server should be sent new clients (a load balancer's readiness check): it
+    /// is not shutting down, and its channels' broker delivers end to end. `Err` says why not.
+    pub async fn ready(&self) -> Result<(), String> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err("shutting down".to_string());
+        }
+        if let Some(channels) = self.shared.channels.get() {
+            channels.ready().await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Starts a graceful shutdown; [`Server::run`] returns once it is done.
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
