@@ -7,10 +7,12 @@
 //!   a dummy verification for unknown users so they cost the same time as a wrong password.
 //! - [`scram`]: SCRAM-SHA-256, the login that never sends the password, and the
 //!   [`ScramCredentials`] a store keeps for it.
+//! - [`token`]: logins with the application's signed tokens (JWT), and resume tokens.
 
 mod hasher;
 pub mod scram;
 mod sqlite;
+pub mod token;
 
 pub use hasher::{HashParams, PasswordHasher};
 pub use sqlite::SqliteUserStore;

@@ -26,6 +26,11 @@ pub struct ClientConfig {
     pub reconnect: Option<ReconnectPolicy>,
     /// Log every packet in and out, in hex.
     pub log_packets: bool,
+    /// With [`reconnect`](Self::reconnect) on: after each login, ask a server that offers
+    /// TokenAuth (7) for a resume token, and log in with it after a reconnect (falling back
+    /// to the remembered login if it is refused), so that a crowd reconnecting after a node
+    /// failure costs the servers no password hashing. On by default.
+    pub resume_tokens: bool,
 }
 
 impl Default for ClientConfig {
@@ -40,6 +45,7 @@ impl Default for ClientConfig {
             tls: None,
             reconnect: None,
             log_packets: false,
+            resume_tokens: true,
         }
     }
 }

@@ -57,6 +57,7 @@ use crate::wire::hello::HelloMessage;
 use crate::wire::keepalive::KeepAliveMessage;
 use crate::wire::notice::{self, FirstBytes};
 use crate::wire::scram::ScramMessage;
+use crate::wire::token::{denied as token_denied, TokenAuthMessage};
 use crate::wire::winauth::WinAuthMessage;
 use crate::wire::{protocol_id, DecodeError, Frame, Message, Secret};
 use bytes::Bytes;
@@ -144,6 +145,10 @@ pub enum ClientError {
     /// The server denied the login.
     #[error("access denied")]
     AccessDenied,
+    /// The server refused the login token because it has expired: get a new one from the
+    /// application's backend.
+    #[error("access denied: the token has expired")]
+    TokenExpired,
     /// The server answered with an ERROR about this protocol.
     #[error("server error for protocol {protocol_id}: {message}")]
     Remote {
@@ -241,6 +246,24 @@ enum Login {
         user: String,
         password: Secret,
     },
+    Token {
+        token: Secret,
+    },
+}
+
+/// A resume token the server gave, and when it stops being worth trying.
+struct Resume {
+    token: Secret,
+    until: tokio::time::Instant,
+}
+
+/// Who a token login logged in as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenLogin {
+    /// The user's numeric id in the server's store; 0 for a user it does not hold.
+    pub user_id: i32,
+    /// The user the token named.
+    pub user: String,
 }
 
 /// One live connection.
@@ -274,6 +297,8 @@ struct Shared {
     keep_alive: Mutex<bool>,
     /// The last successful login (replayed after reconnect).
     login: Mutex<Option<Login>>,
+    /// The latest resume token, tried before `login` after a reconnect.
+    resume: Mutex<Option<Resume>>,
     /// Keeps register-then-send atomic so answers match requests in order.
     request_lock: tokio::sync::Mutex<()>,
     events: broadcast::Sender<ClientEvent>,
@@ -307,6 +332,7 @@ impl Client {
                 hooks: Mutex::new(Hooks::default()),
                 keep_alive: Mutex::new(false),
                 login: Mutex::new(None),
+                resume: Mutex::new(None),
                 request_lock: tokio::sync::Mutex::new(()),
                 events,
                 quitting: CancellationToken::new(),
@@ -339,7 +365,7 @@ impl Client {
         };
         let conn = self.current();
         let id = self.login_on(&conn, &login).await?;
-        *lock(&self.shared.login) = Some(login);
+        self.logged_in(&conn, login).await;
         Ok(id)
     }
 
@@ -357,7 +383,7 @@ impl Client {
         };
         let conn = self.current();
         self.login_on(&conn, &login).await?;
-        *lock(&self.shared.login) = Some(login);
+        self.logged_in(&conn, login).await;
         Ok(())
     }
 
@@ -377,8 +403,27 @@ impl Client {
         };
         let conn = self.current();
         self.login_on(&conn, &login).await?;
-        *lock(&self.shared.login) = Some(login);
+        self.logged_in(&conn, login).await;
         Ok(())
+    }
+
+    /// Logs in with TokenAuth (protocol 7) with a token signed by the application's backend
+    /// (a JWT naming the user in `sub`; see [`crate::auth::token`]). An expired token is
+    /// [`ClientError::TokenExpired`], any other refusal [`ClientError::AccessDenied`]. The
+    /// server must offer protocol 7 (`openserver serve` does). After a reconnect the client
+    /// logs in with the resume token the server gave, else with this token again.
+    pub async fn authenticate_token(&self, token: &str) -> Result<TokenLogin, ClientError> {
+        let token = Secret::new(token);
+        let conn = self.current();
+        let answer = token_login(&self.shared, &conn, &token).await?;
+        *lock(&self.shared.login) = Some(Login::Token { token });
+        Ok(answer)
+    }
+
+    /// Remembers `login` for reconnects, and fetches a resume token for them.
+    async fn logged_in(&self, conn: &Conn, login: Login) {
+        *lock(&self.shared.login) = Some(login);
+        fetch_resume(&self.shared, conn).await;
     }
 
     /// Starts keep-alive: a heartbeat every `keep_alive.interval`; silence from the server for
@@ -845,6 +890,87 @@ async fn login_on(shared: &Shared, conn: &Conn, login: &Login) -> Result<i32, Cl
         Login::Scram { user, password } => {
             scram_login(shared, conn, user, password).await.map(|()| 0)
         }
+        Login::Token { token } => token_login(shared, conn, token)
+            .await
+            .map(|login| login.user_id),
+    }
+}
+
+/// One TokenAuth login; keeps the resume token it brings.
+async fn token_login(
+    shared: &Shared,
+    conn: &Conn,
+    token: &Secret,
+) -> Result<TokenLogin, ClientError> {
+    let request = TokenAuthMessage::Authenticate {
+        token: token.clone(),
+    };
+    let body = request_on(shared, conn, protocol_id::TOKEN_AUTH, request.to_frame()).await?;
+    match TokenAuthMessage::decode(&body)? {
+        TokenAuthMessage::Authenticated {
+            user_id,
+            user,
+            resume,
+            resume_ttl_secs,
+        } => {
+            keep_resume(shared, resume, resume_ttl_secs);
+            Ok(TokenLogin { user_id, user })
+        }
+        TokenAuthMessage::AccessDenied { reason } if reason == token_denied::EXPIRED => {
+            Err(ClientError::TokenExpired)
+        }
+        TokenAuthMessage::AccessDenied { .. } => Err(ClientError::AccessDenied),
+        TokenAuthMessage::Error(message) => Err(ClientError::Remote {
+            protocol_id: protocol_id::TOKEN_AUTH,
+            message,
+        }),
+        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Keeps a resume token, if reconnecting will use it; a little before its expiry it is no
+/// longer tried, since the server would refuse it.
+fn keep_resume(shared: &Shared, token: Secret, ttl_secs: i32) {
+    if !shared.config.resume_tokens || shared.config.reconnect.is_none() {
+        return;
+    }
+    let ttl = std::time::Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(0));
+    let until = tokio::time::Instant::now() + ttl.saturating_sub(std::time::Duration::from_secs(5));
+    *lock(&shared.resume) = Some(Resume { token, until });
+}
+
+/// After a password login: asks the server for a resume token if it offers TokenAuth.
+/// A resume token only saves the server work, so a failure here is logged, not returned.
+async fn fetch_resume(shared: &Shared, conn: &Conn) {
+    if !shared.config.resume_tokens || shared.config.reconnect.is_none() {
+        return;
+    }
+    let fetch = async {
+        let body = request_on(
+            shared,
+            conn,
+            protocol_id::CAPABILITIES,
+            CapabilitiesMessage::GetProtocolIds.to_frame(),
+        )
+        .await?;
+        let CapabilitiesMessage::ProtocolIds(ids) = CapabilitiesMessage::decode(&body)? else {
+            return Err(ClientError::Unexpected("not PROTOCOL_IDS".into()));
+        };
+        if !ids.contains(&protocol_id::TOKEN_AUTH) {
+            return Ok(());
+        }
+        let request = TokenAuthMessage::RequestResume.to_frame();
+        let body = request_on(shared, conn, protocol_id::TOKEN_AUTH, request).await?;
+        match TokenAuthMessage::decode(&body)? {
+            TokenAuthMessage::Resume { token, ttl_secs } => {
+                keep_resume(shared, token, ttl_secs);
+                Ok(())
+            }
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    };
+    if let Err(e) = fetch.await {
+        tracing::debug!(addr = %shared.addr, error = %e, "no resume token");
     }
 }
 
@@ -1020,9 +1146,32 @@ async fn reestablish(shared: &Arc<Shared>) -> Result<Conn, ClientError> {
     )
     .await?;
     let login = lock(&shared.login).clone();
+    let resume = lock(&shared.resume)
+        .as_ref()
+        .filter(|r| r.until > tokio::time::Instant::now())
+        .map(|r| r.token.clone());
     let replay = async {
         if let Some(login) = login {
-            login_on(shared, &conn, &login).await?;
+            // The resume token first: it costs the server no password hash. Refused (the
+            // user was deleted, or another node's secret differs), the login itself.
+            let resumed = match resume {
+                Some(token) => match token_login(shared, &conn, &token).await {
+                    Ok(_) => true,
+                    Err(e @ (ClientError::Closed(_) | ClientError::Timeout(_))) => return Err(e),
+                    Err(e) => {
+                        tracing::info!(addr = %shared.addr, error = %e, "resume token refused; logging in again");
+                        *lock(&shared.resume) = None;
+                        false
+                    }
+                },
+                None => false,
+            };
+            if !resumed {
+                login_on(shared, &conn, &login).await?;
+                if !matches!(login, Login::Token { .. }) {
+                    fetch_resume(shared, &conn).await;
+                }
+            }
         }
         if *lock(&shared.keep_alive) {
             start_heartbeat(shared, &conn).await?;

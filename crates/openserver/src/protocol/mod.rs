@@ -5,7 +5,7 @@
 //! which then receives every packet of that id in arrival order.
 //!
 //! Built in, each in its own file: [`keepalive`], [`winauth`], [`dbauth`], [`scram`],
-//! [`admin`] and [`hello`].
+//! [`token`], [`admin`] and [`hello`].
 //! Capabilities (id 0) is part of the stack itself (`server/driver.rs`), since it answers for
 //! every other protocol.
 //!
@@ -52,6 +52,7 @@ pub mod dbauth;
 pub mod hello;
 pub mod keepalive;
 pub mod scram;
+pub mod token;
 pub mod winauth;
 
 pub(crate) mod password;

@@ -69,6 +69,8 @@ pub struct ServerBuilder {
     tls: Option<ServerTls>,
     /// Whether [`scram`](Self::scram) was called; ScramAuth is added at bind, with the store.
     scram: bool,
+    /// Set by [`token_auth`](Self::token_auth); TokenAuth is added at bind, with the store.
+    token: Option<crate::auth::token::TokenConfig>,
     /// The role of [`admin`](Self::admin), if called; Admin is added at bind, with the
     /// session registry.
     admin_role: Option<String>,
@@ -137,6 +139,17 @@ impl ServerBuilder {
     /// PROTOCOL_IDS answer that existing clients may expect.
     pub fn scram(mut self) -> Self {
         self.scram = true;
+        self
+    }
+
+    /// Adds TokenAuth (7): logins with the application's signed tokens (JWT) as `config`
+    /// says, and resume tokens for every logged-in session, so that a reconnect costs no
+    /// password hash ([`crate::auth::token`]). With a [`user_store`](Self::user_store), a
+    /// resume login needs the user to still exist there, and an application token of a user
+    /// it holds gets that user's id (and roles, unless the token has its own). Keys are
+    /// checked at [`bind`](Self::bind).
+    pub fn token_auth(mut self, config: crate::auth::token::TokenConfig) -> Self {
+        self.token = Some(config);
         self
     }
 
@@ -247,6 +260,16 @@ impl ServerBuilder {
                 io::Error::new(io::ErrorKind::InvalidInput, "scram() needs a user_store()")
             })?;
             self.protocols.insert(Arc::new(ScramAuth::new(store)));
+        }
+        if let Some(config) = self.token.take() {
+            let verifier = crate::auth::token::TokenVerifier::new(&config).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("token_auth: {e}"))
+            })?;
+            self.protocols
+                .insert(Arc::new(crate::protocol::token::TokenAuth::new(
+                    Arc::new(verifier),
+                    self.store.clone(),
+                )));
         }
         let events = events::EventBus::new();
         let mut channel_metrics = None;
@@ -363,6 +386,7 @@ impl Server {
             store: None,
             tls: None,
             scram: false,
+            token: None,
             admin_role: None,
             registry: Arc::new(Registry::default()),
             allow_plaintext_non_loopback: false,

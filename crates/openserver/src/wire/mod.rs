@@ -20,6 +20,7 @@ pub mod keepalive;
 pub mod notice;
 pub mod primitives;
 pub mod scram;
+pub mod token;
 pub mod winauth;
 
 pub use codec::{Frame, FrameCodec, FrameError};
@@ -41,6 +42,9 @@ pub mod protocol_id {
     pub const SCRAM_AUTH: u16 = 0x0004;
     /// Session administration: list sessions, kick one (openserver only; admin role).
     pub const ADMIN: u16 = 0x0005;
+    /// Login with a signed token (the application's JWT, or a resume token) ("TokenAuth";
+    /// openserver only).
+    pub const TOKEN_AUTH: u16 = 0x0007;
     /// The sample application protocol: the server answers `"Hello " + s`.
     pub const HELLO: u16 = 0x000A;
 }
