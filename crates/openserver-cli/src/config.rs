@@ -74,6 +74,9 @@ pub struct AuthConfig {
     /// clients accept). The cost of each guess against a stolen `users.db`, and of each SCRAM
     /// login on the client.
     pub scram_iterations: u32,
+    /// `[auth.token]`: TokenAuth (protocol 7), always offered for resume tokens; the
+    /// application's own signed tokens once a key is set.
+    pub token: crate::cmd::token::TokenFileConfig,
 }
 
 impl Default for AuthConfig {
@@ -81,6 +84,7 @@ impl Default for AuthConfig {
         AuthConfig {
             scram: true,
             scram_iterations: openserver::auth::scram::DEFAULT_ITERATIONS,
+            token: crate::cmd::token::TokenFileConfig::default(),
         }
     }
 }

@@ -42,6 +42,8 @@ enum Command {
     Subscribe(cmd::channels::SubscribeArgs),
     /// List the sessions subscribed to a channel.
     Presence(cmd::channels::PresenceArgs),
+    /// Sign a login token (TokenAuth) for a user, as an application's backend would.
+    Token(cmd::token::TokenArgs),
     /// Check a configuration file and print the configuration it gives.
     Config(cmd::config::ConfigArgs),
     /// Measure a server: throughput and latency under load, baselines, idle sessions.
@@ -115,6 +117,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Presence(args) => {
             init_logging(client_log_filter(args.connect.verbose), LogFormat::Text);
             cmd::channels::presence(args).await
+        }
+        Command::Token(args) => {
+            init_logging("warn", LogFormat::Text);
+            cmd::token::run(args)
         }
         Command::Config(args) => {
             init_logging("warn", LogFormat::Text);

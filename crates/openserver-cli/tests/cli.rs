@@ -216,6 +216,7 @@ fn every_subcommand_has_help() {
         vec!["user", "del", "--help"],
         vec!["user", "passwd", "--help"],
         vec!["user", "list", "--help"],
+        vec!["token", "issue", "--help"],
     ] {
         let out = run(&args, "");
         assert!(out.status.success(), "{args:?}");
@@ -500,6 +501,109 @@ fn scram_login_through_the_command() {
     let dropped = hello_at(&addr, "pw-dave");
     assert_eq!(dropped.status.code(), Some(1), "{}", stderr(&dropped));
     assert!(serve.terminate().success());
+}
+
+#[test]
+fn a_token_issued_by_the_command_logs_in_and_a_wrong_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let secret = dir.path().join("token.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let config = dir.path().join("openserver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth.token]\nsecret_file = {:?}\nissuer = \"backend\"\n",
+            secret.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let issue = |user: &str, ttl: &str, config: &str| {
+        run(
+            &[
+                "token", "issue", "--user", user, "--ttl", ttl, "--config", config,
+            ],
+            "",
+        )
+    };
+    let issued = issue("erin", "5m", config);
+    assert!(issued.status.success(), "{}", stderr(&issued));
+    let token = stdout(&issued).trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+
+    let serve = Serve::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+        "--config",
+        config,
+        "--no-tls",
+    ]);
+    let (_, addr) = serve.until_listening();
+    let hello = |token: &str| {
+        run(
+            &[
+                "hello",
+                "--server",
+                &addr,
+                "--no-tls",
+                "--auth",
+                "token",
+                "--password-stdin",
+                "token",
+            ],
+            &format!("{token}\n"),
+        )
+    };
+    // erin is in no store: the token alone logs her in.
+    let ok = hello(&token);
+    assert_eq!(stdout(&ok), "Hello token\n", "{}", stderr(&ok));
+
+    // Signed with another secret: refused, and the error says what to check.
+    let other_secret = dir.path().join("other.secret");
+    std::fs::write(&other_secret, "another secret of 32 bytes or more").unwrap();
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "[auth.token]\nsecret_file = {:?}\nissuer = \"backend\"\n",
+            other_secret.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let forged = issue("erin", "5m", other.to_str().unwrap());
+    let denied = hello(stdout(&forged).trim());
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(
+        stderr(&denied).contains("the token is not valid there"),
+        "{}",
+        stderr(&denied)
+    );
+    assert!(serve.terminate().success());
+
+    // A short secret is refused at start, naming the setting.
+    std::fs::write(&secret, "short").unwrap();
+    let refused = run(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+            "--config",
+            config,
+            "--no-tls",
+        ],
+        "",
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("[auth.token]") && stderr(&refused).contains("at least 32"),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 /// The admin password and certificate fingerprint a first start prints.

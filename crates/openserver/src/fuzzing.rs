@@ -140,6 +140,42 @@ pub fn dbauth(data: &[u8]) {
     });
 }
 
+/// Decodes a TokenAuth body (see [`winauth`] for the invariants), then checks the token of
+/// an AUTHENTICATE (and the whole input, as text) with a verifier that has an application
+/// key: any string must be refused or accepted, never panic. A random input essentially
+/// never carries a valid signature, so acceptance is not asserted either way.
+pub fn token_auth(data: &[u8]) {
+    use crate::wire::token::TokenAuthMessage;
+    let verifier = token_verifier();
+    let msg = check_message::<TokenAuthMessage>(data, |m| match m {
+        TokenAuthMessage::Error(message) => Canonical::lossy(message),
+        TokenAuthMessage::RequestResume => Canonical::Exact,
+        _ => Canonical::UnlessOverlong,
+    });
+    if let Some(TokenAuthMessage::Authenticate { token }) = msg {
+        let _ = verifier.verify(token.expose()).map_err(|e| e.to_string());
+        let _ = crate::auth::token::claimed_user(token.expose());
+    }
+    let _ = verifier.verify(&String::from_utf8_lossy(data));
+}
+
+/// The verifier of the `token_auth` target: HS256 with a fixed secret (the seeds' tokens are
+/// signed with it).
+fn token_verifier() -> &'static crate::auth::token::TokenVerifier {
+    use crate::auth::token::{TokenConfig, TokenKey, TokenVerifier};
+    static VERIFIER: OnceLock<TokenVerifier> = OnceLock::new();
+    VERIFIER.get_or_init(|| {
+        TokenVerifier::new(&TokenConfig {
+            key: Some(TokenKey::Hs256(Secret::new(
+                "fuzzing secret, at least 32 bytes",
+            ))),
+            resume_secret: Secret::new("fuzzing resume secret, 32 bytes!"),
+            ..TokenConfig::default()
+        })
+        .expect("valid fuzzing keys")
+    })
+}
+
 /// Decodes a Hello body; see [`winauth`] for the invariants. Also checks that the body is a
 /// length prefix announcing exactly the string's bytes, followed by those bytes.
 pub fn hello(data: &[u8]) {
@@ -472,6 +508,19 @@ pub fn outcome(target: &str, data: &[u8]) -> String {
                 }
             }
         },
+        "token_auth" => {
+            use crate::wire::token::TokenAuthMessage;
+            match TokenAuthMessage::decode(data) {
+                Err(e) => format!("error: {e}"),
+                Ok(TokenAuthMessage::Authenticate { token }) => {
+                    match token_verifier().verify(token.expose()) {
+                        Ok(user) => format!("Authenticate: accepted {:?}", user.name),
+                        Err(e) => format!("Authenticate: {e}"),
+                    }
+                }
+                Ok(m) => format!("ok {}", variant(&format!("{m:?}"))),
+            }
+        }
         other => panic!("no fuzz target {other}"),
     }
 }

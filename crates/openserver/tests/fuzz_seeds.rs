@@ -121,6 +121,11 @@ fn dbauth_seeds() {
 }
 
 #[test]
+fn token_auth_seeds() {
+    replay("token_auth", fuzzing::token_auth);
+}
+
+#[test]
 fn hello_seeds() {
     replay("hello", fuzzing::hello);
 }

@@ -29,15 +29,12 @@ async fn node() -> TestServer {
 }
 
 fn app_token(user: &str, ttl: Duration, roles: Option<Vec<String>>) -> String {
-    token::issue(
-        jsonwebtoken::Algorithm::HS256,
-        APP_SECRET.as_bytes(),
-        user,
-        ttl,
+    let claims = token::IssueClaims {
+        user: user.into(),
         roles,
-        None,
-    )
-    .unwrap()
+        ..token::IssueClaims::default()
+    };
+    token::issue(token::Algorithm::HS256, APP_SECRET.as_bytes(), claims, ttl).unwrap()
 }
 
 fn metric(server: &TestServer, name: &str) -> f64 {
@@ -131,12 +128,14 @@ async fn expired_and_forged_tokens_are_refused() {
         ClientError::TokenExpired
     );
     let forged = token::issue(
-        jsonwebtoken::Algorithm::HS256,
+        token::Algorithm::HS256,
         b"a secret the server does not know, 32+",
-        "alice",
+        token::IssueClaims {
+            user: "alice".into(),
+            roles: Some(vec!["admin".into()]),
+            ..token::IssueClaims::default()
+        },
         Duration::from_secs(60),
-        Some(vec!["admin".into()]),
-        None,
     )
     .unwrap();
     assert_eq!(

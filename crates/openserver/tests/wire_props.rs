@@ -9,6 +9,7 @@ use openserver::wire::codec::DEFAULT_MAX_PAYLOAD;
 use openserver::wire::dbauth::DatabaseAuthMessage;
 use openserver::wire::hello::HelloMessage;
 use openserver::wire::keepalive::KeepAliveMessage;
+use openserver::wire::token::TokenAuthMessage;
 use openserver::wire::winauth::WinAuthMessage;
 use openserver::wire::{Frame, Message, Secret};
 use proptest::collection::vec;
@@ -48,6 +49,29 @@ fn winauth() -> impl Strategy<Value = WinAuthMessage> {
         Just(WinAuthMessage::Authenticated),
         Just(WinAuthMessage::AccessDenied),
         any::<String>().prop_map(WinAuthMessage::Error),
+    ]
+}
+
+fn token_auth() -> impl Strategy<Value = TokenAuthMessage> {
+    prop_oneof![
+        any::<String>().prop_map(|t| TokenAuthMessage::Authenticate {
+            token: Secret::new(t)
+        }),
+        (any::<i32>(), any::<String>(), any::<String>(), any::<i32>()).prop_map(
+            |(user_id, user, resume, resume_ttl_secs)| TokenAuthMessage::Authenticated {
+                user_id,
+                user,
+                resume: Secret::new(resume),
+                resume_ttl_secs,
+            }
+        ),
+        any::<String>().prop_map(|reason| TokenAuthMessage::AccessDenied { reason }),
+        Just(TokenAuthMessage::RequestResume),
+        (any::<String>(), any::<i32>()).prop_map(|(t, ttl_secs)| TokenAuthMessage::Resume {
+            token: Secret::new(t),
+            ttl_secs,
+        }),
+        any::<String>().prop_map(TokenAuthMessage::Error),
     ]
 }
 
@@ -251,6 +275,11 @@ proptest! {
 
     #[test]
     fn dbauth_round_trip(msg in dbauth(), sizes in chunk_sizes()) {
+        check_message(&msg, &sizes)?;
+    }
+
+    #[test]
+    fn token_auth_round_trip(msg in token_auth(), sizes in chunk_sizes()) {
         check_message(&msg, &sizes)?;
     }
 

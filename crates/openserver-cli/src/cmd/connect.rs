@@ -65,6 +65,10 @@ pub enum AuthKind {
     /// ScramAuth (protocol 4, SCRAM-SHA-256): the password never leaves this machine. The
     /// server must enable it.
     Scram,
+    /// TokenAuth (protocol 7): a token signed by the application's backend (`openserver
+    /// token issue` makes one), read where the password would be; it names the user, so
+    /// `--user` is not needed.
+    Token,
 }
 
 /// The `--server` default's port, for the hint when a port is missing.
@@ -109,6 +113,7 @@ pub async fn connect_and_login(args: &ConnectArgs) -> Result<Client> {
                 .await
         }
         AuthKind::Scram => client.authenticate_scram(&user, &password).await,
+        AuthKind::Token => client.authenticate_token(&password).await.map(|_| ()),
     };
     match login {
         Ok(()) => Ok(client),
@@ -180,6 +185,12 @@ fn io_reason(e: &std::io::Error) -> String {
 /// The user to log in as: `--user`, or with `--auth cert` the certificate's common name
 /// (a `--user` that differs from it is refused: the server would log in the certificate's).
 fn login_user(args: &ConnectArgs) -> Result<String> {
+    if args.auth == AuthKind::Token {
+        return Ok(args
+            .user
+            .clone()
+            .unwrap_or_else(|| "the token's user".to_string()));
+    }
     if args.auth != AuthKind::Cert {
         return args
             .user
@@ -270,6 +281,13 @@ fn refused(server: &str, refusal: Refusal) -> anyhow::Error {
 fn explain_login(e: ClientError, args: &ConnectArgs, user: &str) -> anyhow::Error {
     let server = &args.server;
     match e {
+        ClientError::AccessDenied if args.auth == AuthKind::Token => anyhow!(
+            "access denied on {server}: the token is not valid there\nhint: check that it was \
+             signed with the key of the server's [auth.token], for its issuer and audience"
+        ),
+        ClientError::TokenExpired => {
+            anyhow!("access denied on {server}: the token has expired\nhint: get a new one")
+        }
         ClientError::AccessDenied => anyhow!(
             "access denied for user {user:?} on {server}\nhint: check the user name and \
              password; after 3 failed logins from one address the server refuses it for a while"
@@ -317,5 +335,6 @@ fn auth_name(auth: AuthKind) -> &'static str {
         AuthKind::Win => "win",
         AuthKind::Cert => "cert",
         AuthKind::Scram => "scram",
+        AuthKind::Token => "token",
     }
 }

@@ -8,6 +8,7 @@ pub mod hello;
 pub mod reload;
 pub mod serve;
 pub mod sessions;
+pub mod token;
 pub mod user;
 
 use anyhow::{bail, Context as _, Result};

@@ -137,6 +137,7 @@ pub async fn run(config: FileConfig, args: ServeArgs, log: LogLevel) -> Result<(
     if config.auth.scram {
         builder = builder.scram();
     }
+    builder = builder.token_auth(config.auth.token.resolve()?);
     if config.admin.enabled {
         builder = builder.admin(config.admin.role.clone());
     }

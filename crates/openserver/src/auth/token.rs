@@ -10,7 +10,8 @@
 
 use crate::wire::Secret;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+pub use jsonwebtoken::Algorithm;
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -113,8 +114,24 @@ struct Claims {
     iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
+    /// Written by [`issue`] only; checked by [`Validation`] from the raw claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     roles: Option<Vec<String>>,
+}
+
+/// What [`issue`] puts in a token besides its expiry.
+#[derive(Debug, Clone, Default)]
+pub struct IssueClaims {
+    /// The user (`sub`).
+    pub user: String,
+    /// The roles it grants (`roles`), if any.
+    pub roles: Option<Vec<String>>,
+    /// `iss`, if set.
+    pub issuer: Option<String>,
+    /// `aud`, if set.
+    pub audience: Option<String>,
 }
 
 /// Checks the application's tokens and issues and checks resume tokens.
@@ -168,9 +185,12 @@ impl TokenVerifier {
                         return Err(format!("the issuer {RESUME_ISSUER:?} is reserved"));
                     }
                     validation.set_issuer(&[issuer]);
+                    // Checked only when present unless required.
+                    validation.required_spec_claims.insert("iss".to_string());
                 }
                 if let Some(audience) = &config.audience {
                     validation.set_audience(&[audience]);
+                    validation.required_spec_claims.insert("aud".to_string());
                 }
                 Some((decoding, validation))
             }
@@ -230,6 +250,7 @@ impl TokenVerifier {
             exp: now + self.resume_ttl.as_secs().max(1),
             iat: Some(now),
             iss: Some(RESUME_ISSUER.to_string()),
+            aud: None,
             roles: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.resume_encode)
@@ -238,16 +259,14 @@ impl TokenVerifier {
     }
 }
 
-/// Signs an application token for `user` (what a backend does; `openserver token issue`
-/// uses it for tests and scripts). `key_pem` is the HS256 secret, or the private key in PEM
+/// Signs an application token valid for `ttl` (what a backend does; `openserver token issue`
+/// uses it for tests and scripts). `key` is the HS256 secret, or the private key in PEM
 /// (PKCS#8) for EdDSA and ES256.
 pub fn issue(
     algorithm: Algorithm,
     key: &[u8],
-    user: &str,
+    claims: IssueClaims,
     ttl: Duration,
-    roles: Option<Vec<String>>,
-    issuer: Option<String>,
 ) -> Result<String, String> {
     let encoding = match algorithm {
         Algorithm::HS256 => EncodingKey::from_secret(key),
@@ -259,11 +278,12 @@ pub fn issue(
     };
     let now = unix_now();
     let claims = Claims {
-        sub: user.to_string(),
+        sub: claims.user,
         exp: now + ttl.as_secs(),
         iat: Some(now),
-        iss: issuer,
-        roles,
+        iss: claims.issuer,
+        aud: claims.audience,
+        roles: claims.roles,
     };
     jsonwebtoken::encode(&Header::new(algorithm), &claims, &encoding)
         .map_err(|e| format!("cannot sign the token: {e}"))
@@ -365,8 +385,19 @@ mod tests {
         .unwrap()
     }
 
+    fn claims(user: &str) -> IssueClaims {
+        IssueClaims {
+            user: user.into(),
+            ..IssueClaims::default()
+        }
+    }
+
     fn hs256(user: &str, ttl: Duration, roles: Option<Vec<String>>) -> String {
-        issue(Algorithm::HS256, SECRET.as_bytes(), user, ttl, roles, None).unwrap()
+        let claims = IssueClaims {
+            roles,
+            ..claims(user)
+        };
+        issue(Algorithm::HS256, SECRET.as_bytes(), claims, ttl).unwrap()
     }
 
     #[test]
@@ -393,16 +424,17 @@ mod tests {
     fn expired_forged_and_foreign_tokens_are_refused() {
         let v = verifier(Some(TokenKey::Hs256(Secret::new(SECRET))));
         // Expired well beyond the 30 s leeway.
-        let claims = Claims {
+        let old = Claims {
             sub: "alice".into(),
             exp: unix_now() - 120,
             iat: None,
             iss: None,
+            aud: None,
             roles: None,
         };
         let expired = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &claims,
+            &old,
             &EncodingKey::from_secret(SECRET.as_bytes()),
         )
         .unwrap();
@@ -410,10 +442,8 @@ mod tests {
         let other = issue(
             Algorithm::HS256,
             b"another secret, 32 bytes or more!!",
-            "alice",
+            claims("alice"),
             Duration::from_secs(60),
-            None,
-            None,
         )
         .unwrap();
         assert!(matches!(v.verify(&other), Err(TokenError::Invalid(_))));
@@ -455,10 +485,11 @@ mod tests {
         let forged = issue(
             Algorithm::HS256,
             SECRET.repeat(2).as_bytes(),
-            "alice",
+            IssueClaims {
+                issuer: Some(RESUME_ISSUER.into()),
+                ..claims("alice")
+            },
             Duration::from_secs(60),
-            None,
-            Some(RESUME_ISSUER.into()),
         )
         .unwrap();
         assert!(matches!(app.verify(&forged), Err(TokenError::Invalid(_))));
@@ -479,16 +510,51 @@ mod tests {
             let token = issue(
                 alg,
                 pair.serialize_pem().as_bytes(),
-                "carol",
+                claims("carol"),
                 Duration::from_secs(60),
-                None,
-                None,
             )
             .unwrap();
             assert_eq!(v.verify(&token).unwrap().name, "carol");
             // An HS256 token is refused by a public-key server, whatever its secret.
             let hs = hs256("carol", Duration::from_secs(60), None);
             assert!(matches!(v.verify(&hs), Err(TokenError::Invalid(e)) if e.contains("HS256")));
+        }
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_where_configured() {
+        let v = TokenVerifier::new(&TokenConfig {
+            key: Some(TokenKey::Hs256(Secret::new(SECRET))),
+            issuer: Some("backend".into()),
+            audience: Some("chat".into()),
+            ..TokenConfig::default()
+        })
+        .unwrap();
+        let sign = |issuer: Option<&str>, audience: Option<&str>| {
+            let claims = IssueClaims {
+                issuer: issuer.map(str::to_string),
+                audience: audience.map(str::to_string),
+                ..claims("alice")
+            };
+            issue(
+                Algorithm::HS256,
+                SECRET.as_bytes(),
+                claims,
+                Duration::from_secs(60),
+            )
+            .unwrap()
+        };
+        assert!(v.verify(&sign(Some("backend"), Some("chat"))).is_ok());
+        for (iss, aud) in [
+            (Some("other"), Some("chat")),
+            (Some("backend"), Some("other")),
+            (None, Some("chat")),
+            (Some("backend"), None),
+        ] {
+            assert!(
+                matches!(v.verify(&sign(iss, aud)), Err(TokenError::Invalid(_))),
+                "{iss:?} {aud:?}"
+            );
         }
     }
 
