@@ -437,6 +437,35 @@ mod tests {
     }
 
     #[test]
+    fn users_store_is_checked_and_printed_without_its_password() {
+        let text =
+            "[users]\nstore = \"postgres://os:s3cret@db:5432/users\"\nquery_timeout = \"2s\"\n";
+        let config = FileConfig::parse(text).unwrap();
+        assert_eq!(
+            config.users.query_timeout,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(config.users.postgres_options().query_timeout.as_secs(), 2);
+        let printed = toml::to_string(&config).unwrap();
+        assert!(
+            printed.contains("store = \"postgres://os:***@db:5432/users\""),
+            "{printed}"
+        );
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(!toml::to_string(&FileConfig::default())
+            .unwrap()
+            .contains("store ="));
+        for (bad, key) in [
+            ("[users]\nstore = \"mysql://db/x\"\n", "users.store"),
+            ("[users]\npool_size = 0\n", "users.pool_size"),
+            ("[users]\nquery_timeout = \"0s\"\n", "users.query_timeout"),
+        ] {
+            let err = format!("{:#}", FileConfig::parse(bad).unwrap_err());
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn channel_namespaces_come_from_the_file() {
         let text = "[channels.namespaces.chat]\npublish = \"role:ops\"\nhistory_size = 5\n\n\
                     [channels.default]\nsubscribe = \"server\"\n";

@@ -57,7 +57,11 @@ fn user_commands_and_two_servers_share_postgres() {
         "first\n",
     );
     assert!(add.status.success(), "{}", stderr(&add));
-    assert!(stdout(&add).starts_with("added user carol (id "), "{}", stdout(&add));
+    assert!(
+        stdout(&add).starts_with("added user carol (id "),
+        "{}",
+        stdout(&add)
+    );
     assert!(!all_output(&add).contains(PASSWORD));
 
     // Node A: --users; node B: [users] store of its config file. Users exist already, so
@@ -99,15 +103,28 @@ fn user_commands_and_two_servers_share_postgres() {
     let hello = |addr: &str, scram: bool, password: &str| {
         let auth = if scram { "scram" } else { "db" };
         let args = [
-            "hello", "--server", addr, "--no-tls", "--auth", auth, "--user", "carol",
-            "--password-stdin", "x",
+            "hello",
+            "--server",
+            addr,
+            "--no-tls",
+            "--auth",
+            auth,
+            "--user",
+            "carol",
+            "--password-stdin",
+            "x",
         ];
         run(&args, &format!("{password}\n"))
     };
     for addr in [&addr_a, &addr_b] {
         for scram in [false, true] {
             let out = hello(addr, scram, "first");
-            assert_eq!(stdout(&out), "Hello x\n", "{addr} {scram}: {}", stderr(&out));
+            assert_eq!(
+                stdout(&out),
+                "Hello x\n",
+                "{addr} {scram}: {}",
+                stderr(&out)
+            );
         }
     }
 
@@ -121,7 +138,12 @@ fn user_commands_and_two_servers_share_postgres() {
                 "{addr} {scram}: the old password is refused"
             );
             let out = hello(addr, scram, "second");
-            assert_eq!(stdout(&out), "Hello x\n", "{addr} {scram}: {}", stderr(&out));
+            assert_eq!(
+                stdout(&out),
+                "Hello x\n",
+                "{addr} {scram}: {}",
+                stderr(&out)
+            );
         }
     }
 
@@ -146,13 +168,20 @@ fn user_commands_and_two_servers_share_postgres() {
     }
     let again = user(&["del", "carol"], "");
     assert_eq!(again.status.code(), Some(1));
-    assert!(stderr(&again).contains("no user named carol"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("no user named carol"),
+        "{}",
+        stderr(&again)
+    );
 
     // `config check` shows the store without its password.
     let check = run(&["config", "check", config], "");
     assert!(check.status.success(), "{}", stderr(&check));
     assert!(
-        stdout(&check).contains(&format!("store = \"postgres://postgres:***@127.0.0.1:{}/postgres\"", pg.port)),
+        stdout(&check).contains(&format!(
+            "store = \"postgres://postgres:***@127.0.0.1:{}/postgres\"",
+            pg.port
+        )),
         "{}",
         stdout(&check)
     );
@@ -162,7 +191,8 @@ fn user_commands_and_two_servers_share_postgres() {
     assert!(b.terminate().success());
     let logs: Vec<String> = logs_a.try_iter().chain(logs_b.try_iter()).collect();
     assert!(
-        logs.iter().any(|l| l.contains("user store open") && l.contains("postgres:***@")),
+        logs.iter()
+            .any(|l| l.contains("user store open") && l.contains("postgres:***@")),
         "{logs:?}"
     );
     assert!(!logs.iter().any(|l| l.contains(PASSWORD)), "{logs:?}");
@@ -179,7 +209,14 @@ fn an_unreachable_postgres_is_a_clear_error_without_the_password() {
     let url = format!("postgres://os:pw-Hidden-123@127.0.0.1:{port}/users");
     for args in [
         vec!["user", "list", "--users", &url],
-        vec!["serve", "--listen", "127.0.0.1:0", "--no-tls", "--users", &url],
+        vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-tls",
+            "--users",
+            &url,
+        ],
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut args = args.clone();
@@ -187,13 +224,27 @@ fn an_unreachable_postgres_is_a_clear_error_without_the_password() {
         let out = run(&args, "");
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", all_output(&out));
         let err = stderr(&out);
-        assert!(err.contains(&format!("127.0.0.1:{port}/users as os")), "{err}");
+        assert!(
+            err.contains(&format!("127.0.0.1:{port}/users as os")),
+            "{err}"
+        );
         assert!(err.contains("check that PostgreSQL runs there"), "{err}");
-        assert!(!all_output(&out).contains("pw-Hidden-123"), "{}", all_output(&out));
+        assert!(
+            !all_output(&out).contains("pw-Hidden-123"),
+            "{}",
+            all_output(&out)
+        );
     }
     // A URL that is not a store at all is refused before anything is opened.
-    let bad = run(&["user", "list", "--users", "mysql://os:pw-Hidden-123@db/x"], "");
+    let bad = run(
+        &["user", "list", "--users", "mysql://os:pw-Hidden-123@db/x"],
+        "",
+    );
     assert_eq!(bad.status.code(), Some(1));
-    assert!(stderr(&bad).contains("postgres://USER@HOST:PORT/DB"), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("postgres://USER@HOST:PORT/DB"),
+        "{}",
+        stderr(&bad)
+    );
     assert!(!all_output(&bad).contains("pw-Hidden-123"));
 }

@@ -2,9 +2,9 @@
 
 use crate::cmd::reload::{Hangups, LogLevel, Reloader};
 use crate::config::{FileConfig, LogFormat};
+use crate::users::{StoreLocation, Users};
 use anyhow::{Context as _, Result};
 use clap::Args;
-use crate::users::{StoreLocation, Users};
 use openserver::auth::PasswordHasher;
 use openserver::server::Server;
 use openserver::tls::{self_signed, ServerTls};

@@ -270,19 +270,40 @@ mod tests {
         assert_eq!(scram_from_columns(1, None, None, None, None).unwrap(), None);
         assert!(scram_from_columns(1, Some(vec![1]), None, None, None).is_err());
         assert!(
-            scram_from_columns(1, Some(vec![1]), Some(0), Some(vec![0; 32]), Some(vec![0; 32]))
-                .is_err(),
+            scram_from_columns(
+                1,
+                Some(vec![1]),
+                Some(0),
+                Some(vec![0; 32]),
+                Some(vec![0; 32])
+            )
+            .is_err(),
             "zero iterations"
         );
         assert!(
-            scram_from_columns(1, Some(vec![1]), Some(4096), Some(vec![0; 31]), Some(vec![0; 32]))
-                .is_err(),
+            scram_from_columns(
+                1,
+                Some(vec![1]),
+                Some(4096),
+                Some(vec![0; 31]),
+                Some(vec![0; 32])
+            )
+            .is_err(),
             "short key"
         );
-        let ok = scram_from_columns(1, Some(vec![1]), Some(4096), Some(vec![2; 32]), Some(vec![3; 32]))
-            .unwrap()
-            .unwrap();
-        assert_eq!((ok.iterations, ok.stored_key[0], ok.server_key[0]), (4096, 2, 3));
+        let ok = scram_from_columns(
+            1,
+            Some(vec![1]),
+            Some(4096),
+            Some(vec![2; 32]),
+            Some(vec![3; 32]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (ok.iterations, ok.stored_key[0], ok.server_key[0]),
+            (4096, 2, 3)
+        );
     }
 
     #[test]

@@ -65,7 +65,8 @@ pub struct PostgresOptions {
     /// Longest wait for a new connection to be set up (TCP, TLS-less startup, login).
     /// Default 5 s.
     pub connect_timeout: Duration,
-    /// Longest a store call waits for the database, a free pooled connection included; also
+    /// Longest a store call waits for the database's answers, and longest it waits for a
+    /// free pooled connection (setting a new one up is bounded by `connect_timeout`); also
     /// set as the server-side `statement_timeout`. Default 5 s.
     pub query_timeout: Duration,
     /// Most connections the store keeps open; further calls wait their turn (within
@@ -212,8 +213,8 @@ impl PostgresUserStore {
 
     /// Deletes every user's SCRAM credentials; returns how many users had some.
     pub async fn drop_scram_credentials(&self) -> Result<u64, AuthError> {
+        let client = self.client().await?;
         self.bounded(async {
-            let client = self.client().await?;
             client
                 .execute(
                     "UPDATE openserver_users SET scram_salt = NULL, scram_iterations = NULL,
@@ -240,11 +241,13 @@ impl PostgresUserStore {
         let roles = normalize_roles(roles)?;
         let (hash, scram) =
             common::hash_password(&self.hasher, self.scram_iterations, password).await?;
+        let mut client = self.client().await?;
         self.bounded(async {
-            let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| self.db(e))?;
             let salt = scram.as_ref().map(|c| c.salt.clone());
-            let iterations = scram.as_ref().map(|c| scram_iterations_column(c.iterations));
+            let iterations = scram
+                .as_ref()
+                .map(|c| scram_iterations_column(c.iterations));
             let stored = scram.as_ref().map(|c| c.stored_key.to_vec());
             let server = scram.as_ref().map(|c| c.server_key.to_vec());
             let inserted = tx
@@ -281,9 +284,9 @@ impl PostgresUserStore {
     /// Deletes a user and their roles; [`AuthError::NoSuchUser`] if absent. Every server
     /// refuses the user from their next login on.
     pub async fn delete_user(&self, name: &str) -> Result<(), AuthError> {
+        let client = self.client().await?;
         let deleted = self
             .bounded(async {
-                let client = self.client().await?;
                 client
                     .execute("DELETE FROM openserver_users WHERE name = $1", &[&name])
                     .await
@@ -304,12 +307,14 @@ impl PostgresUserStore {
         let (hash, scram) =
             common::hash_password(&self.hasher, self.scram_iterations, password).await?;
         let salt = scram.as_ref().map(|c| c.salt.clone());
-        let iterations = scram.as_ref().map(|c| scram_iterations_column(c.iterations));
+        let iterations = scram
+            .as_ref()
+            .map(|c| scram_iterations_column(c.iterations));
         let stored = scram.as_ref().map(|c| c.stored_key.to_vec());
         let server = scram.as_ref().map(|c| c.server_key.to_vec());
+        let client = self.client().await?;
         let updated = self
             .bounded(async {
-                let client = self.client().await?;
                 client
                     .execute(
                         "UPDATE openserver_users SET password_hash = $1, scram_salt = $2,
@@ -332,8 +337,8 @@ impl PostgresUserStore {
     /// absent.
     pub async fn set_roles(&self, name: &str, roles: &[String]) -> Result<(), AuthError> {
         let roles = normalize_roles(roles)?;
+        let mut client = self.client().await?;
         self.bounded(async {
-            let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| self.db(e))?;
             let Some(row) = tx
                 .query_opt(
@@ -365,9 +370,9 @@ impl PostgresUserStore {
 
     /// All users, sorted by name (byte order), each with sorted roles.
     pub async fn list_users(&self) -> Result<Vec<User>, AuthError> {
+        let client = self.client().await?;
         let rows = self
             .bounded(async {
-                let client = self.client().await?;
                 client
                     .query(
                         &format!(
@@ -393,12 +398,14 @@ impl PostgresUserStore {
 
     /// The user called `name`, if any.
     pub async fn get_user(&self, name: &str) -> Result<Option<User>, AuthError> {
+        let client = self.client().await?;
         let row = self
             .bounded(async {
-                let client = self.client().await?;
                 client
                     .query_opt(
-                        &format!("SELECT u.id, {ROLES_OF_U} FROM openserver_users u WHERE u.name = $1"),
+                        &format!(
+                            "SELECT u.id, {ROLES_OF_U} FROM openserver_users u WHERE u.name = $1"
+                        ),
                         &[&name],
                     )
                     .await
@@ -417,9 +424,9 @@ impl PostgresUserStore {
 
     /// How many users the store holds.
     pub async fn user_count(&self) -> Result<u64, AuthError> {
+        let client = self.client().await?;
         let n: i64 = self
             .bounded(async {
-                let client = self.client().await?;
                 let row = client
                     .query_one("SELECT COUNT(*) FROM openserver_users", &[])
                     .await
@@ -440,9 +447,9 @@ impl PostgresUserStore {
             return false;
         };
         let stored = async {
+            let client = self.client().await?;
             let row = self
                 .bounded(async {
-                    let client = self.client().await?;
                     client
                         .query_opt(
                             "SELECT password_hash, scram_iterations FROM openserver_users
@@ -462,15 +469,14 @@ impl PostgresUserStore {
                 return Ok(false);
             }
             let Some(scram) =
-                common::derive_if_current(&self.hasher, hash.clone(), password, iterations)
-                    .await?
+                common::derive_if_current(&self.hasher, hash.clone(), password, iterations).await?
             else {
                 return Ok(false);
             };
             let count = scram_iterations_column(scram.iterations);
+            let client = self.client().await?;
             let n = self
                 .bounded(async {
-                    let client = self.client().await?;
                     client
                         .execute(
                             "UPDATE openserver_users SET scram_salt = $1, scram_iterations = $2,
@@ -504,9 +510,11 @@ impl PostgresUserStore {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
                 .await
                 .map_err(|e| self.db(e))?;
-            tx.batch_execute("CREATE TABLE IF NOT EXISTS openserver_schema (version integer NOT NULL)")
-                .await
-                .map_err(|e| self.db(e))?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS openserver_schema (version integer NOT NULL)",
+            )
+            .await
+            .map_err(|e| self.db(e))?;
             let rows = tx
                 .query("SELECT version FROM openserver_schema", &[])
                 .await
@@ -604,7 +612,8 @@ impl PostgresUserStore {
         })
     }
 
-    /// Runs `work` within the query timeout.
+    /// Runs `work` (the queries, on a connection already taken from the pool) within the
+    /// query timeout.
     async fn bounded<T>(
         &self,
         work: impl Future<Output = Result<T, AuthError>>,
@@ -651,9 +660,9 @@ impl UserStore for PostgresUserStore {
     ) -> Result<Option<User>, AuthError> {
         // One query whether or not the user exists, roles included, then one argon2 check
         // (a dummy one for unknown users): the two cases cost the same. Nothing is written.
+        let client = self.client().await?;
         let row = self
             .bounded(async {
-                let client = self.client().await?;
                 client
                     .query_opt(
                         &format!(
@@ -704,9 +713,9 @@ impl UserStore for PostgresUserStore {
         };
         // Read fresh on every exchange: credentials replaced or deleted on another server
         // apply to the next exchange here.
+        let client = self.client().await?;
         let row = self
             .bounded(async {
-                let client = self.client().await?;
                 client
                     .query_opt(
                         &format!(
@@ -957,7 +966,10 @@ mod tests {
         .await
         .unwrap_err()
         .to_string();
-        assert!(err.contains(&format!("127.0.0.1:{port}/users as os")), "{err}");
+        assert!(
+            err.contains(&format!("127.0.0.1:{port}/users as os")),
+            "{err}"
+        );
         assert!(err.contains("check that PostgreSQL runs there"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
     }
@@ -977,11 +989,7 @@ mod tests {
         let err = PostgresUserStore::open(
             &format!("postgres://os@{addr}/users"),
             hasher(),
-            PostgresOptions::new(
-                Duration::from_millis(300),
-                Duration::from_millis(300),
-                1,
-            ),
+            PostgresOptions::new(Duration::from_millis(300), Duration::from_millis(300), 1),
         )
         .await
         .unwrap_err()

@@ -386,8 +386,7 @@ impl SqliteUserStore {
                 return Ok(false);
             }
             let scram =
-                common::derive_if_current(&self.hasher, hash.clone(), password, iterations)
-                    .await?;
+                common::derive_if_current(&self.hasher, hash.clone(), password, iterations).await?;
             let Some(scram) = scram else {
                 return Ok(false);
             };

@@ -54,7 +54,9 @@ impl Postgres {
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
         if as_postgres_user {
-            run(Command::new("chown").arg("postgres:postgres").arg(dir.path()))?;
+            run(Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(dir.path()))?;
         }
         let pwfile = dir.path().join("pwfile");
         std::fs::write(&pwfile, PASSWORD).map_err(|e| format!("pwfile: {e}"))?;
