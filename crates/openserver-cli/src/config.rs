@@ -10,6 +10,7 @@ use openserver::channels::ChannelsConfig;
 use openserver::server::ServerConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where the user database (and, later, certificates) live unless configured otherwise.
 pub const DEFAULT_DATA_DIR: &str = "./openserver-data";
@@ -41,6 +42,83 @@ pub struct FileConfig {
     pub channels: ChannelsConfig,
     /// The HTTP API for backends (off by default; loopback only unless over TLS).
     pub http_api: HttpApiConfig,
+    /// Where users are kept: `DATA_DIR/users.db` by default, or PostgreSQL for several
+    /// servers that share their users.
+    pub users: UsersConfig,
+}
+
+/// The `[users]` section: which user store `serve` and `openserver user` open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsersConfig {
+    /// `postgres://USER@HOST:PORT/DB` (password in the URL or `PGPASSWORD`), or
+    /// `sqlite:PATH`. Unset: the SQLite file `users.db` in `data_dir`. Printed (by
+    /// `config check`) with any password replaced by `***`.
+    #[serde(
+        serialize_with = "serialize_redacted",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub store: Option<String>,
+    /// PostgreSQL: longest wait for a new connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// PostgreSQL: longest a login or an admin call waits for the database.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// PostgreSQL: most connections each server keeps open.
+    pub pool_size: usize,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        let pg = openserver::auth::PostgresOptions::default();
+        UsersConfig {
+            store: None,
+            connect_timeout: pg.connect_timeout,
+            query_timeout: pg.query_timeout,
+            pool_size: pg.pool_size,
+        }
+    }
+}
+
+impl UsersConfig {
+    /// The PostgreSQL limits these settings give.
+    pub fn postgres_options(&self) -> openserver::auth::PostgresOptions {
+        openserver::auth::PostgresOptions::new(
+            self.connect_timeout,
+            self.query_timeout,
+            self.pool_size,
+        )
+    }
+
+    fn validate(&self) -> Result<()> {
+        if let Some(store) = &self.store {
+            crate::users::StoreLocation::parse(store).context("users.store")?;
+        }
+        if self.pool_size == 0 {
+            anyhow::bail!("users.pool_size must be at least 1");
+        }
+        for (key, value) in [
+            ("users.connect_timeout", self.connect_timeout),
+            ("users.query_timeout", self.query_timeout),
+        ] {
+            if value.is_zero() {
+                anyhow::bail!("{key} must be more than 0s");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `users.store` with its password, if any, replaced by `***`.
+fn serialize_redacted<S: serde::Serializer>(
+    store: &Option<String>,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match store {
+        Some(url) => serializer.serialize_some(&openserver::auth::redact_url(url)),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// The Admin protocol (5) of `serve`: list sessions and kick one.
@@ -137,6 +215,7 @@ impl Default for FileConfig {
             alerts: AlertsConfig::default(),
             channels: ChannelsConfig::default(),
             http_api: HttpApiConfig::default(),
+            users: UsersConfig::default(),
         }
     }
 }
@@ -231,6 +310,7 @@ impl FileConfig {
             anyhow::bail!("admin.role must not be empty while admin.enabled is true");
         }
         self.alerts.validate()?;
+        self.users.validate()?;
         self.channels.validate().map_err(anyhow::Error::msg)?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level)
@@ -358,6 +438,35 @@ mod tests {
         // The example leaves max_concurrent out: its default is the machine's CPU count.
         parsed.hash.max_concurrent = HashParams::default().max_concurrent;
         assert_eq!(parsed, FileConfig::default());
+    }
+
+    #[test]
+    fn users_store_is_checked_and_printed_without_its_password() {
+        let text =
+            "[users]\nstore = \"postgres://os:s3cret@db:5432/users\"\nquery_timeout = \"2s\"\n";
+        let config = FileConfig::parse(text).unwrap();
+        assert_eq!(
+            config.users.query_timeout,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(config.users.postgres_options().query_timeout.as_secs(), 2);
+        let printed = toml::to_string(&config).unwrap();
+        assert!(
+            printed.contains("store = \"postgres://os:***@db:5432/users\""),
+            "{printed}"
+        );
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(!toml::to_string(&FileConfig::default())
+            .unwrap()
+            .contains("store ="));
+        for (bad, key) in [
+            ("[users]\nstore = \"mysql://db/x\"\n", "users.store"),
+            ("[users]\npool_size = 0\n", "users.pool_size"),
+            ("[users]\nquery_timeout = \"0s\"\n", "users.query_timeout"),
+        ] {
+            let err = format!("{:#}", FileConfig::parse(bad).unwrap_err());
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod config;
 mod http_api;
 mod http_listener;
 mod metrics;
+mod users;
 
 use clap::{Parser, Subcommand};
 use cmd::reload::LogLevel;

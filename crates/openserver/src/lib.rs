@@ -22,7 +22,9 @@
 //!   the [`Login`](session::Login) powers, and `SessionHost`, the seam to the server above.
 //! - [`protocol`]: the [`Protocol`](protocol::Protocol) trait and the built-in protocols, one
 //!   file each; Admin reads sessions through its own `SessionDirectory` trait.
-//! - [`auth`]: the [`UserStore`](auth::UserStore) trait, the SQLite store, argon2id, SCRAM.
+//! - [`auth`]: the [`UserStore`](auth::UserStore) trait, the SQLite store (`sqlite.rs`), the
+//!   PostgreSQL store for servers that share users (`postgres.rs`), the rules and password work
+//!   both share (`common.rs`), argon2id, SCRAM.
 //! - [`tls`]: rustls for both sides, certificate reload, development certificates.
 //! - [`server`]: listener and caps (`mod.rs`), the server side of a connection (`driver.rs`:
 //!   auth gate, dispatch, logins), `link.rs` (its `SessionHost`), `proxy.rs` (PROXY protocol

@@ -2,9 +2,10 @@
 
 use crate::cmd::reload::{Hangups, LogLevel, Reloader};
 use crate::config::{FileConfig, LogFormat};
+use crate::users::{StoreLocation, Users};
 use anyhow::{Context as _, Result};
 use clap::Args;
-use openserver::auth::{PasswordHasher, SqliteUserStore};
+use openserver::auth::PasswordHasher;
 use openserver::server::Server;
 use openserver::tls::{self_signed, ServerTls};
 use openserver::wire::Secret;
@@ -12,7 +13,6 @@ use rand::distributions::{Alphanumeric, DistString};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// Arguments of `openserver serve`; flags override the configuration file.
 #[derive(Args, Debug)]
@@ -26,6 +26,11 @@ pub struct ServeArgs {
     /// Data directory holding users.db [default: ./openserver-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The user store: postgres://USER@HOST:PORT/DB (password in the URL or PGPASSWORD),
+    /// shared by every server given it, or sqlite:PATH [default: `[users] store` of
+    /// --config, else users.db in the data directory].
+    #[arg(long, value_name = "URL")]
+    pub users: Option<String>,
     /// Log every packet in and out in hex (passwords included: debugging only).
     #[arg(long)]
     pub log_packets: bool,
@@ -81,6 +86,10 @@ pub fn effective_config(args: &ServeArgs) -> Result<FileConfig> {
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }
+    if let Some(users) = &args.users {
+        StoreLocation::parse(users).context("--users")?;
+        config.users.store = Some(users.clone());
+    }
     config.server.log_packets |= args.log_packets;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls.cert = Some(cert.clone());
@@ -114,10 +123,11 @@ pub async fn run(config: FileConfig, args: ServeArgs, log: LogLevel) -> Result<(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let hasher = PasswordHasher::new(config.hash.clone()).context("invalid [hash] settings")?;
-    let db = SqliteUserStore::default_path(&config.data_dir);
-    let store = crate::cmd::user::open_store(&db, hasher.clone(), &config.auth)?;
+    let location = StoreLocation::resolve(None, &config)?;
+    let store = Users::open(&location, hasher.clone(), &config).await?;
+    tracing::info!(store = %location.describe(), "user store open");
     if !config.auth.scram {
-        // A verifier nobody can use is only a cheaper target for whoever steals users.db.
+        // A verifier nobody can use is only a cheaper target for whoever steals the users.
         let dropped = store.drop_scram_credentials().await?;
         if dropped > 0 {
             tracing::info!(
@@ -131,7 +141,7 @@ pub async fn run(config: FileConfig, args: ServeArgs, log: LogLevel) -> Result<(
     create_first_admin(&store).await?;
 
     let mut builder = Server::builder(config.server.clone())
-        .user_store(Arc::new(store))
+        .user_store(store.into_user_store())
         .hello()
         .channels(config.channels.clone());
     if config.auth.scram {
@@ -215,20 +225,28 @@ fn server_tls(config: &FileConfig) -> Result<Option<ServerTls>> {
     Ok(Some(server_tls))
 }
 
-/// On a first start with no users, creates `admin` with a random password and prints it once.
-async fn create_first_admin(store: &SqliteUserStore) -> Result<()> {
+/// On a first start with no users, creates `admin` with a random password and prints it once
+/// (once per store: of servers sharing one, only the first to start prints it).
+async fn create_first_admin(store: &Users) -> Result<()> {
     if store.user_count().await? > 0 {
         return Ok(());
     }
     let password = Alphanumeric.sample_string(&mut rand::thread_rng(), 24);
-    store
+    let added = store
         .add_user(
             "admin",
             &Secret::new(password.clone()),
             &["admin".to_string()],
         )
-        .await?;
-    println!("created user admin with password {password} (shown only this once)");
+        .await;
+    match added {
+        Ok(_) => {
+            println!("created user admin with password {password} (shown only this once)")
+        }
+        // Servers sharing a store that start together: another one created it first.
+        Err(openserver::auth::AuthError::UserExists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     Ok(())
 }
 

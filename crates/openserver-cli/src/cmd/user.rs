@@ -1,11 +1,13 @@
-//! `openserver user`: manage the accounts in the server's SQLite user store.
+//! `openserver user`: manage the accounts in the server's user store (the SQLite file in the
+//! data directory, or the one `--users` / `[users] store` names).
 
-use crate::config::{AuthConfig, FileConfig};
+use crate::config::FileConfig;
+use crate::users::{is_default_sqlite, StoreLocation, Users};
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Subcommand};
-use openserver::auth::{AuthError, PasswordHasher, SqliteUserStore};
+use openserver::auth::{self, AuthError, PasswordHasher};
 use openserver::wire::Secret;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Arguments of `openserver user`.
 #[derive(Args, Debug)]
@@ -24,6 +26,12 @@ pub struct UserArgs {
     /// stored only if the server offers ScramAuth, at its iteration count.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// The user store: postgres://USER@HOST:PORT/DB (password in the URL or PGPASSWORD) or
+    /// sqlite:PATH [default: `[users] store` of --config, else users.db in the data
+    /// directory].
+    #[arg(long, global = true, value_name = "URL")]
+    pub users: Option<String>,
 }
 
 /// The `openserver user` subcommands.
@@ -64,7 +72,9 @@ pub async fn run(args: UserArgs) -> Result<()> {
         None => FileConfig::default(),
     };
     let data_dir = args.data_dir.clone().unwrap_or(config.data_dir.clone());
-    let db_path = SqliteUserStore::default_path(&data_dir);
+    let config = FileConfig { data_dir, ..config };
+    let location = StoreLocation::resolve(args.users.as_deref(), &config)?;
+    let hasher = PasswordHasher::new(config.hash.clone()).context("invalid [hash] settings")?;
     match args.command {
         UserCommand::Add {
             name,
@@ -72,11 +82,14 @@ pub async fn run(args: UserArgs) -> Result<()> {
             password_stdin,
         } => {
             // Check everything we can before asking for a password.
-            SqliteUserStore::validate_name(&name)?;
-            SqliteUserStore::validate_roles(&roles)?;
-            std::fs::create_dir_all(&data_dir)
-                .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-            let store = open(&db_path, &config)?;
+            auth::validate_name(&name)?;
+            auth::validate_roles(&roles)?;
+            if is_default_sqlite(&location, &config.data_dir) {
+                let dir = &config.data_dir;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+            }
+            let store = Users::open(&location, hasher, &config).await?;
             if store.get_user(&name).await?.is_some() {
                 bail!("user {name} already exists");
             }
@@ -88,7 +101,7 @@ pub async fn run(args: UserArgs) -> Result<()> {
             println!("added user {} (id {})", user.name, user.id);
         }
         UserCommand::Del { name } => {
-            let store = open_existing(&db_path, &config)?;
+            let store = Users::open_existing(&location, hasher, &config).await?;
             store
                 .delete_user(&name)
                 .await
@@ -99,7 +112,7 @@ pub async fn run(args: UserArgs) -> Result<()> {
             name,
             password_stdin,
         } => {
-            let store = open_existing(&db_path, &config)?;
+            let store = Users::open_existing(&location, hasher, &config).await?;
             if store.get_user(&name).await?.is_none() {
                 bail!("no user named {name}");
             }
@@ -111,10 +124,10 @@ pub async fn run(args: UserArgs) -> Result<()> {
             println!("changed the password of {name}");
         }
         UserCommand::List {} => {
-            let store = open_existing(&db_path, &config)?;
+            let store = Users::open_existing(&location, hasher, &config).await?;
             let users = store.list_users().await?;
             if users.is_empty() {
-                eprintln!("no users in {}", db_path.display());
+                eprintln!("no users in {}", location.describe());
             }
             let id_width = users
                 .iter()
@@ -138,40 +151,6 @@ pub async fn run(args: UserArgs) -> Result<()> {
     Ok(())
 }
 
-fn open(path: &Path, config: &FileConfig) -> Result<SqliteUserStore> {
-    let hasher = PasswordHasher::new(config.hash.clone()).context("invalid [hash] settings")?;
-    open_store(path, hasher, &config.auth)
-}
-
-/// Opens the user database with the `[auth]` settings: SCRAM verifiers at
-/// `scram_iterations` while `scram` is on, none otherwise (a password set then has none).
-pub fn open_store(
-    path: &Path,
-    hasher: PasswordHasher,
-    auth: &AuthConfig,
-) -> Result<SqliteUserStore> {
-    let store = SqliteUserStore::open(path, hasher)
-        .with_context(|| format!("cannot open user database {}", path.display()))?;
-    if !auth.scram {
-        return Ok(store);
-    }
-    store
-        .with_scram(auth.scram_iterations)
-        .context("invalid auth.scram_iterations")
-}
-
-/// Opens the store only if it exists, so a mistyped `--data-dir` is reported instead of
-/// silently creating an empty database.
-fn open_existing(path: &Path, config: &FileConfig) -> Result<SqliteUserStore> {
-    if !path.exists() {
-        bail!(
-            "no user database at {} (add a user first, or check --data-dir)",
-            path.display()
-        );
-    }
-    open(path, config)
-}
-
 /// Turns store errors into messages for people; `action` completes "cannot ...".
 fn explain(err: AuthError, action: &str) -> anyhow::Error {
     match err {
@@ -192,7 +171,7 @@ async fn read_password(from_stdin: bool) -> Result<Secret> {
     })
     .await
     .context("password reader failed")??;
-    SqliteUserStore::validate_password(&password)?;
+    auth::validate_password(&password)?;
     Ok(password)
 }
 

@@ -3,18 +3,26 @@
 //! - [`UserStore`]: the trait the auth protocols check credentials against. Implement it to
 //!   plug in your own user database.
 //! - [`SqliteUserStore`]: the default store, a SQLite file with argon2id hashes.
+//! - [`PostgresUserStore`]: the same store in PostgreSQL, for several servers that share
+//!   their users.
+//! - [`validate_name`], [`validate_password`], [`validate_roles`]: the rules both stores
+//!   hold names, passwords and roles to (`common.rs` also holds the password work they share).
 //! - [`PasswordHasher`]: argon2id hashing off the async threads, with bounded concurrency, and
 //!   a dummy verification for unknown users so they cost the same time as a wrong password.
 //! - [`scram`]: SCRAM-SHA-256, the login that never sends the password, and the
 //!   [`ScramCredentials`] a store keeps for it.
 //! - [`token`]: logins with the application's signed tokens (JWT), and resume tokens.
 
+mod common;
 mod hasher;
+mod postgres;
 pub mod scram;
 mod sqlite;
 pub mod token;
 
+pub use common::{validate_name, validate_password, validate_roles};
 pub use hasher::{HashParams, PasswordHasher};
+pub use postgres::{redact_url, PostgresOptions, PostgresUserStore};
 pub use sqlite::SqliteUserStore;
 
 use crate::wire::Secret;

@@ -1,14 +1,14 @@
 //! [`SqliteUserStore`]: users in a SQLite file, passwords stored as argon2id PHC strings and,
 //! while SCRAM is enabled on the store, as SCRAM-SHA-256 credentials.
 
-use super::scram::{ScramCredentials, MAX_ITERATIONS, MIN_ITERATIONS};
+use super::common::{
+    self, normalize_roles, user_id, DerivingSet, DEFAULT_FAKE_ITERATIONS, SCRAM_SECRET_SETTING,
+};
+use super::scram::ScramCredentials;
 use super::{AuthError, PasswordHasher, ScramLookup, User, UserStore};
 use crate::wire::Secret;
 use async_trait::async_trait;
-use rand::rngs::OsRng;
-use rand::RngCore as _;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
-use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,12 +18,6 @@ use tokio::sync::Semaphore;
 /// File name of the user database inside the server's data directory.
 pub const USERS_DB_FILE: &str = "users.db";
 
-/// Longest accepted user name, in bytes.
-const MAX_NAME_BYTES: usize = 256;
-/// Longest accepted password, in bytes.
-const MAX_PASSWORD_BYTES: usize = 1024;
-/// Longest accepted role, in bytes.
-const MAX_ROLE_BYTES: usize = 64;
 /// How long to wait for another process (say the CLI while the server runs) to release a lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -55,14 +49,6 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;",
 ];
 
-/// Key in `settings` of the secret behind fake SCRAM salts ([`ScramCredentials::fake`]). Kept
-/// in the database so an unknown user's salt stays the same across restarts, as a real
-/// user's does.
-const SCRAM_SECRET_SETTING: &str = "scram_secret";
-
-/// Iterations of the stand-in credentials a store without SCRAM answers with.
-const DEFAULT_FAKE_ITERATIONS: u32 = super::scram::DEFAULT_ITERATIONS;
-
 /// The schema version this code writes and understands.
 const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
@@ -93,36 +79,8 @@ pub struct SqliteUserStore {
     scram_secret: [u8; 32],
     /// PBKDF2 iterations of new SCRAM credentials; `None`: SCRAM credentials are not kept.
     scram_iterations: Option<u32>,
-    /// Users whose SCRAM credentials a login is deriving now. A crowd of first logins of one
-    /// user (a fleet reconnecting after an upgrade) derives them once, not once per login:
-    /// each derivation is a full PBKDF2 run.
-    deriving: Arc<Mutex<HashSet<i32>>>,
-}
-
-/// A user's place in [`SqliteUserStore::deriving`], given back on drop.
-struct Deriving {
-    set: Arc<Mutex<HashSet<i32>>>,
-    id: i32,
-}
-
-impl Deriving {
-    /// Claims `id`, unless another login holds it.
-    fn claim(set: &Arc<Mutex<HashSet<i32>>>, id: i32) -> Option<Self> {
-        let fresh = set.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
-        fresh.then(|| Deriving {
-            set: Arc::clone(set),
-            id,
-        })
-    }
-}
-
-impl Drop for Deriving {
-    fn drop(&mut self) {
-        self.set
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
-    }
+    /// Users whose SCRAM credentials a login is deriving now ([`DerivingSet`]).
+    deriving: DerivingSet,
 }
 
 impl SqliteUserStore {
@@ -164,7 +122,7 @@ impl SqliteUserStore {
             hasher,
             scram_secret,
             scram_iterations: None,
-            deriving: Arc::default(),
+            deriving: DerivingSet::default(),
         })
     }
 
@@ -174,15 +132,7 @@ impl SqliteUserStore {
     /// denied. [`AuthError::Invalid`] outside
     /// [`MIN_ITERATIONS`]..=[`MAX_ITERATIONS`], which clients refuse.
     pub fn with_scram(mut self, iterations: u32) -> Result<Self, AuthError> {
-        if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
-            return Err(AuthError::Invalid {
-                field: "SCRAM iterations",
-                reason: format!(
-                    "{iterations} is outside {MIN_ITERATIONS}..={MAX_ITERATIONS}, the range \
-                     clients accept"
-                ),
-            });
-        }
+        common::check_scram_iterations(iterations)?;
         self.scram_iterations = Some(iterations);
         Ok(self)
     }
@@ -217,10 +167,11 @@ impl SqliteUserStore {
         password: &Secret,
         roles: &[String],
     ) -> Result<User, AuthError> {
-        Self::validate_name(name)?;
-        Self::validate_password(password)?;
+        common::validate_name(name)?;
+        common::validate_password(password)?;
         let roles = normalize_roles(roles)?;
-        let (hash, scram) = self.hash_password(password).await?;
+        let (hash, scram) =
+            common::hash_password(&self.hasher, self.scram_iterations, password).await?;
         let name = name.to_owned();
         self.with_conn(move |conn| {
             let tx = conn
@@ -271,8 +222,9 @@ impl SqliteUserStore {
     /// Replaces a user's password; [`AuthError::NoSuchUser`] if absent. Its SCRAM credentials
     /// are replaced too, or cleared while the store keeps none.
     pub async fn set_password(&self, name: &str, password: &Secret) -> Result<(), AuthError> {
-        Self::validate_password(password)?;
-        let (hash, scram) = self.hash_password(password).await?;
+        common::validate_password(password)?;
+        let (hash, scram) =
+            common::hash_password(&self.hasher, self.scram_iterations, password).await?;
         let name = name.to_owned();
         self.with_conn(move |conn| {
             let updated = conn
@@ -381,84 +333,25 @@ impl SqliteUserStore {
         .await
     }
 
-    /// Checks a user name against the store's rules: not empty, at most 256 bytes, no control
-    /// characters. Lets callers such as the CLI reject a name before asking for a password.
+    /// Checks a user name against the store's rules ([`auth::validate_name`]).
+    ///
+    /// [`auth::validate_name`]: super::validate_name
     pub fn validate_name(name: &str) -> Result<(), AuthError> {
-        let invalid = |reason: &str| {
-            Err(AuthError::Invalid {
-                field: "user name",
-                reason: reason.into(),
-            })
-        };
-        if name.is_empty() {
-            return invalid("empty");
-        }
-        if name.len() > MAX_NAME_BYTES {
-            return invalid(&format!("longer than {MAX_NAME_BYTES} bytes"));
-        }
-        if name.chars().any(char::is_control) {
-            return invalid("contains control characters");
-        }
-        Ok(())
+        common::validate_name(name)
     }
 
-    /// Checks a password against the store's rules: not empty, at most 1024 bytes.
+    /// Checks a password against the store's rules ([`auth::validate_password`]).
+    ///
+    /// [`auth::validate_password`]: super::validate_password
     pub fn validate_password(password: &Secret) -> Result<(), AuthError> {
-        let len = password.expose().len();
-        let reason = if len == 0 {
-            "empty".to_owned()
-        } else if len > MAX_PASSWORD_BYTES {
-            format!("longer than {MAX_PASSWORD_BYTES} bytes")
-        } else {
-            return Ok(());
-        };
-        Err(AuthError::Invalid {
-            field: "password",
-            reason,
-        })
+        common::validate_password(password)
     }
 
-    /// Checks roles against the store's rules: each one not empty, at most 64 bytes, made of
-    /// ASCII letters, digits, `_`, `.` and `-`.
+    /// Checks roles against the store's rules ([`auth::validate_roles`]).
+    ///
+    /// [`auth::validate_roles`]: super::validate_roles
     pub fn validate_roles(roles: &[String]) -> Result<(), AuthError> {
-        for role in roles {
-            let reason = if role.is_empty() {
-                "empty role".to_owned()
-            } else if role.len() > MAX_ROLE_BYTES {
-                format!("role longer than {MAX_ROLE_BYTES} bytes")
-            } else if !role
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-            {
-                format!("role {role:?} may only hold A-Z, a-z, 0-9, '_', '.' and '-'")
-            } else {
-                continue;
-            };
-            return Err(AuthError::Invalid {
-                field: "role",
-                reason,
-            });
-        }
-        Ok(())
-    }
-
-    /// The argon2 hash and (while the store keeps them) the SCRAM credentials of
-    /// `password`, in one job on the hasher's blocking pool.
-    async fn hash_password(
-        &self,
-        password: &Secret,
-    ) -> Result<(String, Option<ScramCredentials>), AuthError> {
-        let hasher = self.hasher.clone();
-        let password = password.clone();
-        let iterations = self.scram_iterations;
-        self.hasher
-            .run_limited(move || {
-                let hash = hasher.hash_blocking(password.expose())?;
-                let scram =
-                    iterations.map(|i| ScramCredentials::generate_with(password.expose(), i));
-                Ok((hash, scram))
-            })
-            .await
+        common::validate_roles(roles)
     }
 
     /// Stores SCRAM credentials at `iterations` for `user`, whose login with `password` was
@@ -469,7 +362,7 @@ impl SqliteUserStore {
     /// another login of the same user derives them, this one leaves it to that one.
     async fn refresh_scram(&self, user: &User, password: &Secret, iterations: u32) -> bool {
         let id = user.id;
-        let Some(_claim) = Deriving::claim(&self.deriving, id) else {
+        let Some(_claim) = self.deriving.claim(id) else {
             return false;
         };
         let stored = async {
@@ -492,21 +385,8 @@ impl SqliteUserStore {
             if current == Some(i64::from(iterations)) {
                 return Ok(false);
             }
-            let hasher = self.hasher.clone();
-            let password = password.clone();
-            let checked_hash = hash.clone();
-            let scram = self
-                .hasher
-                .run_limited(move || {
-                    if !hasher.verify_blocking(Some(&checked_hash), password.expose())? {
-                        return Ok(None);
-                    }
-                    Ok(Some(ScramCredentials::generate_with(
-                        password.expose(),
-                        iterations,
-                    )))
-                })
-                .await?;
+            let scram =
+                common::derive_if_current(&self.hasher, hash.clone(), password, iterations).await?;
             let Some(scram) = scram else {
                 return Ok(false);
             };
@@ -529,21 +409,7 @@ impl SqliteUserStore {
             })
             .await
         };
-        match stored.await {
-            Ok(true) => {
-                tracing::info!(
-                    user_id = id,
-                    iterations,
-                    "stored SCRAM credentials at password login"
-                );
-                true
-            }
-            Ok(false) => false,
-            Err(e) => {
-                tracing::warn!(user_id = id, error = %e, "cannot store SCRAM credentials");
-                false
-            }
-        }
+        common::log_refresh(id, iterations, stored.await)
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -667,19 +533,6 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
             && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
 
-fn user_id(raw: i64) -> Result<i32, AuthError> {
-    i32::try_from(raw).map_err(|_| AuthError::Store(format!("user id {raw} does not fit in i32")))
-}
-
-/// Validates, sorts and dedups roles, the form they are stored and read back in.
-fn normalize_roles(roles: &[String]) -> Result<Vec<String>, AuthError> {
-    SqliteUserStore::validate_roles(roles)?;
-    let mut roles = roles.to_vec();
-    roles.sort();
-    roles.dedup();
-    Ok(roles)
-}
-
 /// The id and password hash of the user `name`.
 fn find_user(conn: &Connection, name: &str) -> Result<Option<(i32, String)>, AuthError> {
     let found: Option<(i64, String)> = conn
@@ -727,27 +580,7 @@ fn find_scram(
         return Ok(None);
     };
     let id = user_id(id)?;
-    let credentials = match (salt, iterations, stored_key, server_key) {
-        (None, None, None, None) => None,
-        (Some(salt), Some(iterations), Some(stored_key), Some(server_key)) => {
-            let corrupt =
-                || AuthError::Store(format!("SCRAM credentials of user {id} are invalid"));
-            Some(ScramCredentials {
-                iterations: u32::try_from(iterations)
-                    .ok()
-                    .filter(|i| *i > 0)
-                    .ok_or_else(corrupt)?,
-                stored_key: stored_key.try_into().map_err(|_| corrupt())?,
-                server_key: server_key.try_into().map_err(|_| corrupt())?,
-                salt: Some(salt).filter(|s| !s.is_empty()).ok_or_else(corrupt)?,
-            })
-        }
-        _ => {
-            return Err(AuthError::Store(format!(
-                "SCRAM credentials of user {id} are incomplete"
-            )))
-        }
-    };
+    let credentials = common::scram_from_columns(id, salt, iterations, stored_key, server_key)?;
     Ok(Some((id, credentials)))
 }
 
@@ -766,8 +599,7 @@ fn load_or_create_scram_secret(conn: &Connection) -> Result<[u8; 32], AuthError>
     let value = match read()? {
         Some(value) => value,
         None => {
-            let mut secret = [0u8; 32];
-            OsRng.fill_bytes(&mut secret);
+            let secret = common::new_scram_secret();
             // OR IGNORE: another process may have created it since the read; theirs wins.
             conn.execute(
                 "INSERT OR IGNORE INTO settings (name, value) VALUES (?1, ?2)",
@@ -777,9 +609,7 @@ fn load_or_create_scram_secret(conn: &Connection) -> Result<[u8; 32], AuthError>
             read()?.ok_or_else(|| AuthError::Store("SCRAM secret vanished".into()))?
         }
     };
-    value
-        .try_into()
-        .map_err(|_| AuthError::Store("stored SCRAM secret is not 32 bytes".into()))
+    common::scram_secret_from(value)
 }
 
 fn load_roles(conn: &Connection, id: i32) -> Result<Vec<String>, AuthError> {
@@ -1424,7 +1254,7 @@ mod tests {
             8192
         );
         // The claim is given back: a later login may derive again.
-        assert!(store.deriving.lock().unwrap().is_empty());
+        assert!(store.deriving.is_empty());
         assert!(store.refresh_scram(&user, &pw("pw"), 16384).await);
     }
 

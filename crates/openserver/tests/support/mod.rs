@@ -121,6 +121,7 @@ pub fn decode_all(max_payload: usize, bytes: &[u8]) -> Decoded {
     decode_chunks(max_payload, std::iter::once(bytes))
 }
 pub mod harness;
+pub mod postgres;
 
 /// Non-ASCII text as the public DNOS clients write it (Java first, then C#): `C` frames the
 /// client sent and the `S` answers it reads back as the same text.
