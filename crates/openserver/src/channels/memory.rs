@@ -308,6 +308,7 @@ mod tests {
         }
         fn join(&self, _: &str, _: &ClientInfo) {}
         fn leave(&self, _: &str, _: &ClientInfo) {}
+        fn resync(&self, _: &str) {}
     }
 
     #[tokio::test]
