@@ -92,8 +92,8 @@ async fn publications_cross_nodes_in_order() {
     for n in 1..=30u64 {
         let data = n.to_string();
         let position = match n % 3 {
-            0 => alice.publish("lobby", data.as_str()).await.unwrap(),
-            1 => bob.publish("lobby", data.as_str()).await.unwrap(),
+            0 => alice.publish("lobby", data).await.unwrap(),
+            1 => bob.publish("lobby", data).await.unwrap(),
             _ => a.server.handle.publish("lobby", data).await.unwrap(),
         };
         assert_eq!(position.offset, n);
@@ -285,7 +285,7 @@ async fn a_lost_pubsub_connection_is_reopened_and_the_gap_filled_from_history() 
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let killed: u64 = redis::cmd("CLIENT")
-        .arg(["KILL", "TYPE", "pubsub"])
+        .arg(&["KILL", "TYPE", "pubsub"])
         .query_async(&mut conn)
         .await
         .unwrap();

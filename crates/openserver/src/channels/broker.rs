@@ -118,10 +118,11 @@ pub struct BrokerError(pub String);
 pub trait BrokerSink: Send + Sync + 'static {
     /// A publication of `channel`, in the history of `epoch`.
     fn publication(&self, channel: &str, epoch: &str, publication: &Publication);
-    /// `client` joined `channel`.
-    fn join(&self, channel: &str, client: &ClientInfo);
-    /// `client` left `channel`.
-    fn leave(&self, channel: &str, client: &ClientInfo);
+    /// `client` joined `channel`; `here`: its session is on this node (session ids are
+    /// numbered per node, so only then is it one of this node's sessions).
+    fn join(&self, channel: &str, client: &ClientInfo, here: bool);
+    /// `client` left `channel`; `here` as for [`join`](Self::join).
+    fn leave(&self, channel: &str, client: &ClientInfo, here: bool);
     /// The node's delivery of `channel` was interrupted (a lost connection to the broker,
     /// now back): publications made meanwhile may never arrive. Called before anything
     /// published after the interruption is delivered; the engine fills the gap from the

@@ -846,12 +846,12 @@ impl BrokerSink for Engine {
         fan_out(&local, channel, epoch, publication);
     }
 
-    fn join(&self, channel: &str, client: &ClientInfo) {
-        self.presence_event(channel, client, true);
+    fn join(&self, channel: &str, client: &ClientInfo, here: bool) {
+        self.presence_event(channel, client, true, here);
     }
 
-    fn leave(&self, channel: &str, client: &ClientInfo) {
-        self.presence_event(channel, client, false);
+    fn leave(&self, channel: &str, client: &ClientInfo, here: bool) {
+        self.presence_event(channel, client, false, here);
     }
 
     fn resync(&self, channel: &str) {
@@ -1043,7 +1043,9 @@ fn fan_out(local: &Local, channel: &str, epoch: &str, publication: &Publication)
 }
 
 impl Engine {
-    fn presence_event(&self, channel: &str, client: &ClientInfo, join: bool) {
+    /// Pushes a join or leave to the channel's live sessions here, but not to the session it
+    /// is about.
+    fn presence_event(&self, channel: &str, client: &ClientInfo, join: bool, here: bool) {
         let Some(local) = lock(&self.local).get(channel).cloned() else {
             return;
         };
@@ -1066,7 +1068,7 @@ impl Engine {
         };
         let subs = lock(&local.subs);
         for (id, sub) in subs.iter() {
-            if *id != client.session && sub.starting.is_none() {
+            if !(here && *id == client.session) && sub.starting.is_none() {
                 let _ = sub.session.push(frame.clone());
             }
         }

@@ -376,7 +376,7 @@ impl Inner {
         client: &ClientInfo,
     ) -> Result<(), BrokerError> {
         let topic = self.keys.channel(channel).topic;
-        let event = payload::encode_presence_event(join, client);
+        let event = payload::encode_presence_event(join, client, self.keys.node());
         let what = if join {
             "publish a join"
         } else {
@@ -444,8 +444,12 @@ impl Inner {
             Ok(Event::Publication { epoch, publication }) => {
                 sink.publication(&channel, &epoch, &publication)
             }
-            Ok(Event::Join(client)) => sink.join(&channel, &client),
-            Ok(Event::Leave(client)) => sink.leave(&channel, &client),
+            Ok(Event::Join { client, node }) => {
+                sink.join(&channel, &client, node == self.keys.node())
+            }
+            Ok(Event::Leave { client, node }) => {
+                sink.leave(&channel, &client, node == self.keys.node())
+            }
             Err(e) => {
                 // Perhaps a publication: never a silent gap.
                 tracing::error!(channel, error = %e, "unreadable message on the channel's topic");

@@ -1,10 +1,11 @@
 //! What travels on a channel's pub/sub topic: one MessagePack array per event.
 //!
 //! The Lua scripts write these (Redis's `cmsgpack`), so the format is what they can write
-//! cheaply: publications `[0, epoch, offset, user, data]`, joins `[1, client]` and leaves
-//! `[2, client]`, where `client` is the `[user, session, since]` array kept as the value of
-//! the channel's presence hash (so that a script can publish a leave from the stored entry
-//! without unpacking it). Strings may come as MessagePack `str` or `bin`: `cmsgpack` writes
+//! cheaply: publications `[0, epoch, offset, user, data]`, joins `[1, client, node]` and
+//! leaves `[2, client, node]`, where `client` is the `[user, session, since]` array kept as
+//! the value of the channel's presence hash (so that a script can publish a leave from the
+//! stored entry without unpacking it) and `node` the escaped id of the session's node
+//! (session ids are numbered per node). Strings may come as MessagePack `str` or `bin`: `cmsgpack` writes
 //! every Lua string as `str`, whatever its bytes.
 
 use super::super::broker::{ClientInfo, Publication};
@@ -20,10 +21,20 @@ pub(crate) enum Event {
         /// The publication.
         publication: Publication,
     },
-    /// A session joined.
-    Join(ClientInfo),
-    /// A session left.
-    Leave(ClientInfo),
+    /// A session of `node` (escaped) joined.
+    Join {
+        /// Who.
+        client: ClientInfo,
+        /// The session's node.
+        node: String,
+    },
+    /// A session of `node` (escaped) left.
+    Leave {
+        /// Who.
+        client: ClientInfo,
+        /// The session's node.
+        node: String,
+    },
 }
 
 const PUBLICATION: u64 = 0;
@@ -40,12 +51,14 @@ pub(crate) fn encode_client(client: &ClientInfo) -> Vec<u8> {
     out
 }
 
-/// A join or leave event from a stored presence entry (as the sweeper script builds it).
-pub(crate) fn encode_presence_event(join: bool, client: &ClientInfo) -> Vec<u8> {
+/// A join or leave event of a session of `node` (escaped), as the sweeper script also
+/// builds it from a stored presence entry.
+pub(crate) fn encode_presence_event(join: bool, client: &ClientInfo, node: &str) -> Vec<u8> {
     let mut out = Vec::new();
-    array(&mut out, 2);
+    array(&mut out, 3);
     uint(&mut out, if join { JOIN } else { LEAVE });
     out.extend_from_slice(&encode_client(client));
+    raw(&mut out, 0xa0, 0xd9, node.as_bytes());
     out
 }
 
@@ -79,8 +92,15 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Event, String> {
                 publication: Publication { offset, data, user },
             }
         }
-        (JOIN, 2) => Event::Join(r.client()?),
-        (LEAVE, 2) => Event::Leave(r.client()?),
+        (JOIN | LEAVE, 3) => {
+            let client = r.client()?;
+            let node = r.string()?;
+            if kind == JOIN {
+                Event::Join { client, node }
+            } else {
+                Event::Leave { client, node }
+            }
+        }
         _ => return Err(format!("unknown event kind {kind} with {len} fields")),
     };
     if r.at != bytes.len() {
@@ -250,13 +270,20 @@ mod tests {
         let long = "u".repeat(40);
         for c in [client("bob", 7, 1_700_000_000_123), client(&long, u64::MAX, 0)] {
             assert_eq!(decode_client(&encode_client(&c)), Ok(c.clone()));
+            let node = || "web%201".to_string();
             assert_eq!(
-                decode(&encode_presence_event(true, &c)),
-                Ok(Event::Join(c.clone()))
+                decode(&encode_presence_event(true, &c, "web%201")),
+                Ok(Event::Join {
+                    client: c.clone(),
+                    node: node()
+                })
             );
             assert_eq!(
-                decode(&encode_presence_event(false, &c)),
-                Ok(Event::Leave(c.clone()))
+                decode(&encode_presence_event(false, &c, "web%201")),
+                Ok(Event::Leave {
+                    client: c.clone(),
+                    node: node()
+                })
             );
         }
     }
@@ -297,14 +324,14 @@ mod tests {
         longer.push(0);
         assert!(decode(&longer).unwrap_err().contains("after"));
         assert!(decode(&[0x92, 0x09, 0x90]).unwrap_err().contains("kind 9"));
-        assert!(decode(&[0x93, 0x01, 0xa0, 0x00, 0x00])
+        assert!(decode(&[0x92, 0x01, 0xa0])
             .unwrap_err()
-            .contains("kind 1 with 3"));
+            .contains("kind 1 with 2"));
         assert!(decode(&[0xc0]).unwrap_err().contains("array"));
         assert!(decode(&[0x95, 0x00, 0xa1, 0xff, 0x01, 0xa0, 0xa0])
             .unwrap_err()
             .contains("UTF-8"));
-        assert!(decode(&[0x92, 0x01, 0x93, 0xa0, 0xd0, 0xff, 0x00])
+        assert!(decode(&[0x93, 0x01, 0x93, 0xa0, 0xd0, 0xff, 0x00, 0xa0])
             .unwrap_err()
             .contains("negative"));
     }

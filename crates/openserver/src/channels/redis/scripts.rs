@@ -103,7 +103,8 @@ redis.call('SREM', KEYS[2], ARGV[2])
 return 1
 "#;
 
-/// Removes every presence entry of a node and publishes their leaves, in one step: of the
+/// Removes every presence entry of a node and publishes their leaves (`[2, entry, node]`,
+/// `payload.rs`), in one step: of the
 /// node ARGV[2], or (ARGV[2] = '') of every node whose lease has expired. ARGV[1]: the key
 /// prefix. Returns how many entries were removed.
 const SWEEP: &str = r#"
@@ -119,7 +120,7 @@ local function clear(node)
       local entry = redis.call('HGET', base .. ':presence', field)
       if entry then
         redis.call('HDEL', base .. ':presence', field)
-        redis.call('PUBLISH', base .. ':pub', '\146\002' .. entry)
+        redis.call('PUBLISH', base .. ':pub', '\147\002' .. entry .. cmsgpack.pack(node))
         removed = removed + 1
       end
     end
