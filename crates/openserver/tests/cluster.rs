@@ -35,9 +35,14 @@ fn broker_config(redis: &RedisServer, id: &str) -> RedisBrokerConfig {
 }
 
 async fn node_with(config_: RedisBrokerConfig, channels: ChannelsConfig) -> Node {
-    let broker = RedisBroker::connect(config_).await.expect("connect to Redis");
+    let broker = RedisBroker::connect(config_)
+        .await
+        .expect("connect to Redis");
     let shared = broker.clone();
-    let server = start_with(config(), move |b| b.channels(channels).channel_broker(shared)).await;
+    let server = start_with(config(), move |b| {
+        b.channels(channels).channel_broker(shared)
+    })
+    .await;
     Node { server, broker }
 }
 
@@ -134,7 +139,11 @@ async fn a_client_recovers_on_another_node_what_it_missed() {
     drop(sub);
     client.quit().await;
     for n in 2..=4 {
-        a.server.handle.publish("feed", n.to_string()).await.unwrap();
+        a.server
+            .handle
+            .publish("feed", n.to_string())
+            .await
+            .unwrap();
     }
     let (_client, alice) = login(&a, ALICE).await;
     let mut sub = alice.subscribe_since("feed", Some(seen)).await.unwrap();
@@ -207,7 +216,11 @@ async fn presence_and_join_leave_span_the_nodes() {
     }
     presence_is(&a, "room", &["alice", "bob"]).await;
     // Join and leave come in order with the publications, from either node.
-    b.server.handle.publish("room", "after the join").await.unwrap();
+    b.server
+        .handle
+        .publish("room", "after the join")
+        .await
+        .unwrap();
     assert_eq!(publication(&mut on_a).await.1, "after the join");
     bob.unsubscribe("room").await.unwrap();
     match next(&mut on_a).await {
@@ -291,7 +304,11 @@ async fn a_lost_pubsub_connection_is_reopened_and_the_gap_filled_from_history() 
         .unwrap();
     assert!(killed >= 2, "{killed} pub/sub connections killed");
     for n in 2..=5 {
-        b.server.handle.publish("feed", n.to_string()).await.unwrap();
+        b.server
+            .handle
+            .publish("feed", n.to_string())
+            .await
+            .unwrap();
     }
     // Filled from the history once A is back, in order, then live again.
     for n in 2..=5u64 {
@@ -340,7 +357,10 @@ async fn a_redis_outage_is_refused_plainly_and_never_leaves_a_silent_gap() {
         }
     };
     while a.broker.ready().await.is_err() {
-        assert!(Instant::now() < deadline, "node a's pub/sub never came back");
+        assert!(
+            Instant::now() < deadline,
+            "node a's pub/sub never came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Redis lost the history (a new epoch): alice cannot get what she missed, and she is told.

@@ -986,7 +986,11 @@ impl Engine {
             let mut feed = lock(&local.feed);
             *feed = Feed::default();
         }
-        tracing::warn!(channel, why, "subscriptions ended: a gap could not be filled");
+        tracing::warn!(
+            channel,
+            why,
+            "subscriptions ended: a gap could not be filled"
+        );
         let reason = format!(
             "the server's link to the channel broker was interrupted and what {channel:?}              published meanwhile cannot be delivered ({why}); subscribe again from the last              position seen to learn what was lost"
         );

@@ -40,6 +40,7 @@ pub mod name;
 pub(crate) mod protocol;
 mod redis;
 
+pub use self::redis::{RedisBroker, RedisBrokerConfig};
 pub use broker::{
     Broker, BrokerError, BrokerSink, ClientInfo, History, HistoryOptions, Position, Publication,
 };
@@ -47,7 +48,6 @@ pub use client::{ChannelItem, ChannelSubscription, ChannelsClient, Gap};
 pub use config::{Access, ChannelsConfig, NamespaceConfig};
 pub use engine::{Action, ChannelError, ChannelPolicy, Channels};
 pub use memory::MemoryBroker;
-pub use self::redis::{RedisBroker, RedisBrokerConfig};
 pub use messages::{ChannelsApi, PublicationMessage, Recovery, CHANNELS_ID};
 
 pub(crate) use engine::Engine;

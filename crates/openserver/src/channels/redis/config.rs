@@ -83,7 +83,11 @@ impl RedisBrokerConfig {
                 self.node_id
             ));
         }
-        if self.prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if self
+            .prefix
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(format!(
                 "key prefix {:?} must not hold white space or control characters",
                 self.prefix

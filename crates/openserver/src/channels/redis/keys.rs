@@ -141,7 +141,10 @@ mod tests {
         let keys = Keys::new("os:", "n 1");
         let ch = keys.channel("chat:lobby");
         assert_eq!(ch.meta, "os:ch:chat%3Alobby:meta");
-        assert_eq!(keys.channel_of_topic(&ch.topic).as_deref(), Some("chat:lobby"));
+        assert_eq!(
+            keys.channel_of_topic(&ch.topic).as_deref(),
+            Some("chat:lobby")
+        );
         assert_eq!(keys.channel_of_topic("other:ch:x:pub"), None);
         assert_eq!(keys.lease(), "os:node:n%201:lease");
         assert_eq!(keys.presence_field(42), "n%201/42");

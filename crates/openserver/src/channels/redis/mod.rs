@@ -157,7 +157,10 @@ impl RedisBroker {
             config,
         });
         let pong: String = inner
-            .run("answer PING", redis::cmd("PING").query_async(&mut inner.conn()))
+            .run(
+                "answer PING",
+                redis::cmd("PING").query_async(&mut inner.conn()),
+            )
             .await?;
         if pong != "PONG" {
             return Err(BrokerError(format!(
@@ -404,13 +407,22 @@ impl Inner {
                 self.target
             ))
         };
-        let pubsub = tokio::time::timeout(self.config.connect_timeout, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| unreachable(format!("no answer within {:?}", self.config.connect_timeout)))?
-            .map_err(|e| unreachable(e.to_string()))?;
+        let pubsub =
+            tokio::time::timeout(self.config.connect_timeout, self.client.get_async_pubsub())
+                .await
+                .map_err(|_| {
+                    unreachable(format!(
+                        "no answer within {:?}",
+                        self.config.connect_timeout
+                    ))
+                })?
+                .map_err(|e| unreachable(e.to_string()))?;
         let (mut sink, stream) = pubsub.split();
-        self.run("subscribe to the canary", sink.subscribe(self.keys.canary()))
-            .await?;
+        self.run(
+            "subscribe to the canary",
+            sink.subscribe(self.keys.canary()),
+        )
+        .await?;
         let channels: Vec<String> = lock(&self.counts).keys().cloned().collect();
         for channel in channels {
             let topic = self.keys.channel(&channel).topic;
@@ -608,9 +620,8 @@ impl Broker for RedisBroker {
             .arg(user)
             .arg(data.as_ref())
             .arg(&ch.topic);
-        let (epoch, offset): (String, u64) = inner
-            .run("publish", call.invoke_async(&mut conn))
-            .await?;
+        let (epoch, offset): (String, u64) =
+            inner.run("publish", call.invoke_async(&mut conn)).await?;
         Ok(Position { epoch, offset })
     }
 

@@ -268,7 +268,10 @@ mod tests {
             );
         }
         let long = "u".repeat(40);
-        for c in [client("bob", 7, 1_700_000_000_123), client(&long, u64::MAX, 0)] {
+        for c in [
+            client("bob", 7, 1_700_000_000_123),
+            client(&long, u64::MAX, 0),
+        ] {
             assert_eq!(decode_client(&encode_client(&c)), Ok(c.clone()));
             let node = || "web%201".to_string();
             assert_eq!(
