@@ -14,6 +14,8 @@
 //! - [`subscribe`](Broker::subscribe) returns once every later publication of the channel will
 //!   reach this node's [`BrokerSink`], in offset order; calls are counted, and the node stops
 //!   receiving only after as many [`unsubscribe`](Broker::unsubscribe)s;
+//! - a delivery that may have missed publications (a broker connection lost and back) is
+//!   reported with [`BrokerSink::resync`] before anything newer is delivered;
 //! - an error is returned to the caller, never swallowed: a publish that returns `Err` may or
 //!   may not have happened, one that returns `Ok` was numbered and delivered to the nodes.
 
@@ -116,10 +118,17 @@ pub struct BrokerError(pub String);
 pub trait BrokerSink: Send + Sync + 'static {
     /// A publication of `channel`, in the history of `epoch`.
     fn publication(&self, channel: &str, epoch: &str, publication: &Publication);
-    /// `client` joined `channel`.
-    fn join(&self, channel: &str, client: &ClientInfo);
-    /// `client` left `channel`.
-    fn leave(&self, channel: &str, client: &ClientInfo);
+    /// `client` joined `channel`; `here`: its session is on this node (session ids are
+    /// numbered per node, so only then is it one of this node's sessions).
+    fn join(&self, channel: &str, client: &ClientInfo, here: bool);
+    /// `client` left `channel`; `here` as for [`join`](Self::join).
+    fn leave(&self, channel: &str, client: &ClientInfo, here: bool);
+    /// The node's delivery of `channel` was interrupted (a lost connection to the broker,
+    /// now back): publications made meanwhile may never arrive. Called before anything
+    /// published after the interruption is delivered; the engine fills the gap from the
+    /// history, or ends the subscriptions it cannot fill, so that no client misses anything
+    /// silently.
+    fn resync(&self, channel: &str);
 }
 
 /// The shared part of channels: history, presence, and delivery to the nodes. See the module

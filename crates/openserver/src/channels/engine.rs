@@ -179,6 +179,8 @@ pub(crate) struct Engine {
     sessions: Mutex<HashMap<SessionId, HashSet<Arc<str>>>>,
     metrics: ChannelMetrics,
     events: EventBus,
+    /// The engine itself, for the tasks that fill gaps.
+    me: std::sync::OnceLock<std::sync::Weak<Engine>>,
 }
 
 /// One channel's subscribers on this server.
@@ -188,6 +190,24 @@ struct Local {
     join_leave: bool,
     metrics: NamespaceMetrics,
     subs: Mutex<HashMap<SessionId, Sub>>,
+    /// What the broker delivered, for filling a gap after an interruption. Locked before
+    /// `subs` (never the other way round), and held across a fan-out, so that deliveries and
+    /// a gap's filling keep offset order.
+    feed: Mutex<Feed>,
+}
+
+/// A channel's delivery on this server, for [`BrokerSink::resync`].
+#[derive(Default)]
+struct Feed {
+    /// The last publication handed to the channel's sessions, or the position the first of
+    /// them went live at: where a gap starts.
+    last: Option<Position>,
+    /// While a gap is filled: what the broker delivered meanwhile, in order.
+    held: Option<Vec<(String, Publication)>>,
+    /// `held` outgrew its bound: the gap cannot be filled in order.
+    overflowed: bool,
+    /// Another interruption was reported while the gap was being filled.
+    again: bool,
 }
 
 struct Sub {
@@ -276,7 +296,9 @@ impl Engine {
             sessions: Mutex::new(HashMap::new()),
             metrics,
             events,
+            me: std::sync::OnceLock::new(),
         });
+        let _ = engine.me.set(Arc::downgrade(&engine));
         let sink: Arc<dyn BrokerSink> = engine.clone();
         engine.broker.attach(Arc::downgrade(&sink));
         engine
@@ -453,6 +475,7 @@ impl Engine {
                 join_leave: rules.ns.config.join_leave,
                 metrics: rules.ns.metrics.clone(),
                 subs: Mutex::new(HashMap::new()),
+                feed: Mutex::new(Feed::default()),
             })
         });
         let mut subs = lock(&entry.subs);
@@ -609,6 +632,14 @@ impl Engine {
             (ChannelError::Unavailable(e), false)
         };
         let local = lock(&self.local).get(channel).cloned().ok_or_else(ended)?;
+        let mut feed = lock(&local.feed);
+        if feed
+            .last
+            .as_ref()
+            .is_none_or(|last| last.epoch != history.top.epoch)
+        {
+            feed.last = Some(history.top.clone());
+        }
         let mut subs = lock(&local.subs);
         let sub = subs.get_mut(&session.id()).ok_or_else(ended)?;
         let buffer = sub.starting.take().unwrap_or_default();
@@ -799,6 +830,190 @@ impl BrokerSink for Engine {
         let Some(local) = lock(&self.local).get(channel).cloned() else {
             return;
         };
+        let mut feed = lock(&local.feed);
+        if let Some(held) = &mut feed.held {
+            if held.len() >= MIN_START_BUFFER {
+                feed.overflowed = true;
+            } else {
+                held.push((epoch.to_string(), publication.clone()));
+            }
+            return;
+        }
+        feed.last = Some(Position {
+            epoch: epoch.to_string(),
+            offset: publication.offset,
+        });
+        fan_out(&local, channel, epoch, publication);
+    }
+
+    fn join(&self, channel: &str, client: &ClientInfo, here: bool) {
+        self.presence_event(channel, client, true, here);
+    }
+
+    fn leave(&self, channel: &str, client: &ClientInfo, here: bool) {
+        self.presence_event(channel, client, false, here);
+    }
+
+    fn resync(&self, channel: &str) {
+        let Some(local) = lock(&self.local).get(channel).cloned() else {
+            return;
+        };
+        let mut feed = lock(&local.feed);
+        if feed.held.is_some() {
+            feed.again = true;
+            return;
+        }
+        feed.held = Some(Vec::new());
+        drop(feed);
+        let (Some(engine), Ok(runtime)) = (
+            self.me.get().and_then(std::sync::Weak::upgrade),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        let channel = channel.to_string();
+        runtime.spawn(async move { engine.fill_gap(local, channel).await });
+    }
+}
+
+/// How many times a gap's history read is tried before the subscriptions are ended.
+const FILL_ATTEMPTS: u32 = 3;
+
+impl Engine {
+    /// After an interruption of `channel`'s delivery: reads what was missed from the history
+    /// and hands it on, then what arrived meanwhile; if that cannot be had, ends the
+    /// channel's subscriptions with the reason, so that no client misses anything silently.
+    async fn fill_gap(self: Arc<Self>, local: Arc<Local>, channel: String) {
+        let Ok(rules) = self.rules(&channel) else {
+            return;
+        };
+        let mut failures = 0;
+        let why = loop {
+            let since = lock(&local.feed).last.clone();
+            let read = match &since {
+                Some(since) => Some(
+                    self.broker
+                        .history(
+                            &channel,
+                            Some(since.offset),
+                            rules.ns.history.size,
+                            &rules.ns.history,
+                        )
+                        .await,
+                ),
+                None => None,
+            };
+            let missed = match (since, read) {
+                // Nothing was delivered and nobody went live yet: each starting subscription
+                // reads the history itself.
+                (None, _) | (_, None) => Vec::new(),
+                (Some(since), Some(Ok(history))) => {
+                    let top = &history.top;
+                    if top.epoch != since.epoch {
+                        break format!(
+                            "its history was lost meanwhile (epoch {} is now {})",
+                            since.epoch, top.epoch
+                        );
+                    }
+                    let owed = top.offset.saturating_sub(since.offset);
+                    if owed > 0
+                        && (since.offset + 1 < history.first_kept
+                            || history.publications.len() as u64 != owed)
+                    {
+                        break format!(
+                            "{owed} publications after offset {} are owed and the history                              no longer keeps them all",
+                            since.offset
+                        );
+                    }
+                    history.publications
+                }
+                (Some(_), Some(Err(e))) => {
+                    failures += 1;
+                    if failures >= FILL_ATTEMPTS {
+                        break format!("its history could not be read: {e}");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500 * failures as u64))
+                        .await;
+                    continue;
+                }
+            };
+            let mut feed = lock(&local.feed);
+            if feed.overflowed {
+                break "it published too fast while the gap was being filled".to_string();
+            }
+            let mut last = feed.last.clone();
+            let mut deliver = |epoch: &str, p: &Publication| {
+                if let Some(l) = &last {
+                    if l.epoch == epoch && p.offset <= l.offset {
+                        return;
+                    }
+                }
+                fan_out(&local, &channel, epoch, p);
+                last = Some(Position {
+                    epoch: epoch.to_string(),
+                    offset: p.offset,
+                });
+            };
+            let epoch = feed.last.as_ref().map(|l| l.epoch.clone());
+            if let Some(epoch) = &epoch {
+                for p in &missed {
+                    deliver(epoch, p);
+                }
+            }
+            if feed.again {
+                // Interrupted again: what was held may follow another gap; read again from
+                // here (the history has the held publications too).
+                feed.again = false;
+                feed.held = Some(Vec::new());
+                feed.last = last;
+                failures = 0;
+                continue;
+            }
+            for (epoch, p) in feed.held.take().unwrap_or_default() {
+                deliver(&epoch, &p);
+            }
+            feed.last = last;
+            if !missed.is_empty() {
+                tracing::info!(
+                    channel,
+                    recovered = missed.len(),
+                    "publications missed while the broker link was down were delivered from                      the history"
+                );
+            }
+            return;
+        };
+        {
+            let mut feed = lock(&local.feed);
+            *feed = Feed::default();
+        }
+        tracing::warn!(
+            channel,
+            why,
+            "subscriptions ended: a gap could not be filled"
+        );
+        let reason = format!(
+            "the server's link to the channel broker was interrupted and what {channel:?}              published meanwhile cannot be delivered ({why}); subscribe again from the last              position seen to learn what was lost"
+        );
+        let ids: Vec<SessionId> = lock(&local.subs).keys().copied().collect();
+        for id in ids {
+            let Some(session) = self.remove_subscriber(id, &channel) else {
+                continue;
+            };
+            if let Some(frame) = push_frame(&ChannelPush::Ended {
+                channel: channel.clone(),
+                reason: reason.clone(),
+            }) {
+                let _ = session.push(frame);
+            }
+            let user = session.user().map(|u| u.name).unwrap_or_default();
+            self.after_leave(id, &user, &channel, "broker").await;
+        }
+    }
+}
+
+/// Hands one publication to the channel's sessions on this server (under its feed lock).
+fn fan_out(local: &Local, channel: &str, epoch: &str, publication: &Publication) {
+    {
         let cap = MIN_START_BUFFER;
         let mut frame = None;
         let mut delivered = 0u64;
@@ -829,18 +1044,12 @@ impl BrokerSink for Engine {
         drop(subs);
         local.metrics.deliveries.inc_by(delivered);
     }
-
-    fn join(&self, channel: &str, client: &ClientInfo) {
-        self.presence_event(channel, client, true);
-    }
-
-    fn leave(&self, channel: &str, client: &ClientInfo) {
-        self.presence_event(channel, client, false);
-    }
 }
 
 impl Engine {
-    fn presence_event(&self, channel: &str, client: &ClientInfo, join: bool) {
+    /// Pushes a join or leave to the channel's live sessions here, but not to the session it
+    /// is about.
+    fn presence_event(&self, channel: &str, client: &ClientInfo, join: bool, here: bool) {
         let Some(local) = lock(&self.local).get(channel).cloned() else {
             return;
         };
@@ -863,7 +1072,7 @@ impl Engine {
         };
         let subs = lock(&local.subs);
         for (id, sub) in subs.iter() {
-            if *id != client.session && sub.starting.is_none() {
+            if !(here && *id == client.session) && sub.starting.is_none() {
                 let _ = sub.session.push(frame.clone());
             }
         }

@@ -277,14 +277,14 @@ impl Broker for MemoryBroker {
 
     async fn publish_join(&self, channel: &str, client: &ClientInfo) -> Result<(), BrokerError> {
         if let (Some(sink), true) = (self.inner.sink(), self.inner.is_subscribed(channel)) {
-            sink.join(channel, client);
+            sink.join(channel, client, true);
         }
         Ok(())
     }
 
     async fn publish_leave(&self, channel: &str, client: &ClientInfo) -> Result<(), BrokerError> {
         if let (Some(sink), true) = (self.inner.sink(), self.inner.is_subscribed(channel)) {
-            sink.leave(channel, client);
+            sink.leave(channel, client, true);
         }
         Ok(())
     }
@@ -306,8 +306,9 @@ mod tests {
         fn publication(&self, channel: &str, _epoch: &str, p: &Publication) {
             lock(&self.0).push((channel.to_string(), p.offset));
         }
-        fn join(&self, _: &str, _: &ClientInfo) {}
-        fn leave(&self, _: &str, _: &ClientInfo) {}
+        fn join(&self, _: &str, _: &ClientInfo, _: bool) {}
+        fn leave(&self, _: &str, _: &ClientInfo, _: bool) {}
+        fn resync(&self, _: &str) {}
     }
 
     #[tokio::test]

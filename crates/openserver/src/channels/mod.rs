@@ -19,12 +19,14 @@
 //!   reads presence and history; a [`ChannelPolicy`] adds the application's own decisions;
 //!   subscriptions show on the event bus and in the metrics.
 //! - The engine sits on a [`Broker`] (numbering, history, presence, delivery between nodes);
-//!   [`MemoryBroker`] is the one-node default.
+//!   [`MemoryBroker`] is the one-node default, [`RedisBroker`] lets several nodes share
+//!   channels through one Redis (`docs/CLUSTER.md`).
 //! - The client side: [`Client::channels`](crate::client::Client::channels) gives a
 //!   [`ChannelsClient`] whose subscriptions survive the client's reconnects.
 //!
 //! Files: `config.rs` (settings), `name.rs` (channel names), `messages.rs` (the protocol's
-//! types), `broker.rs` (the trait), `memory.rs` (the in-memory broker), `engine.rs` (rules,
+//! types), `broker.rs` (the trait), `memory.rs` (the in-memory broker), `redis/`
+//! (the Redis broker), `engine.rs` (rules,
 //! local subscribers, fan-out, recovery), `protocol.rs` (the server side of the protocol),
 //! `client.rs` (the client library).
 
@@ -36,7 +38,9 @@ mod memory;
 pub mod messages;
 pub mod name;
 pub(crate) mod protocol;
+mod redis;
 
+pub use self::redis::{RedisBroker, RedisBrokerConfig};
 pub use broker::{
     Broker, BrokerError, BrokerSink, ClientInfo, History, HistoryOptions, Position, Publication,
 };

@@ -139,3 +139,4 @@ pub fn text_capture_pairs() -> Vec<(Vec<u8>, Vec<u8>)> {
         })
         .collect()
 }
+pub mod redis;

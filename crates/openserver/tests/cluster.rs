@@ -1,0 +1,384 @@
+//! Channels on Redis (`RedisBroker`): several servers in this process share one real
+//! `redis-server` and act as one service. Publications cross nodes in order, a client
+//! recovers on another node what it missed, presence and join/leave span the nodes, a dead
+//! node's sessions leave presence within 10 s, and a Redis outage is refused plainly and
+//! never leaves a silent gap. Each test starts its own Redis (see `support/redis.rs`).
+
+mod support;
+
+use openserver::channels::{
+    ChannelItem, ChannelSubscription, ChannelsClient, ChannelsConfig, Gap, Position, Recovery,
+    RedisBroker, RedisBrokerConfig,
+};
+use openserver::client::{Client, ClientConfig};
+use std::sync::Arc;
+use std::time::Duration;
+use support::harness::{config, start_with, TestServer, ALICE, BOB, WAIT};
+use support::redis::RedisServer;
+use tokio::time::Instant;
+
+/// One server on the shared Redis.
+struct Node {
+    server: TestServer,
+    broker: Arc<RedisBroker>,
+}
+
+fn broker_config(redis: &RedisServer, id: &str) -> RedisBrokerConfig {
+    RedisBrokerConfig {
+        node_id: id.into(),
+        command_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(1),
+        reconnect_delay: Duration::from_millis(100),
+        reconnect_max_delay: Duration::from_millis(500),
+        ..RedisBrokerConfig::new(redis.url())
+    }
+}
+
+async fn node_with(config_: RedisBrokerConfig, channels: ChannelsConfig) -> Node {
+    let broker = RedisBroker::connect(config_)
+        .await
+        .expect("connect to Redis");
+    let shared = broker.clone();
+    let server = start_with(config(), move |b| {
+        b.channels(channels).channel_broker(shared)
+    })
+    .await;
+    Node { server, broker }
+}
+
+async fn node(redis: &RedisServer, id: &str, channels: ChannelsConfig) -> Node {
+    node_with(broker_config(redis, id), channels).await
+}
+
+fn join_leave() -> ChannelsConfig {
+    let mut config = ChannelsConfig::default();
+    config.default.join_leave = true;
+    config
+}
+
+async fn login(node: &Node, (user, password): (&str, &str)) -> (Client, ChannelsClient) {
+    let client = Client::connect(node.server.addr.to_string(), ClientConfig::default())
+        .await
+        .unwrap();
+    client.authenticate_db(user, password).await.unwrap();
+    let channels = client.channels();
+    (client, channels)
+}
+
+async fn next(sub: &mut ChannelSubscription) -> ChannelItem {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("an item in time")
+        .expect("the subscription goes on")
+}
+
+/// The next publication's (offset, data), failing on anything else.
+async fn publication(sub: &mut ChannelSubscription) -> (u64, String) {
+    match next(sub).await {
+        ChannelItem::Publication(p) => (p.offset, String::from_utf8(p.data.to_vec()).unwrap()),
+        other => panic!("expected a publication, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn publications_cross_nodes_in_order() {
+    let Some(redis) = RedisServer::start("publications_cross_nodes_in_order").await else {
+        return;
+    };
+    let a = node(&redis, "a", ChannelsConfig::default()).await;
+    let b = node(&redis, "b", ChannelsConfig::default()).await;
+    a.broker.ready().await.unwrap();
+    b.broker.ready().await.unwrap();
+    let (_ca, alice) = login(&a, ALICE).await;
+    let (_cb, bob) = login(&b, BOB).await;
+    let mut on_a = alice.subscribe("lobby").await.unwrap();
+    let mut on_b = bob.subscribe("lobby").await.unwrap();
+    // Publishers on both nodes, clients and server code, interleaved.
+    for n in 1..=30u64 {
+        let data = n.to_string();
+        let position = match n % 3 {
+            0 => alice.publish("lobby", data).await.unwrap(),
+            1 => bob.publish("lobby", data).await.unwrap(),
+            _ => a.server.handle.publish("lobby", data).await.unwrap(),
+        };
+        assert_eq!(position.offset, n);
+    }
+    for sub in [&mut on_a, &mut on_b] {
+        for n in 1..=30u64 {
+            assert_eq!(publication(sub).await, (n, n.to_string()));
+        }
+    }
+    // A channel nobody on A subscribed to is not delivered there.
+    b.server.handle.publish("elsewhere", "x").await.unwrap();
+    a.server.handle.publish("lobby", "31").await.unwrap();
+    assert_eq!(publication(&mut on_a).await, (31, "31".into()));
+    // Many subscribers on one node: one node subscription, each gets everything.
+    let (_c2, alice2) = login(&a, ALICE).await;
+    let mut second = alice2.subscribe("lobby").await.unwrap();
+    drop(on_a);
+    b.server.handle.publish("lobby", "32").await.unwrap();
+    assert_eq!(publication(&mut second).await, (32, "32".into()));
+    assert_eq!(publication(&mut on_b).await.0, 31);
+    assert_eq!(publication(&mut on_b).await.0, 32);
+}
+
+#[tokio::test]
+async fn a_client_recovers_on_another_node_what_it_missed() {
+    let Some(redis) = RedisServer::start("a_client_recovers_on_another_node_what_it_missed").await
+    else {
+        return;
+    };
+    let a = node(&redis, "a", ChannelsConfig::default()).await;
+    let b = node(&redis, "b", ChannelsConfig::default()).await;
+    let (client, alice) = login(&b, ALICE).await;
+    let mut sub = alice.subscribe("feed").await.unwrap();
+    a.server.handle.publish("feed", "1").await.unwrap();
+    assert_eq!(publication(&mut sub).await, (1, "1".into()));
+    let seen: Position = sub.position().unwrap();
+    // Node B's client goes away; A publishes meanwhile; the client comes back on A.
+    drop(sub);
+    client.quit().await;
+    for n in 2..=4 {
+        a.server
+            .handle
+            .publish("feed", n.to_string())
+            .await
+            .unwrap();
+    }
+    let (_client, alice) = login(&a, ALICE).await;
+    let mut sub = alice.subscribe_since("feed", Some(seen)).await.unwrap();
+    for n in 2..=4u64 {
+        assert_eq!(publication(&mut sub).await, (n, n.to_string()));
+    }
+    b.server.handle.publish("feed", "5").await.unwrap();
+    assert_eq!(publication(&mut sub).await, (5, "5".into()));
+    // The history is the same on every node.
+    let h = b
+        .server
+        .handle
+        .channels()
+        .unwrap()
+        .history("feed", None, None)
+        .await
+        .unwrap();
+    assert_eq!(h.position.offset, 5);
+    assert_eq!(h.publications.len(), 5);
+    // A position of an epoch Redis never had is not taken as current.
+    let old = Position {
+        epoch: "0000000000000000".into(),
+        offset: 3,
+    };
+    let mut other = alice.subscribe_since("other", Some(old)).await.unwrap();
+    match next(&mut other).await {
+        ChannelItem::Gap(Gap::Unrecoverable { reason, .. }) => {
+            assert_eq!(reason, Recovery::EpochChanged)
+        }
+        other => panic!("expected an unrecoverable gap, got {other:?}"),
+    }
+}
+
+/// Waits until `node`'s presence of `channel` lists exactly `users` (sorted).
+async fn presence_is(node: &Node, channel: &str, users: &[&str]) {
+    let channels = node.server.handle.channels().unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut now: Vec<String> = channels
+            .presence(channel)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.user)
+            .collect();
+        now.sort();
+        if now == users {
+            return;
+        }
+        assert!(Instant::now() < deadline, "presence stayed {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn presence_and_join_leave_span_the_nodes() {
+    let Some(redis) = RedisServer::start("presence_and_join_leave_span_the_nodes").await else {
+        return;
+    };
+    let a = node(&redis, "a", join_leave()).await;
+    let b = node(&redis, "b", join_leave()).await;
+    let (_ca, alice) = login(&a, ALICE).await;
+    let (_cb, bob) = login(&b, BOB).await;
+    let mut on_a = alice.subscribe("room").await.unwrap();
+    presence_is(&b, "room", &["alice"]).await;
+    let _on_b = bob.subscribe("room").await.unwrap();
+    match next(&mut on_a).await {
+        ChannelItem::Join(who) => assert_eq!(who.user, "bob"),
+        other => panic!("expected bob's join, got {other:?}"),
+    }
+    presence_is(&a, "room", &["alice", "bob"]).await;
+    // Join and leave come in order with the publications, from either node.
+    b.server
+        .handle
+        .publish("room", "after the join")
+        .await
+        .unwrap();
+    assert_eq!(publication(&mut on_a).await.1, "after the join");
+    bob.unsubscribe("room").await.unwrap();
+    match next(&mut on_a).await {
+        ChannelItem::Leave(who) => assert_eq!(who.user, "bob"),
+        other => panic!("expected bob's leave, got {other:?}"),
+    }
+    presence_is(&a, "room", &["alice"]).await;
+    presence_is(&b, "room", &["alice"]).await;
+}
+
+#[tokio::test]
+async fn a_dead_nodes_sessions_leave_presence_within_10_s() {
+    let Some(redis) = RedisServer::start("a_dead_nodes_sessions_leave_presence_within_10_s").await
+    else {
+        return;
+    };
+    let a = node(&redis, "a", join_leave()).await;
+    // Node b runs the default lease settings: the 10 s promise is theirs.
+    let b = node_with(
+        RedisBrokerConfig {
+            node_id: "b".into(),
+            ..RedisBrokerConfig::new(redis.url())
+        },
+        join_leave(),
+    )
+    .await;
+    let (_ca, alice) = login(&a, ALICE).await;
+    let (_cb, bob) = login(&b, BOB).await;
+    let mut on_a = alice.subscribe("room").await.unwrap();
+    let _on_b = bob.subscribe("room").await.unwrap();
+    match next(&mut on_a).await {
+        ChannelItem::Join(who) => assert_eq!(who.user, "bob"),
+        other => panic!("expected bob's join, got {other:?}"),
+    }
+    presence_is(&a, "room", &["alice", "bob"]).await;
+    // Node b "dies": no cleanup, no more lease renewals.
+    b.broker.stop_without_cleanup();
+    let died = Instant::now();
+    let leave = tokio::time::timeout(Duration::from_secs(10), next(&mut on_a))
+        .await
+        .expect("bob's leave within 10 s of his node's death");
+    match leave {
+        ChannelItem::Leave(who) => assert_eq!(who.user, "bob"),
+        other => panic!("expected bob's leave, got {other:?}"),
+    }
+    assert!(died.elapsed() < Duration::from_secs(10));
+    presence_is(&a, "room", &["alice"]).await;
+    // The dead node's broker refuses plainly.
+    let e = b.broker.ready().await.unwrap_err();
+    assert!(e.to_string().contains("stopped"), "{e}");
+}
+
+#[tokio::test]
+async fn a_lost_pubsub_connection_is_reopened_and_the_gap_filled_from_history() {
+    let Some(redis) = RedisServer::start("a_lost_pubsub_connection_is_reopened").await else {
+        return;
+    };
+    // A waits a whole second before reconnecting: publications in between miss it for sure.
+    let a = node_with(
+        RedisBrokerConfig {
+            reconnect_delay: Duration::from_secs(1),
+            reconnect_max_delay: Duration::from_secs(1),
+            ..broker_config(&redis, "a")
+        },
+        ChannelsConfig::default(),
+    )
+    .await;
+    let b = node(&redis, "b", ChannelsConfig::default()).await;
+    let (_ca, alice) = login(&a, ALICE).await;
+    let mut sub = alice.subscribe("feed").await.unwrap();
+    b.server.handle.publish("feed", "1").await.unwrap();
+    assert_eq!(publication(&mut sub).await, (1, "1".into()));
+    // Redis drops every pub/sub connection (as it does to a subscriber over its output
+    // buffer limit).
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(killed >= 2, "{killed} pub/sub connections killed");
+    for n in 2..=5 {
+        b.server
+            .handle
+            .publish("feed", n.to_string())
+            .await
+            .unwrap();
+    }
+    // Filled from the history once A is back, in order, then live again.
+    for n in 2..=5u64 {
+        assert_eq!(publication(&mut sub).await, (n, n.to_string()));
+    }
+    b.server.handle.publish("feed", "6").await.unwrap();
+    assert_eq!(publication(&mut sub).await, (6, "6".into()));
+    a.broker.ready().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_redis_outage_is_refused_plainly_and_never_leaves_a_silent_gap() {
+    let Some(mut redis) = RedisServer::start("a_redis_outage_is_refused_plainly").await else {
+        return;
+    };
+    let a = node(&redis, "a", ChannelsConfig::default()).await;
+    let b = node(&redis, "b", ChannelsConfig::default()).await;
+    let (_ca, alice) = login(&a, ALICE).await;
+    let (_cb, bob) = login(&b, BOB).await;
+    let mut sub = alice.subscribe("feed").await.unwrap();
+    b.server.handle.publish("feed", "1").await.unwrap();
+    assert_eq!(publication(&mut sub).await, (1, "1".into()));
+    let seen = sub.position().unwrap();
+
+    redis.stop();
+    // Refused with a clear error, quickly (bounded by command_timeout), from server code and
+    // from a client alike.
+    let started = Instant::now();
+    let e = b.server.handle.publish("feed", "lost").await.unwrap_err();
+    assert!(e.to_string().contains("Redis"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let e = bob.publish("feed", "lost").await.unwrap_err();
+    assert!(e.to_string().contains("Redis"), "{e}");
+    assert!(a.broker.ready().await.is_err());
+
+    redis.restart().await;
+    // The nodes find Redis again by themselves.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let position = loop {
+        match b.server.handle.publish("feed", "after").await {
+            Ok(p) => break p,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "still refused: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    while a.broker.ready().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "node a's pub/sub never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Redis lost the history (a new epoch): alice cannot get what she missed, and she is told.
+    assert_ne!(position.epoch, seen.epoch);
+    match next(&mut sub).await {
+        ChannelItem::Ended(reason) => {
+            assert!(reason.contains("broker was interrupted"), "{reason}")
+        }
+        other => panic!("expected the subscription's end, got {other:?}"),
+    }
+    // Subscribing again from her last position tells her what was lost, then goes on live.
+    let mut sub = alice.subscribe_since("feed", Some(seen)).await.unwrap();
+    match next(&mut sub).await {
+        ChannelItem::Gap(Gap::Unrecoverable { reason, .. }) => {
+            assert_eq!(reason, Recovery::EpochChanged)
+        }
+        other => panic!("expected an unrecoverable gap, got {other:?}"),
+    }
+    bob.publish("feed", "live").await.unwrap();
+    assert_eq!(publication(&mut sub).await, (2, "live".into()));
+}
