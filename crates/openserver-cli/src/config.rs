@@ -45,6 +45,8 @@ pub struct FileConfig {
     /// Where users are kept: `DATA_DIR/users.db` by default, or PostgreSQL for several
     /// servers that share their users.
     pub users: UsersConfig,
+    /// Several nodes as one service on Redis (off by default: one node, in-memory broker).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// The `[users]` section: which user store `serve` and `openserver user` open.
@@ -216,6 +218,7 @@ impl Default for FileConfig {
             channels: ChannelsConfig::default(),
             http_api: HttpApiConfig::default(),
             users: UsersConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }
@@ -311,6 +314,7 @@ impl FileConfig {
         }
         self.alerts.validate()?;
         self.users.validate()?;
+        self.cluster.validate()?;
         self.channels.validate().map_err(anyhow::Error::msg)?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level)

@@ -5,6 +5,7 @@
 
 mod alerts;
 mod alloc;
+mod cluster;
 mod cmd;
 mod config;
 mod http_api;

@@ -31,6 +31,13 @@ pub struct ServeArgs {
     /// --config, else users.db in the data directory].
     #[arg(long, value_name = "URL")]
     pub users: Option<String>,
+    /// Join a cluster: the Redis every node shares, `redis://HOST:PORT` [default:
+    /// `cluster.redis` of --config, else one node alone]. See docs/CLUSTER.md.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+    /// This node's name in the cluster [default: `cluster.node_id`, else HOST-PORT].
+    #[arg(long, value_name = "NAME")]
+    pub node_id: Option<String>,
     /// Log every packet in and out in hex (passwords included: debugging only).
     #[arg(long)]
     pub log_packets: bool,
@@ -90,6 +97,13 @@ pub fn effective_config(args: &ServeArgs) -> Result<FileConfig> {
         StoreLocation::parse(users).context("--users")?;
         config.users.store = Some(users.clone());
     }
+    if let Some(url) = &args.cluster {
+        config.cluster.redis = Some(url.clone());
+    }
+    if let Some(node) = &args.node_id {
+        config.cluster.node_id = Some(node.clone());
+    }
+    config.cluster.validate()?;
     config.server.log_packets |= args.log_packets;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls.cert = Some(cert.clone());
@@ -144,6 +158,16 @@ pub async fn run(config: FileConfig, args: ServeArgs, log: LogLevel) -> Result<(
         .user_store(store.into_user_store())
         .hello()
         .channels(config.channels.clone());
+    let broker = match config.cluster.broker_config(config.server.listen.port())? {
+        Some(broker_config) => {
+            let node = broker_config.node_id.clone();
+            let broker = crate::cluster::connect(broker_config).await?;
+            builder = builder.channel_broker(broker.clone());
+            println!("cluster node {node}");
+            Some(broker)
+        }
+        None => None,
+    };
     if config.auth.scram {
         builder = builder.scram();
     }
@@ -195,6 +219,12 @@ pub async fn run(config: FileConfig, args: ServeArgs, log: LogLevel) -> Result<(
     println!("listening on {}", server.local_addr());
     std::io::stdout().flush()?;
     server.run_until(shutdown).await?;
+    if let Some(broker) = broker {
+        // The sessions are gone: take them out of presence now rather than at lease expiry.
+        if let Err(e) = broker.shutdown().await {
+            tracing::warn!(error = %e, "could not leave the cluster cleanly; the lease expiry will");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -120,6 +120,7 @@ pub fn decode_chunks<'a>(
 pub fn decode_all(max_payload: usize, bytes: &[u8]) -> Decoded {
     decode_chunks(max_payload, std::iter::once(bytes))
 }
+pub mod haproxy;
 pub mod harness;
 pub mod postgres;
 
