@@ -24,7 +24,8 @@
 //!   file each; Admin reads sessions through its own `SessionDirectory` trait.
 //! - [`auth`]: the [`UserStore`](auth::UserStore) trait, the SQLite store (`sqlite.rs`), the
 //!   PostgreSQL store for servers that share users (`postgres.rs`), the rules and password work
-//!   both share (`common.rs`), argon2id, SCRAM.
+//!   both share (`common.rs`), argon2id, SCRAM, and tokens (`token.rs`: the application's
+//!   JWTs and the resume tokens of TokenAuth, protocol 7).
 //! - [`tls`]: rustls for both sides, certificate reload, development certificates.
 //! - [`server`]: listener and caps (`mod.rs`), the server side of a connection (`driver.rs`:
 //!   auth gate, dispatch, logins), `link.rs` (its `SessionHost`), `proxy.rs` (PROXY protocol
@@ -35,8 +36,8 @@
 //! - [`app`]: the application layer on top: typed protocols (serde types as MessagePack),
 //!   requests answered by id, structured errors, push from handlers, `on_close`.
 //! - [`channels`]: beside `app`, on top: publish/subscribe with presence, history and
-//!   recovery (the Channels protocol, 6), on a `Broker` trait with an in-memory broker; its
-//!   client side too.
+//!   recovery (the Channels protocol, 6), on a `Broker` trait with an in-memory broker and a
+//!   Redis one for several nodes (`channels/redis/`); its client side too.
 //!
 //! # A server in a few lines
 //!
