@@ -167,7 +167,14 @@ async fn a_resume_token_stops_working_once_its_user_is_deleted() {
     .await;
     let resume = TokenVerifier::new(&token_config())
         .unwrap()
-        .issue_resume("bob")
+        .issue_resume(
+            &openserver::auth::User {
+                id: 8,
+                name: "bob".into(),
+                roles: vec![],
+            },
+            true,
+        )
         .unwrap();
     let client = Client::connect(server.addr.to_string(), ClientConfig::default())
         .await

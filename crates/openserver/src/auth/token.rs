@@ -8,6 +8,7 @@
 //! are HS256 tokens with the issuer [`RESUME_ISSUER`], signed with the resume secret, which
 //! every node of one service must share (`[auth.token] resume_secret`).
 
+use crate::auth::User;
 use crate::wire::Secret;
 use jsonwebtoken::errors::ErrorKind;
 pub use jsonwebtoken::Algorithm;
@@ -89,8 +90,20 @@ pub struct TokenUser {
     pub name: String,
     /// The roles the token grants; `None` when it has no `roles` claim.
     pub roles: Option<Vec<String>>,
-    /// Whether it was a resume token (whose user must still exist in the store).
-    pub resumed: bool,
+    /// Which kind of token it was.
+    pub kind: TokenKind,
+}
+
+/// Which kind of token logged a user in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// One of the application's.
+    Application,
+    /// A resume token of a user the store holds, who must still exist there.
+    ResumeStored,
+    /// A resume token of a user only an application token vouched for (none in the store),
+    /// with the roles that token gave.
+    ResumeExternal,
 }
 
 /// Why a token was refused. The client hears only [`Expired`](Self::Expired) or "invalid";
@@ -119,6 +132,9 @@ struct Claims {
     aud: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     roles: Option<Vec<String>>,
+    /// Resume tokens only: `"token"` for a user the store does not hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    src: Option<String>,
 }
 
 /// What [`issue`] puts in a token besides its expiry.
@@ -224,7 +240,11 @@ impl TokenVerifier {
         {
             let (key, validation) = &self.resume_decode;
             let claims = decode(token, key, validation)?;
-            return user(claims, true);
+            let kind = match claims.src.as_deref() {
+                Some("token") => TokenKind::ResumeExternal,
+                _ => TokenKind::ResumeStored,
+            };
+            return user(claims, kind);
         }
         let Some((key, validation)) = &self.app else {
             return Err(TokenError::Invalid(
@@ -239,19 +259,22 @@ impl TokenVerifier {
                 header.alg, validation.algorithms[0]
             )));
         }
-        user(decode(token, key, validation)?, false)
+        user(decode(token, key, validation)?, TokenKind::Application)
     }
 
-    /// A resume token for `user`, valid for [`resume_ttl`](Self::resume_ttl).
-    pub fn issue_resume(&self, user: &str) -> Result<Secret, TokenError> {
+    /// A resume token for `user`, valid for [`resume_ttl`](Self::resume_ttl). `stored`: the
+    /// store holds the user (a resume then looks it up again); otherwise an application token
+    /// vouched for it, and the resume token carries its roles.
+    pub fn issue_resume(&self, user: &User, stored: bool) -> Result<Secret, TokenError> {
         let now = unix_now();
         let claims = Claims {
-            sub: user.to_string(),
+            sub: user.name.clone(),
             exp: now + self.resume_ttl.as_secs().max(1),
             iat: Some(now),
             iss: Some(RESUME_ISSUER.to_string()),
             aud: None,
-            roles: None,
+            roles: (!stored).then(|| user.roles.clone()),
+            src: (!stored).then(|| "token".to_string()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.resume_encode)
             .map(Secret::new)
@@ -284,6 +307,7 @@ pub fn issue(
         iss: claims.issuer,
         aud: claims.audience,
         roles: claims.roles,
+        src: None,
     };
     jsonwebtoken::encode(&Header::new(algorithm), &claims, &encoding)
         .map_err(|e| format!("cannot sign the token: {e}"))
@@ -312,7 +336,7 @@ fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Cla
         })
 }
 
-fn user(claims: Claims, resumed: bool) -> Result<TokenUser, TokenError> {
+fn user(claims: Claims, kind: TokenKind) -> Result<TokenUser, TokenError> {
     if claims.sub.is_empty()
         || claims.sub.len() > MAX_NAME
         || claims.sub.chars().any(char::is_control)
@@ -324,7 +348,7 @@ fn user(claims: Claims, resumed: bool) -> Result<TokenUser, TokenError> {
     Ok(TokenUser {
         name: claims.sub,
         roles: claims.roles,
-        resumed,
+        kind,
     })
 }
 
@@ -409,7 +433,7 @@ mod tests {
             Ok(TokenUser {
                 name: "alice".into(),
                 roles: Some(vec!["admin".into()]),
-                resumed: false
+                kind: TokenKind::Application
             })
         );
         assert_eq!(
@@ -431,6 +455,7 @@ mod tests {
             iss: None,
             aud: None,
             roles: None,
+            src: None,
         };
         let expired = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -470,9 +495,24 @@ mod tests {
         };
         let a = TokenVerifier::new(&config).unwrap();
         let b = TokenVerifier::new(&config).unwrap();
-        let token = a.issue_resume("alice").unwrap();
+        let alice = User {
+            id: 7,
+            name: "alice".into(),
+            roles: vec!["admin".into()],
+        };
+        let token = a.issue_resume(&alice, true).unwrap();
         let user = b.verify(token.expose()).unwrap();
-        assert_eq!((user.name.as_str(), user.resumed), ("alice", true));
+        assert_eq!(
+            (user.name.as_str(), user.kind, user.roles),
+            ("alice", TokenKind::ResumeStored, None)
+        );
+        // A user only a token vouched for keeps that token's roles.
+        let token = a.issue_resume(&alice, false).unwrap();
+        let user = b.verify(token.expose()).unwrap();
+        assert_eq!(
+            (user.kind, user.roles),
+            (TokenKind::ResumeExternal, Some(vec!["admin".to_string()]))
+        );
         // A node with another secret refuses it.
         let c = verifier(None);
         assert!(matches!(

@@ -2,7 +2,7 @@
 //! token this service issued), and hands out resume tokens to sessions logged in any way.
 
 use super::{HandlerError, Protocol, ProtocolHandler};
-use crate::auth::token::{TokenError, TokenUser, TokenVerifier};
+use crate::auth::token::{TokenError, TokenKind, TokenUser, TokenVerifier};
 use crate::auth::{User, UserStore};
 use crate::session::{Login, Session};
 use crate::wire::protocol_id;
@@ -32,11 +32,7 @@ impl TokenAuth {
             TokenError::Expired => (denied::EXPIRED, e.to_string()),
             TokenError::Invalid(_) => (denied::INVALID, e.to_string()),
         })?;
-        let TokenUser {
-            name,
-            roles,
-            resumed,
-        } = claims;
+        let TokenUser { name, roles, kind } = claims;
         let stored = match &self.store {
             Some(store) => store
                 .find_user(&name)
@@ -44,18 +40,19 @@ impl TokenAuth {
                 .map_err(|e| (denied::INVALID, format!("the user store failed: {e}")))?,
             None => None,
         };
-        match (stored, resumed) {
-            (Some(user), true) => Ok(user),
-            (None, true) => Err((
+        match (stored, kind) {
+            (Some(user), TokenKind::ResumeStored) => Ok(user),
+            (None, TokenKind::ResumeStored) => Err((
                 denied::INVALID,
                 "a resume token of a user the store no longer holds".to_string(),
             )),
             // The token's roles, where it has some, are what the application grants now.
-            (Some(user), false) => Ok(User {
+            (Some(user), TokenKind::Application) => Ok(User {
                 roles: roles.unwrap_or(user.roles),
                 ..user
             }),
-            (None, false) => Ok(User {
+            // Vouched for by the application (now, or at the login being resumed).
+            (_, TokenKind::Application | TokenKind::ResumeExternal) => Ok(User {
                 id: 0,
                 name,
                 roles: roles.unwrap_or_default(),
@@ -63,10 +60,11 @@ impl TokenAuth {
         }
     }
 
-    fn resume_for(&self, user: &str) -> Result<(crate::wire::Secret, i32), HandlerError> {
+    /// A resume token for `user`; id 0 marks a user the store does not hold.
+    fn resume_for(&self, user: &User) -> Result<(crate::wire::Secret, i32), HandlerError> {
         let token = self
             .verifier
-            .issue_resume(user)
+            .issue_resume(user, user.id != 0)
             .map_err(|e| HandlerError::Internal(e.to_string()))?;
         let ttl = i32::try_from(self.verifier.resume_ttl().as_secs()).unwrap_or(i32::MAX);
         Ok((token, ttl))
@@ -110,7 +108,7 @@ impl ProtocolHandler for TokenAuth {
                             user = %user.name,
                             "authenticated"
                         );
-                        let (resume, resume_ttl_secs) = self.resume_for(&user.name)?;
+                        let (resume, resume_ttl_secs) = self.resume_for(&user)?;
                         let answer = TokenAuthMessage::Authenticated {
                             user_id: user.id,
                             user: user.name.clone(),
@@ -156,7 +154,7 @@ impl ProtocolHandler for TokenAuth {
                         "log in first: a resume token is for a logged-in session".into(),
                     ));
                 };
-                let (token, ttl_secs) = self.resume_for(&user.name)?;
+                let (token, ttl_secs) = self.resume_for(&user)?;
                 session
                     .send_message(&TokenAuthMessage::Resume { token, ttl_secs })
                     .await?;
