@@ -218,8 +218,10 @@ mod tests {
 
     #[test]
     fn the_flag_wins_over_the_file_and_the_default_is_the_data_dir() {
-        let mut config = FileConfig::default();
-        config.data_dir = "/d".into();
+        let mut config = FileConfig {
+            data_dir: "/d".into(),
+            ..FileConfig::default()
+        };
         let default = StoreLocation::resolve(None, &config).unwrap();
         assert_eq!(default, StoreLocation::Sqlite("/d/users.db".into()));
         assert!(is_default_sqlite(&default, Path::new("/d")));
