@@ -630,7 +630,19 @@ impl PostgresUserStore {
 
     /// Maps a database error to the store error, naming the database.
     fn db(&self, e: tokio_postgres::Error) -> AuthError {
-        AuthError::Store(self.scrub(format!("PostgreSQL at {}: {}", self.target, describe(&e))))
+        // A connection lost under a query (the database restarted or went away) says what an
+        // unreachable one says: that is what there is to check.
+        let lost = e.is_closed() || e.source().is_some_and(|s| s.is::<std::io::Error>());
+        let hint = if lost {
+            "; the connection was lost: check that PostgreSQL runs there and the network to it"
+        } else {
+            ""
+        };
+        AuthError::Store(self.scrub(format!(
+            "PostgreSQL at {}: {}{hint}",
+            self.target,
+            describe(&e)
+        )))
     }
 
     /// Removes the password from a message, should a driver text ever carry it.
