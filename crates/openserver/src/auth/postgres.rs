@@ -16,7 +16,7 @@ use std::future::Future;
 use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
@@ -146,6 +146,13 @@ impl PostgresUserStore {
                 describe(&e)
             ))
         })?;
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(AuthError::Store(format!(
+                "{}: sslmode=require, but this store connects without TLS; remove sslmode \
+                 and keep the database on loopback or a private network (or a TLS tunnel)",
+                redact_url(url)
+            )));
+        }
         if config.get_password().is_none() {
             if let Ok(password) = std::env::var("PGPASSWORD") {
                 config.password(password);
@@ -959,6 +966,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("invalid PostgreSQL URL"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn tls_required_is_refused_clearly() {
+        let err = PostgresUserStore::open(
+            "postgres://os:s3cret@db/users?sslmode=require",
+            hasher(),
+            PostgresOptions::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("without TLS"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
     }
 
