@@ -165,10 +165,15 @@ impl PostgresUserStore {
         config.connect_timeout(options.connect_timeout);
         // The server gives up on a statement as the client would, so a stuck query does not
         // hold a connection (and its locks) after the caller stopped waiting.
-        config.options(format!(
+        let statement_timeout = format!(
             "-c statement_timeout={}",
             options.query_timeout.as_millis().max(1)
-        ));
+        );
+        let server_options = match config.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {statement_timeout}"),
+            _ => statement_timeout,
+        };
+        config.options(server_options);
         if config.get_application_name().is_none() {
             config.application_name("openserver");
         }
