@@ -23,12 +23,13 @@ fn user_commands_and_two_servers_share_postgres() {
     };
     let url = pg.url();
     let dir = tempfile::tempdir().unwrap();
-    // The fewest SCRAM iterations clients accept: the default costs seconds in a debug build.
-    // The store comes from the file for node B and the `user` commands, from --users for A.
+    // The fewest SCRAM iterations clients accept and a cheap argon2id: the defaults cost
+    // seconds per login in a debug build. The store comes from the file for node B and the
+    // `user` commands, from --users for A.
     let config = dir.path().join("openserver.toml");
     std::fs::write(
         &config,
-        format!("[auth]\nscram_iterations = 4096\n\n[users]\nstore = \"{url}\"\nquery_timeout = \"3s\"\n"),
+        format!("[auth]\nscram_iterations = 4096\n\n[hash]\nmemory_kib = 1024\niterations = 1\n\n[users]\nstore = \"{url}\"\nquery_timeout = \"10s\"\n"),
     )
     .unwrap();
     let config = config.to_str().unwrap();

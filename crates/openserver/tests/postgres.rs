@@ -449,3 +449,32 @@ async fn two_nodes_share_their_users() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_database_gone_away_is_an_error_naming_the_host_not_a_hang() {
+    let Some(pg) = Postgres::start("a_database_gone_away") else {
+        return;
+    };
+    let port = pg.port;
+    let store = PostgresUserStore::open(
+        &pg.url(),
+        fast_hasher(),
+        PostgresOptions::new(Duration::from_secs(3), Duration::from_secs(3), 2),
+    )
+    .await
+    .unwrap();
+    store.add_user("alice", &pw("pw"), &[]).await.unwrap();
+    drop(pg);
+    let started = std::time::Instant::now();
+    let err = store
+        .verify_password("alice", &pw("pw"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(started.elapsed() < Duration::from_secs(15), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(!err.contains(PASSWORD), "{err}");
+    assert!(err.contains("check that PostgreSQL runs there"), "{err}");
+    // Nothing answers from memory instead.
+    assert!(store.find_user("alice").await.is_err());
+}

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
@@ -146,6 +146,13 @@ impl PostgresUserStore {
                 describe(&e)
             ))
         })?;
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(AuthError::Store(format!(
+                "{}: sslmode=require, but this store connects without TLS; remove sslmode \
+                 and keep the database on loopback or a private network (or a TLS tunnel)",
+                redact_url(url)
+            )));
+        }
         if config.get_password().is_none() {
             if let Ok(password) = std::env::var("PGPASSWORD") {
                 config.password(password);
@@ -158,10 +165,15 @@ impl PostgresUserStore {
         config.connect_timeout(options.connect_timeout);
         // The server gives up on a statement as the client would, so a stuck query does not
         // hold a connection (and its locks) after the caller stopped waiting.
-        config.options(format!(
+        let statement_timeout = format!(
             "-c statement_timeout={}",
             options.query_timeout.as_millis().max(1)
-        ));
+        );
+        let server_options = match config.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {statement_timeout}"),
+            _ => statement_timeout,
+        };
+        config.options(server_options);
         if config.get_application_name().is_none() {
             config.application_name("openserver");
         }
@@ -630,7 +642,19 @@ impl PostgresUserStore {
 
     /// Maps a database error to the store error, naming the database.
     fn db(&self, e: tokio_postgres::Error) -> AuthError {
-        AuthError::Store(self.scrub(format!("PostgreSQL at {}: {}", self.target, describe(&e))))
+        // A connection lost under a query (the database restarted or went away) says what an
+        // unreachable one says: that is what there is to check.
+        let lost = e.is_closed() || e.source().is_some_and(|s| s.is::<std::io::Error>());
+        let hint = if lost {
+            "; the connection was lost: check that PostgreSQL runs there and the network to it"
+        } else {
+            ""
+        };
+        AuthError::Store(self.scrub(format!(
+            "PostgreSQL at {}: {}{hint}",
+            self.target,
+            describe(&e)
+        )))
     }
 
     /// Removes the password from a message, should a driver text ever carry it.
@@ -947,6 +971,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("invalid PostgreSQL URL"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn tls_required_is_refused_clearly() {
+        let err = PostgresUserStore::open(
+            "postgres://os:s3cret@db/users?sslmode=require",
+            hasher(),
+            PostgresOptions::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("without TLS"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
     }
 

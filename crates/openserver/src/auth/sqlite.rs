@@ -129,8 +129,11 @@ impl SqliteUserStore {
     /// Keeps SCRAM-SHA-256 credentials, derived with `iterations` rounds of PBKDF2 (the CLI's
     /// default: [`scram::DEFAULT_ITERATIONS`](super::scram::DEFAULT_ITERATIONS)), for the
     /// ScramAuth login. Without this call the store keeps none and every SCRAM login is
-    /// denied. [`AuthError::Invalid`] outside
-    /// [`MIN_ITERATIONS`]..=[`MAX_ITERATIONS`], which clients refuse.
+    /// denied. [`AuthError::Invalid`] outside [`MIN_ITERATIONS`]..=[`MAX_ITERATIONS`], which
+    /// clients refuse.
+    ///
+    /// [`MIN_ITERATIONS`]: super::scram::MIN_ITERATIONS
+    /// [`MAX_ITERATIONS`]: super::scram::MAX_ITERATIONS
     pub fn with_scram(mut self, iterations: u32) -> Result<Self, AuthError> {
         common::check_scram_iterations(iterations)?;
         self.scram_iterations = Some(iterations);
