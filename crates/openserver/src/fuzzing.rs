@@ -71,7 +71,7 @@ pub fn frame_decoder(data: &[u8]) {
     }
 }
 
-/// Classifies the first bytes a client got from a server ([`notice::classify`]), as a TLS
+/// Classifies the first bytes a client got from a server ([`crate::wire::notice::classify`]), as a TLS
 /// client does after a failed handshake. Asserts that a TLS record and a frame are never
 /// confused, and that a recognised refusal notice is exactly a notice the server would send:
 /// its text reads back to the same refusal, and its frame starts the input.

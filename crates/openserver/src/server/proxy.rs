@@ -172,7 +172,7 @@ pub(crate) async fn read_header<S: AsyncRead + Unpin>(
     }
 }
 
-/// The header at the start of `data`, read the way [`read_header`] reads a socket: its
+/// The header at the start of `data`, read the way `read_header` reads a socket: its
 /// length and the client's address. For the fuzz target and tests.
 pub fn header_from_bytes(
     data: &[u8],
