@@ -6,9 +6,11 @@
 
 mod support;
 
+use bytes::Bytes;
 use openserver::channels::{
-    ChannelItem, ChannelSubscription, ChannelsClient, ChannelsConfig, Gap, Position, Recovery,
-    RedisBroker, RedisBrokerConfig,
+    Broker, BrokerSink, ChannelItem, ChannelSubscription, ChannelsClient, ChannelsConfig,
+    ClientInfo, Gap, HistoryOptions, Position, Publication, Recovery, RedisBroker,
+    RedisBrokerConfig,
 };
 use openserver::client::{Client, ClientConfig};
 use std::sync::Arc;
@@ -381,4 +383,144 @@ async fn a_redis_outage_is_refused_plainly_and_never_leaves_a_silent_gap() {
     }
     bob.publish("feed", "live").await.unwrap();
     assert_eq!(publication(&mut sub).await, (2, "live".into()));
+}
+
+/// What a broker delivered, as lines.
+#[derive(Default)]
+struct Seen(std::sync::Mutex<Vec<String>>);
+
+impl BrokerSink for Seen {
+    fn publication(&self, channel: &str, _epoch: &str, p: &Publication) {
+        self.0.lock().unwrap().push(format!("{channel} {}", p.offset));
+    }
+    fn join(&self, channel: &str, c: &ClientInfo, here: bool) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{channel} join {} {here}", c.user));
+    }
+    fn leave(&self, channel: &str, c: &ClientInfo, here: bool) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{channel} leave {} {here}", c.user));
+    }
+    fn resync(&self, channel: &str) {
+        self.0.lock().unwrap().push(format!("{channel} resync"));
+    }
+}
+
+#[tokio::test]
+async fn the_broker_numbers_keeps_and_delivers_as_the_contract_says() {
+    let Some(redis) = RedisServer::start("the_broker_numbers_keeps_and_delivers").await else {
+        return;
+    };
+    let broker = RedisBroker::connect(broker_config(&redis, "solo"))
+        .await
+        .unwrap();
+    let seen = Arc::new(Seen::default());
+    let sink: Arc<dyn BrokerSink> = seen.clone();
+    broker.attach(Arc::downgrade(&sink));
+    let keep3 = HistoryOptions {
+        size: 3,
+        ttl: Duration::from_secs(60),
+        meta_ttl: Duration::from_secs(3600),
+    };
+    // Two subscriptions, one node subscription.
+    broker.subscribe("a").await.unwrap();
+    broker.subscribe("a").await.unwrap();
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let numsub: (String, u64) = redis::cmd("PUBSUB")
+        .arg(&["NUMSUB", "openserver:ch:a:pub"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(numsub.1, 1);
+    let mut epoch = None;
+    for n in 1..=5u64 {
+        let p = broker
+            .publish("a", Bytes::from(vec![n as u8]), "alice", &keep3)
+            .await
+            .unwrap();
+        assert_eq!(p.offset, n);
+        assert_eq!(epoch.get_or_insert(p.epoch.clone()), &p.epoch);
+    }
+    broker.publish("b", Bytes::new(), "", &keep3).await.unwrap();
+    let h = broker.history("a", Some(1), 10, &keep3).await.unwrap();
+    assert_eq!(h.top.offset, 5);
+    assert_eq!(h.first_kept, 3);
+    let offsets: Vec<u64> = h.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, [3, 4, 5]);
+    assert_eq!(h.publications[0].user, "alice");
+    assert_eq!(&h.publications[2].data[..], &[5]);
+    // The canary follows everything published before it on the same connection.
+    broker.ready().await.unwrap();
+    assert_eq!(
+        *seen.0.lock().unwrap(),
+        ["a 1", "a 2", "a 3", "a 4", "a 5"],
+        "b was never subscribed"
+    );
+    broker.unsubscribe("a").await.unwrap();
+    broker.publish("a", Bytes::new(), "", &keep3).await.unwrap();
+    broker.unsubscribe("a").await.unwrap();
+    broker.publish("a", Bytes::new(), "", &keep3).await.unwrap();
+    broker.ready().await.unwrap();
+    assert_eq!(seen.0.lock().unwrap().last().unwrap(), "a 6");
+
+    // Size 0 keeps nothing but still numbers.
+    let none = HistoryOptions { size: 0, ..keep3 };
+    broker.publish("z", Bytes::new(), "", &none).await.unwrap();
+    let p = broker.publish("z", Bytes::new(), "", &none).await.unwrap();
+    assert_eq!(p.offset, 2);
+    let h = broker.history("z", None, 10, &none).await.unwrap();
+    assert_eq!((h.top, h.first_kept, h.publications.len()), (p, 3, 0));
+
+    // Publications expire after ttl, the epoch after meta_ttl.
+    let short = HistoryOptions {
+        size: 10,
+        ttl: Duration::from_millis(300),
+        meta_ttl: Duration::from_millis(1500),
+    };
+    let first = broker.publish("t", Bytes::new(), "", &short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let h = broker.history("t", None, 10, &short).await.unwrap();
+    assert_eq!(h.top, first, "the epoch outlives its publications");
+    assert!(h.publications.is_empty());
+    assert_eq!(h.first_kept, 2);
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let again = broker.publish("t", Bytes::new(), "", &short).await.unwrap();
+    assert_ne!(again.epoch, first.epoch);
+    assert_eq!(again.offset, 1);
+
+    // Presence per session; joins and leaves on the channel's topic, marked as this node's.
+    broker.subscribe("p").await.unwrap();
+    let c = |session, user: &str| ClientInfo {
+        user: user.into(),
+        session,
+        since: session,
+    };
+    broker.presence_add("p", &c(1, "alice")).await.unwrap();
+    broker.presence_add("p", &c(2, "bob")).await.unwrap();
+    broker.presence_add("p", &c(2, "bob")).await.unwrap();
+    assert_eq!(broker.presence("p").await.unwrap().len(), 2);
+    broker.presence_remove("p", 1).await.unwrap();
+    assert_eq!(broker.presence("p").await.unwrap(), vec![c(2, "bob")]);
+    broker.publish_join("p", &c(2, "bob")).await.unwrap();
+    broker.publish_leave("p", &c(2, "bob")).await.unwrap();
+    broker.ready().await.unwrap();
+    let lines = seen.0.lock().unwrap().clone();
+    assert_eq!(lines[lines.len() - 2..], ["p join bob true", "p leave bob true"]);
+    // A clean shutdown takes the node's presence along.
+    broker.shutdown().await.unwrap();
+    let left: Vec<Vec<u8>> = redis::cmd("HVALS")
+        .arg("openserver:ch:p:presence")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(left.is_empty());
+    assert!(broker.publish("a", Bytes::new(), "", &keep3).await.is_err());
 }
