@@ -1,8 +1,10 @@
 //! Channels on Redis (`RedisBroker`): several servers in this process share one real
 //! `redis-server` and act as one service. Publications cross nodes in order, a client
 //! recovers on another node what it missed, presence and join/leave span the nodes, a dead
-//! node's sessions leave presence within 10 s, and a Redis outage is refused plainly and
-//! never leaves a silent gap. Each test starts its own Redis (see `support/redis.rs`).
+//! node's sessions leave presence within 10 s (and a live node whose lease lapsed puts its
+//! own back), a lost pub/sub connection is reopened and its gap filled from history, and a
+//! Redis outage is refused plainly and never leaves a silent gap. The broker's contract is
+//! also checked on its own. Each test starts its own Redis (see `support/redis.rs`).
 
 mod support;
 
@@ -391,7 +393,10 @@ struct Seen(std::sync::Mutex<Vec<String>>);
 
 impl BrokerSink for Seen {
     fn publication(&self, channel: &str, _epoch: &str, p: &Publication) {
-        self.0.lock().unwrap().push(format!("{channel} {}", p.offset));
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{channel} {}", p.offset));
     }
     fn join(&self, channel: &str, c: &ClientInfo, here: bool) {
         self.0
@@ -513,7 +518,10 @@ async fn the_broker_numbers_keeps_and_delivers_as_the_contract_says() {
     broker.publish_leave("p", &c(2, "bob")).await.unwrap();
     broker.ready().await.unwrap();
     let lines = seen.0.lock().unwrap().clone();
-    assert_eq!(lines[lines.len() - 2..], ["p join bob true", "p leave bob true"]);
+    assert_eq!(
+        lines[lines.len() - 2..],
+        ["p join bob true", "p leave bob true"]
+    );
     // A clean shutdown takes the node's presence along.
     broker.shutdown().await.unwrap();
     let left: Vec<Vec<u8>> = redis::cmd("HVALS")
@@ -523,4 +531,53 @@ async fn the_broker_numbers_keeps_and_delivers_as_the_contract_says() {
         .unwrap();
     assert!(left.is_empty());
     assert!(broker.publish("a", Bytes::new(), "", &keep3).await.is_err());
+}
+
+#[tokio::test]
+async fn a_node_whose_lease_lapsed_puts_its_presence_back() {
+    let Some(redis) = RedisServer::start("a_node_whose_lease_lapsed_puts_its_presence_back").await
+    else {
+        return;
+    };
+    let a = node(&redis, "a", join_leave()).await;
+    let b = node(&redis, "b", join_leave()).await;
+    let (_ca, alice) = login(&a, ALICE).await;
+    let (_cb, bob) = login(&b, BOB).await;
+    let mut on_b = bob.subscribe("room").await.unwrap();
+    let _on_a = alice.subscribe("room").await.unwrap();
+    match next(&mut on_b).await {
+        ChannelItem::Join(who) => assert_eq!(who.user, "alice"),
+        other => panic!("expected alice's join, got {other:?}"),
+    }
+    presence_is(&b, "room", &["alice", "bob"]).await;
+    // As if node a had stalled for longer than its lease: the lease gone, and a sweeper
+    // having removed alice's entry. Node a, renewing, finds its lease gone and puts her back.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg("openserver:ch:room:presence")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let alices: Vec<&String> = fields.iter().filter(|f| f.starts_with("a/")).collect();
+    assert_eq!(alices.len(), 1, "{fields:?}");
+    let removed: (u64, u64) = redis::pipe()
+        .atomic()
+        .cmd("DEL")
+        .arg("openserver:node:a:lease")
+        .cmd("HDEL")
+        .arg("openserver:ch:room:presence")
+        .arg(alices[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, (1, 1));
+    match next(&mut on_b).await {
+        ChannelItem::Join(who) => assert_eq!(who.user, "alice"),
+        other => panic!("expected alice's join, got {other:?}"),
+    }
+    presence_is(&b, "room", &["alice", "bob"]).await;
 }
