@@ -29,6 +29,7 @@ use super::broker::{
 use crate::session::{lock, SessionId};
 use async_trait::async_trait;
 use bytes::Bytes;
+use config::redact;
 use futures::StreamExt;
 use keys::Keys;
 use payload::Event;
@@ -102,14 +103,6 @@ fn new_epoch() -> String {
 
 /// Offsets above this are not real (2^53: what the scripts' numbers hold exactly).
 const MAX_OFFSET: u64 = 1 << 53;
-
-/// The URL without user and password.
-fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
-        _ => url.to_string(),
-    }
-}
 
 impl RedisBroker {
     /// Connects to Redis, takes this node's lease (removing the presence a previous process of
@@ -806,11 +799,5 @@ mod tests {
         ]))
         .unwrap_err()
         .contains("negative"));
-    }
-
-    #[test]
-    fn credentials_stay_out_of_messages() {
-        assert_eq!(redact("redis://u:secret@db:6379/0"), "redis://db:6379/0");
-        assert_eq!(redact("redis://db:6379"), "redis://db:6379");
     }
 }
