@@ -319,6 +319,12 @@ async fn a_lost_pubsub_connection_is_reopened_and_the_gap_filled_from_history() 
     b.server.handle.publish("feed", "6").await.unwrap();
     assert_eq!(publication(&mut sub).await, (6, "6".into()));
     a.broker.ready().await.unwrap();
+    let metrics = a.server.handle.metrics().encode_prometheus();
+    assert!(
+        metrics
+            .contains("openserver_channel_gaps_total{namespace=\"default\",outcome=\"filled\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -373,6 +379,12 @@ async fn a_redis_outage_is_refused_plainly_and_never_leaves_a_silent_gap() {
         }
         other => panic!("expected the subscription's end, got {other:?}"),
     }
+    let metrics = a.server.handle.metrics().encode_prometheus();
+    assert!(
+        metrics
+            .contains("openserver_channel_gaps_total{namespace=\"default\",outcome=\"ended\"} 1"),
+        "{metrics}"
+    );
     // Subscribing again from her last position tells her what was lost, then goes on live.
     let mut sub = alice.subscribe_since("feed", Some(seen)).await.unwrap();
     match next(&mut sub).await {

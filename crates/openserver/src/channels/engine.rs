@@ -979,6 +979,8 @@ impl Engine {
                 deliver(&epoch, &p);
             }
             feed.last = last;
+            drop(feed);
+            self.metrics.gap(&rules.ns.label, "filled");
             if !missed.is_empty() {
                 tracing::info!(
                     channel,
@@ -992,6 +994,7 @@ impl Engine {
             let mut feed = lock(&local.feed);
             *feed = Feed::default();
         }
+        self.metrics.gap(&rules.ns.label, "ended");
         tracing::warn!(
             channel,
             why,
