@@ -15,10 +15,13 @@ use openserver::channels::{
     RedisBrokerConfig,
 };
 use openserver::client::{Client, ClientConfig};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::harness::{config, start_with, TestServer, ALICE, BOB, WAIT};
 use support::redis::RedisServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 /// One server on the shared Redis.
@@ -599,4 +602,115 @@ async fn a_node_whose_lease_lapsed_puts_its_presence_back() {
         other => panic!("expected alice's join, got {other:?}"),
     }
     presence_is(&b, "room", &["alice", "bob"]).await;
+}
+
+/// A TCP proxy to Redis that can turn the pub/sub connections open at that moment deaf: kept
+/// open, nothing forwarded either way, as a half-open connection after a failover or a cut
+/// without reset. Connections opened later work.
+struct DeafProxy {
+    port: u16,
+    /// Subscribed connections with an id below this are deaf.
+    cutoff: Arc<AtomicU64>,
+    next: Arc<AtomicU64>,
+}
+
+impl DeafProxy {
+    async fn start(redis_port: u16) -> DeafProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cutoff = Arc::new(AtomicU64::new(0));
+        let next = Arc::new(AtomicU64::new(0));
+        let (c, n) = (cutoff.clone(), next.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", redis_port)).await else {
+                    continue;
+                };
+                let id = n.fetch_add(1, Ordering::SeqCst);
+                let subscribed = Arc::new(AtomicBool::new(false));
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let deaf = {
+                    let (c, s) = (c.clone(), subscribed.clone());
+                    move || s.load(Ordering::SeqCst) && id < c.load(Ordering::SeqCst)
+                };
+                tokio::spawn(pump(cr, sw, Some(subscribed), deaf.clone()));
+                tokio::spawn(pump(sr, cw, None, deaf));
+            }
+        });
+        DeafProxy { port, cutoff, next }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn deafen_open_pubsub_connections(&self) {
+        self.cutoff
+            .store(self.next.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mark: Option<Arc<AtomicBool>>,
+    deaf: impl Fn() -> bool,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if let Some(mark) = &mark {
+            if buf[..n]
+                .windows(9)
+                .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+            {
+                mark.store(true, Ordering::SeqCst);
+            }
+        }
+        if !deaf() && to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_deaf_pubsub_connection_is_found_by_its_canaries_and_reopened() {
+    let Some(redis) = RedisServer::start("a_deaf_pubsub_connection_is_found").await else {
+        return;
+    };
+    let proxy = DeafProxy::start(redis.port).await;
+    let a = node_with(
+        RedisBrokerConfig {
+            url: proxy.url(),
+            lease_renew: Duration::from_millis(500),
+            lease_ttl: Duration::from_secs(2),
+            ..broker_config(&redis, "a")
+        },
+        ChannelsConfig::default(),
+    )
+    .await;
+    let b = node(&redis, "b", ChannelsConfig::default()).await;
+    let (_ca, alice) = login(&a, ALICE).await;
+    let mut sub = alice.subscribe("feed").await.unwrap();
+    b.server.handle.publish("feed", "1").await.unwrap();
+    assert_eq!(publication(&mut sub).await, (1, "1".into()));
+    proxy.deafen_open_pubsub_connections();
+    for n in 2..=4 {
+        b.server
+            .handle
+            .publish("feed", n.to_string())
+            .await
+            .unwrap();
+    }
+    // Nothing closed the connection: only the lost canaries tell, then the gap is filled.
+    for n in 2..=4u64 {
+        assert_eq!(publication(&mut sub).await, (n, n.to_string()));
+    }
+    b.server.handle.publish("feed", "5").await.unwrap();
+    assert_eq!(publication(&mut sub).await, (5, "5".into()));
+    a.broker.ready().await.unwrap();
 }

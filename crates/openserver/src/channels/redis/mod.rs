@@ -83,6 +83,9 @@ struct Inner {
     mine: Mutex<HashMap<(String, SessionId), ClientInfo>>,
     stopped: AtomicBool,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// Tells the pub/sub reader to drop its connection and open another (the watchdog found
+    /// it deaf: half-open after a failover or a cut without reset).
+    reset: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for Inner {
@@ -147,6 +150,7 @@ impl RedisBroker {
             mine: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
+            reset: Arc::new(tokio::sync::Notify::new()),
             config,
         });
         let pong: String = inner
@@ -172,9 +176,18 @@ impl RedisBroker {
         }
         inner.renew(true).await?;
         let stream = inner.open_pubsub().await?;
-        let reader = tokio::spawn(read_pubsub(Arc::downgrade(&inner), stream));
+        let reader = tokio::spawn(read_pubsub(
+            Arc::downgrade(&inner),
+            inner.reset.clone(),
+            stream,
+        ));
         let lease = tokio::spawn(keep_lease(Arc::downgrade(&inner)));
-        lock(&inner.tasks).extend([reader.abort_handle(), lease.abort_handle()]);
+        let watchdog = tokio::spawn(watch_pubsub(Arc::downgrade(&inner)));
+        lock(&inner.tasks).extend([
+            reader.abort_handle(),
+            lease.abort_handle(),
+            watchdog.abort_handle(),
+        ]);
         tracing::info!(redis = %target, node = %inner.config.node_id, "channel broker on Redis");
         Ok(Arc::new(RedisBroker { inner }))
     }
@@ -187,39 +200,7 @@ impl RedisBroker {
     /// The health check: a canary published on this node's own topic must come back through
     /// the pub/sub connection within `command_timeout`. `Err` says which part failed.
     pub async fn ready(&self) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        inner.check()?;
-        let nonce = new_epoch();
-        let (tx, rx) = oneshot::channel();
-        lock(&inner.canaries).insert(nonce.clone(), tx);
-        let result = async {
-            let receivers: u64 = inner
-                .run(
-                    "publish the canary",
-                    redis::cmd("PUBLISH")
-                        .arg(inner.keys.canary())
-                        .arg(&nonce)
-                        .query_async(&mut inner.conn()),
-                )
-                .await?;
-            if receivers == 0 {
-                return Err(BrokerError(format!(
-                    "this node's pub/sub connection to Redis at {} is down (reconnecting)",
-                    inner.target
-                )));
-            }
-            match tokio::time::timeout(inner.config.command_timeout, rx).await {
-                Ok(Ok(())) => Ok(()),
-                _ => Err(BrokerError(format!(
-                    "the canary published on Redis at {} did not come back through pub/sub \
-                     within {:?}",
-                    inner.target, inner.config.command_timeout
-                ))),
-            }
-        }
-        .await;
-        lock(&inner.canaries).remove(&nonce);
-        result
+        self.inner.canary().await.map_err(|(e, _)| e)
     }
 
     /// Leaves cleanly: removes this node's presence entries (publishing their leaves) and its
@@ -290,6 +271,50 @@ impl Inner {
                 self.target, self.config.command_timeout
             ))),
         }
+    }
+
+    /// Sends a canary through pub/sub. `Err` with `true` when the command went through but the
+    /// pub/sub connection did not deliver it: that connection is broken even if it looks open.
+    async fn canary(&self) -> Result<(), (BrokerError, bool)> {
+        self.check().map_err(|e| (e, false))?;
+        let nonce = new_epoch();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.canaries).insert(nonce.clone(), tx);
+        let result = async {
+            let receivers: u64 = self
+                .run(
+                    "publish the canary",
+                    redis::cmd("PUBLISH")
+                        .arg(self.keys.canary())
+                        .arg(&nonce)
+                        .query_async(&mut self.conn()),
+                )
+                .await
+                .map_err(|e| (e, false))?;
+            if receivers == 0 {
+                return Err((
+                    BrokerError(format!(
+                        "this node's pub/sub connection to Redis at {} is down (reconnecting)",
+                        self.target
+                    )),
+                    true,
+                ));
+            }
+            match tokio::time::timeout(self.config.command_timeout, rx).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err((
+                    BrokerError(format!(
+                        "the canary published on Redis at {} did not come back through pub/sub \
+                         within {:?}",
+                        self.target, self.config.command_timeout
+                    )),
+                    true,
+                )),
+            }
+        }
+        .await;
+        lock(&self.canaries).remove(&nonce);
+        result
     }
 
     fn sink(&self) -> Option<Arc<dyn BrokerSink>> {
@@ -465,21 +490,30 @@ impl Inner {
 }
 
 /// Reads the pub/sub connection; reopens it when lost, resubscribes, and tells the engine.
-async fn read_pubsub(weak: Weak<Inner>, mut stream: PubSubStream) {
+async fn read_pubsub(weak: Weak<Inner>, reset: Arc<tokio::sync::Notify>, mut stream: PubSubStream) {
     loop {
-        while let Some(msg) = stream.next().await {
-            let Some(inner) = weak.upgrade() else {
-                return;
-            };
-            inner.deliver(msg.get_channel_name(), msg.get_payload_bytes());
-        }
+        let why = loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        break "lost";
+                    };
+                    let Some(inner) = weak.upgrade() else {
+                        return;
+                    };
+                    inner.deliver(msg.get_channel_name(), msg.get_payload_bytes());
+                }
+                _ = reset.notified() => break "deaf (canaries did not come back)",
+            }
+        };
+        drop(stream);
         let Some(inner) = weak.upgrade() else {
             return;
         };
         if inner.stopped.load(Ordering::SeqCst) {
             return;
         }
-        tracing::warn!(redis = %inner.target, "pub/sub connection to Redis lost; reconnecting");
+        tracing::warn!(redis = %inner.target, why, "pub/sub connection to Redis dropped; reconnecting");
         *inner.pubsub.lock().await = None;
         let mut delay = inner.config.reconnect_delay;
         drop(inner);
@@ -541,6 +575,45 @@ async fn keep_lease(weak: Weak<Inner>) {
             Ok(0) => {}
             Ok(left) => tracing::info!(left, "removed the presence of nodes whose lease expired"),
             Err(e) => tracing::debug!(error = %e, "sweep failed"),
+        }
+    }
+}
+
+/// How many canaries in a row may get lost before the pub/sub connection is reopened.
+const DEAF_AFTER: u32 = 2;
+
+/// Sends a canary every `lease_renew`; when the commands work but the canaries do not come
+/// back, the pub/sub connection is deaf (half-open): the reader reopens it.
+async fn watch_pubsub(weak: Weak<Inner>) {
+    let every = match weak.upgrade() {
+        Some(inner) => inner.config.lease_renew,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lost = 0;
+    loop {
+        tick.tick().await;
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        match inner.canary().await {
+            Ok(()) => lost = 0,
+            Err((_, true)) => {
+                lost += 1;
+                // While the reader reconnects there is no sink; it needs no push then.
+                let connected = inner.pubsub.try_lock().map_or(true, |p| p.is_some());
+                if lost >= DEAF_AFTER && connected {
+                    tracing::warn!(
+                        redis = %inner.target,
+                        "the pub/sub connection delivers nothing (canaries lost); reopening it"
+                    );
+                    inner.reset.notify_waiters();
+                    lost = 0;
+                }
+            }
+            // Redis itself is unreachable: nothing to tell about the pub/sub connection.
+            Err((_, false)) => lost = 0,
         }
     }
 }
