@@ -24,7 +24,8 @@ pub struct RedisBrokerConfig {
     /// The longest a connection to Redis may take to open.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// How often the node renews its lease.
+    /// How often the node renews its lease, and checks its pub/sub connection with a canary
+    /// (two lost in a row while commands work: the connection is reopened).
     #[serde(with = "humantime_serde")]
     pub lease_renew: Duration,
     /// How long a lease lasts without renewal: a node not heard from for this long is taken

@@ -13,6 +13,7 @@
 //! - A lost pub/sub connection is reopened by itself (with backoff) and its channels
 //!   resubscribed; what was published meanwhile missed live delivery, so the engine is told
 //!   ([`BrokerSink::resync`]) before anything newer is delivered, and fills the gap from history.
+//!   A watchdog's canaries find a connection that is open but deaf (half-open) and reopen it.
 //!
 //! `docs/CLUSTER.md` ("Channels on Redis") has the key layout and the guarantees.
 
