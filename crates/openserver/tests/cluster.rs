@@ -1,20 +1,27 @@
 //! Channels on Redis (`RedisBroker`): several servers in this process share one real
 //! `redis-server` and act as one service. Publications cross nodes in order, a client
 //! recovers on another node what it missed, presence and join/leave span the nodes, a dead
-//! node's sessions leave presence within 10 s, and a Redis outage is refused plainly and
-//! never leaves a silent gap. Each test starts its own Redis (see `support/redis.rs`).
+//! node's sessions leave presence within 10 s (and a live node whose lease lapsed puts its
+//! own back), a lost pub/sub connection is reopened and its gap filled from history, and a
+//! Redis outage is refused plainly and never leaves a silent gap. The broker's contract is
+//! also checked on its own. Each test starts its own Redis (see `support/redis.rs`).
 
 mod support;
 
+use bytes::Bytes;
 use openserver::channels::{
-    ChannelItem, ChannelSubscription, ChannelsClient, ChannelsConfig, Gap, Position, Recovery,
-    RedisBroker, RedisBrokerConfig,
+    Broker, BrokerSink, ChannelItem, ChannelSubscription, ChannelsClient, ChannelsConfig,
+    ClientInfo, Gap, HistoryOptions, Position, Publication, Recovery, RedisBroker,
+    RedisBrokerConfig,
 };
 use openserver::client::{Client, ClientConfig};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::harness::{config, start_with, TestServer, ALICE, BOB, WAIT};
 use support::redis::RedisServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 /// One server on the shared Redis.
@@ -108,8 +115,6 @@ async fn publications_cross_nodes_in_order() {
             assert_eq!(publication(sub).await, (n, n.to_string()));
         }
     }
-    // A channel nobody on A subscribed to is not delivered there.
-    b.server.handle.publish("elsewhere", "x").await.unwrap();
     a.server.handle.publish("lobby", "31").await.unwrap();
     assert_eq!(publication(&mut on_a).await, (31, "31".into()));
     // Many subscribers on one node: one node subscription, each gets everything.
@@ -317,6 +322,12 @@ async fn a_lost_pubsub_connection_is_reopened_and_the_gap_filled_from_history() 
     b.server.handle.publish("feed", "6").await.unwrap();
     assert_eq!(publication(&mut sub).await, (6, "6".into()));
     a.broker.ready().await.unwrap();
+    let metrics = a.server.handle.metrics().encode_prometheus();
+    assert!(
+        metrics
+            .contains("openserver_channel_gaps_total{namespace=\"default\",outcome=\"filled\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -371,6 +382,12 @@ async fn a_redis_outage_is_refused_plainly_and_never_leaves_a_silent_gap() {
         }
         other => panic!("expected the subscription's end, got {other:?}"),
     }
+    let metrics = a.server.handle.metrics().encode_prometheus();
+    assert!(
+        metrics
+            .contains("openserver_channel_gaps_total{namespace=\"default\",outcome=\"ended\"} 1"),
+        "{metrics}"
+    );
     // Subscribing again from her last position tells her what was lost, then goes on live.
     let mut sub = alice.subscribe_since("feed", Some(seen)).await.unwrap();
     match next(&mut sub).await {
@@ -380,5 +397,320 @@ async fn a_redis_outage_is_refused_plainly_and_never_leaves_a_silent_gap() {
         other => panic!("expected an unrecoverable gap, got {other:?}"),
     }
     bob.publish("feed", "live").await.unwrap();
-    assert_eq!(publication(&mut sub).await, (2, "live".into()));
+    assert_eq!(
+        publication(&mut sub).await,
+        (position.offset + 1, "live".into())
+    );
+}
+
+/// What a broker delivered, as lines.
+#[derive(Default)]
+struct Seen(std::sync::Mutex<Vec<String>>);
+
+impl BrokerSink for Seen {
+    fn publication(&self, channel: &str, _epoch: &str, p: &Publication) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{channel} {}", p.offset));
+    }
+    fn join(&self, channel: &str, c: &ClientInfo, here: bool) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{channel} join {} {here}", c.user));
+    }
+    fn leave(&self, channel: &str, c: &ClientInfo, here: bool) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{channel} leave {} {here}", c.user));
+    }
+    fn resync(&self, channel: &str) {
+        self.0.lock().unwrap().push(format!("{channel} resync"));
+    }
+}
+
+#[tokio::test]
+async fn the_broker_numbers_keeps_and_delivers_as_the_contract_says() {
+    let Some(redis) = RedisServer::start("the_broker_numbers_keeps_and_delivers").await else {
+        return;
+    };
+    let broker = RedisBroker::connect(broker_config(&redis, "solo"))
+        .await
+        .unwrap();
+    let seen = Arc::new(Seen::default());
+    let sink: Arc<dyn BrokerSink> = seen.clone();
+    broker.attach(Arc::downgrade(&sink));
+    let keep3 = HistoryOptions {
+        size: 3,
+        ttl: Duration::from_secs(60),
+        meta_ttl: Duration::from_secs(3600),
+    };
+    // Two subscriptions, one node subscription.
+    broker.subscribe("a").await.unwrap();
+    broker.subscribe("a").await.unwrap();
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let numsub: (String, u64) = redis::cmd("PUBSUB")
+        .arg(&["NUMSUB", "openserver:ch:a:pub"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(numsub.1, 1);
+    let mut epoch = None;
+    for n in 1..=5u64 {
+        let p = broker
+            .publish("a", Bytes::from(vec![n as u8]), "alice", &keep3)
+            .await
+            .unwrap();
+        assert_eq!(p.offset, n);
+        assert_eq!(epoch.get_or_insert(p.epoch.clone()), &p.epoch);
+    }
+    broker.publish("b", Bytes::new(), "", &keep3).await.unwrap();
+    let h = broker.history("a", Some(1), 10, &keep3).await.unwrap();
+    assert_eq!(h.top.offset, 5);
+    assert_eq!(h.first_kept, 3);
+    let offsets: Vec<u64> = h.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, [3, 4, 5]);
+    assert_eq!(h.publications[0].user, "alice");
+    assert_eq!(&h.publications[2].data[..], &[5]);
+    // The canary follows everything published before it on the same connection.
+    broker.ready().await.unwrap();
+    assert_eq!(
+        *seen.0.lock().unwrap(),
+        ["a 1", "a 2", "a 3", "a 4", "a 5"],
+        "b was never subscribed"
+    );
+    broker.unsubscribe("a").await.unwrap();
+    broker.publish("a", Bytes::new(), "", &keep3).await.unwrap();
+    broker.ready().await.unwrap();
+    assert_eq!(
+        seen.0.lock().unwrap().last().unwrap(),
+        "a 6",
+        "still one left"
+    );
+    broker.unsubscribe("a").await.unwrap();
+    broker.publish("a", Bytes::new(), "", &keep3).await.unwrap();
+    broker.ready().await.unwrap();
+    assert_eq!(seen.0.lock().unwrap().last().unwrap(), "a 6", "none left");
+
+    // Size 0 keeps nothing but still numbers.
+    let none = HistoryOptions { size: 0, ..keep3 };
+    broker.publish("z", Bytes::new(), "", &none).await.unwrap();
+    let p = broker.publish("z", Bytes::new(), "", &none).await.unwrap();
+    assert_eq!(p.offset, 2);
+    let h = broker.history("z", None, 10, &none).await.unwrap();
+    assert_eq!((h.top, h.first_kept, h.publications.len()), (p, 3, 0));
+
+    // Publications expire after ttl, the epoch after meta_ttl.
+    let short = HistoryOptions {
+        size: 10,
+        ttl: Duration::from_millis(300),
+        meta_ttl: Duration::from_millis(1500),
+    };
+    let first = broker.publish("t", Bytes::new(), "", &short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let h = broker.history("t", None, 10, &short).await.unwrap();
+    assert_eq!(h.top, first, "the epoch outlives its publications");
+    assert!(h.publications.is_empty());
+    assert_eq!(h.first_kept, 2);
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let again = broker.publish("t", Bytes::new(), "", &short).await.unwrap();
+    assert_ne!(again.epoch, first.epoch);
+    assert_eq!(again.offset, 1);
+
+    // Presence per session; joins and leaves on the channel's topic, marked as this node's.
+    broker.subscribe("p").await.unwrap();
+    let c = |session, user: &str| ClientInfo {
+        user: user.into(),
+        session,
+        since: session,
+    };
+    broker.presence_add("p", &c(1, "alice")).await.unwrap();
+    broker.presence_add("p", &c(2, "bob")).await.unwrap();
+    broker.presence_add("p", &c(2, "bob")).await.unwrap();
+    assert_eq!(broker.presence("p").await.unwrap().len(), 2);
+    broker.presence_remove("p", 1).await.unwrap();
+    assert_eq!(broker.presence("p").await.unwrap(), vec![c(2, "bob")]);
+    broker.publish_join("p", &c(2, "bob")).await.unwrap();
+    broker.publish_leave("p", &c(2, "bob")).await.unwrap();
+    broker.ready().await.unwrap();
+    let lines = seen.0.lock().unwrap().clone();
+    assert_eq!(
+        lines[lines.len() - 2..],
+        ["p join bob true", "p leave bob true"]
+    );
+    // A clean shutdown takes the node's presence along.
+    broker.shutdown().await.unwrap();
+    let left: Vec<Vec<u8>> = redis::cmd("HVALS")
+        .arg("openserver:ch:p:presence")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(left.is_empty());
+    assert!(broker.publish("a", Bytes::new(), "", &keep3).await.is_err());
+}
+
+#[tokio::test]
+async fn a_node_whose_lease_lapsed_puts_its_presence_back() {
+    let Some(redis) = RedisServer::start("a_node_whose_lease_lapsed_puts_its_presence_back").await
+    else {
+        return;
+    };
+    let a = node(&redis, "a", join_leave()).await;
+    let b = node(&redis, "b", join_leave()).await;
+    let (_ca, alice) = login(&a, ALICE).await;
+    let (_cb, bob) = login(&b, BOB).await;
+    let mut on_b = bob.subscribe("room").await.unwrap();
+    let _on_a = alice.subscribe("room").await.unwrap();
+    match next(&mut on_b).await {
+        ChannelItem::Join(who) => assert_eq!(who.user, "alice"),
+        other => panic!("expected alice's join, got {other:?}"),
+    }
+    presence_is(&b, "room", &["alice", "bob"]).await;
+    // As if node a had stalled for longer than its lease: the lease gone, and a sweeper
+    // having removed alice's entry. Node a, renewing, finds its lease gone and puts her back.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg("openserver:ch:room:presence")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let alices: Vec<&String> = fields.iter().filter(|f| f.starts_with("a/")).collect();
+    assert_eq!(alices.len(), 1, "{fields:?}");
+    let removed: (u64, u64) = redis::pipe()
+        .atomic()
+        .cmd("DEL")
+        .arg("openserver:node:a:lease")
+        .cmd("HDEL")
+        .arg("openserver:ch:room:presence")
+        .arg(alices[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, (1, 1));
+    match next(&mut on_b).await {
+        ChannelItem::Join(who) => assert_eq!(who.user, "alice"),
+        other => panic!("expected alice's join, got {other:?}"),
+    }
+    presence_is(&b, "room", &["alice", "bob"]).await;
+}
+
+/// A TCP proxy to Redis that can turn the pub/sub connections open at that moment deaf: kept
+/// open, nothing forwarded either way, as a half-open connection after a failover or a cut
+/// without reset. Connections opened later work.
+struct DeafProxy {
+    port: u16,
+    /// Subscribed connections with an id below this are deaf.
+    cutoff: Arc<AtomicU64>,
+    next: Arc<AtomicU64>,
+}
+
+impl DeafProxy {
+    async fn start(redis_port: u16) -> DeafProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cutoff = Arc::new(AtomicU64::new(0));
+        let next = Arc::new(AtomicU64::new(0));
+        let (c, n) = (cutoff.clone(), next.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", redis_port)).await else {
+                    continue;
+                };
+                let id = n.fetch_add(1, Ordering::SeqCst);
+                let subscribed = Arc::new(AtomicBool::new(false));
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let deaf = {
+                    let (c, s) = (c.clone(), subscribed.clone());
+                    move || s.load(Ordering::SeqCst) && id < c.load(Ordering::SeqCst)
+                };
+                tokio::spawn(pump(cr, sw, Some(subscribed), deaf.clone()));
+                tokio::spawn(pump(sr, cw, None, deaf));
+            }
+        });
+        DeafProxy { port, cutoff, next }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn deafen_open_pubsub_connections(&self) {
+        self.cutoff
+            .store(self.next.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mark: Option<Arc<AtomicBool>>,
+    deaf: impl Fn() -> bool,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if let Some(mark) = &mark {
+            if buf[..n]
+                .windows(9)
+                .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+            {
+                mark.store(true, Ordering::SeqCst);
+            }
+        }
+        if !deaf() && to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_deaf_pubsub_connection_is_found_by_its_canaries_and_reopened() {
+    let Some(redis) = RedisServer::start("a_deaf_pubsub_connection_is_found").await else {
+        return;
+    };
+    let proxy = DeafProxy::start(redis.port).await;
+    let a = node_with(
+        RedisBrokerConfig {
+            url: proxy.url(),
+            lease_renew: Duration::from_millis(500),
+            lease_ttl: Duration::from_secs(2),
+            ..broker_config(&redis, "a")
+        },
+        ChannelsConfig::default(),
+    )
+    .await;
+    let b = node(&redis, "b", ChannelsConfig::default()).await;
+    let (_ca, alice) = login(&a, ALICE).await;
+    let mut sub = alice.subscribe("feed").await.unwrap();
+    b.server.handle.publish("feed", "1").await.unwrap();
+    assert_eq!(publication(&mut sub).await, (1, "1".into()));
+    proxy.deafen_open_pubsub_connections();
+    for n in 2..=4 {
+        b.server
+            .handle
+            .publish("feed", n.to_string())
+            .await
+            .unwrap();
+    }
+    // Nothing closed the connection: only the lost canaries tell, then the gap is filled.
+    for n in 2..=4u64 {
+        assert_eq!(publication(&mut sub).await, (n, n.to_string()));
+    }
+    b.server.handle.publish("feed", "5").await.unwrap();
+    assert_eq!(publication(&mut sub).await, (5, "5".into()));
+    a.broker.ready().await.unwrap();
 }

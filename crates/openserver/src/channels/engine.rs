@@ -11,6 +11,12 @@
 //! lock, the answer is queued with the missed publications and then the buffered ones newer
 //! than them, and the session becomes live: every publication after the answer's position is
 //! either in the answer or pushed after it, once.
+//!
+//! A gap in the broker's delivery (its connection lost and back, [`BrokerSink::resync`]):
+//! the channel's deliveries are held while the history after the last offset handed on is
+//! read; the missed publications go out first, then the held ones. If the history cannot
+//! cover the gap, the channel's subscriptions end with the reason: a client that subscribes
+//! again from its position learns exactly what was lost. Never a silent gap.
 
 use super::broker::{
     Broker, BrokerError, BrokerSink, ClientInfo, History, HistoryOptions, Position, Publication,
@@ -973,6 +979,8 @@ impl Engine {
                 deliver(&epoch, &p);
             }
             feed.last = last;
+            drop(feed);
+            self.metrics.gap(&rules.ns.label, "filled");
             if !missed.is_empty() {
                 tracing::info!(
                     channel,
@@ -986,6 +994,7 @@ impl Engine {
             let mut feed = lock(&local.feed);
             *feed = Feed::default();
         }
+        self.metrics.gap(&rules.ns.label, "ended");
         tracing::warn!(
             channel,
             why,
@@ -994,6 +1003,14 @@ impl Engine {
         let reason = format!(
             "the server's link to the channel broker was interrupted and what {channel:?}              published meanwhile cannot be delivered ({why}); subscribe again from the last              position seen to learn what was lost"
         );
+        // Only the sessions of this `Local`: one made since (all left, someone came back)
+        // started after the interruption.
+        let current = lock(&self.local)
+            .get(&channel)
+            .is_some_and(|l| Arc::ptr_eq(l, &local));
+        if !current {
+            return;
+        }
         let ids: Vec<SessionId> = lock(&local.subs).keys().copied().collect();
         for id in ids {
             let Some(session) = self.remove_subscriber(id, &channel) else {

@@ -93,8 +93,9 @@ pub enum SessionEvent {
         user: String,
         /// The channel.
         channel: String,
-        /// Why: `client` (the client unsubscribed), `server` (server code did) or `closed`
-        /// (the session ended).
+        /// Why: `client` (the client unsubscribed), `server` (server code did), `closed`
+        /// (the session ended) or `broker` (publications were lost while the link to the
+        /// broker was down, and the history could not fill the gap).
         reason: &'static str,
     },
     /// A connection was closed before it became a session.

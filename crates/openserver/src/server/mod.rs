@@ -179,7 +179,8 @@ impl ServerBuilder {
     }
 
     /// The broker of [`channels`](Self::channels) (which it enables with the default rules
-    /// if not called).
+    /// if not called): [`RedisBroker`](crate::channels::RedisBroker) shares the channels of
+    /// every node on one Redis (`docs/CLUSTER.md`).
     pub fn channel_broker(mut self, broker: Arc<dyn Broker>) -> Self {
         self = self.channels_enabled();
         if let Some(setup) = self.channels.as_mut() {

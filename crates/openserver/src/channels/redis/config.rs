@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// How a [`RedisBroker`](super::RedisBroker) reaches Redis and keeps its node's lease.
 /// `docs/CLUSTER.md` ("Channels on Redis") explains each setting.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisBrokerConfig {
     /// The Redis server: `redis://[user:password@]host[:port][/db]` (`rediss://` is not
@@ -24,7 +24,8 @@ pub struct RedisBrokerConfig {
     /// The longest a connection to Redis may take to open.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// How often the node renews its lease.
+    /// How often the node renews its lease, and checks its pub/sub connection with a canary
+    /// (two lost in a row while commands work: the connection is reopened).
     #[serde(with = "humantime_serde")]
     pub lease_renew: Duration,
     /// How long a lease lasts without renewal: a node not heard from for this long is taken
@@ -42,6 +43,32 @@ pub struct RedisBrokerConfig {
     /// The longest wait between two reconnection attempts.
     #[serde(with = "humantime_serde")]
     pub reconnect_max_delay: Duration,
+}
+
+/// The URL without user and password, for messages and logs.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
+        _ => url.to_string(),
+    }
+}
+
+impl std::fmt::Debug for RedisBrokerConfig {
+    /// As derived, but the URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBrokerConfig")
+            .field("url", &redact(&self.url))
+            .field("node_id", &self.node_id)
+            .field("prefix", &self.prefix)
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("lease_renew", &self.lease_renew)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("sweep_every", &self.sweep_every)
+            .field("reconnect_delay", &self.reconnect_delay)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .finish()
+    }
 }
 
 impl Default for RedisBrokerConfig {
@@ -142,5 +169,9 @@ mod tests {
             ..c
         };
         assert!(bad.validate().unwrap_err().contains("command_timeout"));
+        let secret = RedisBrokerConfig::new("redis://u:hunter2@db:6379/0");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+        assert_eq!(redact("redis://u:secret@db:6379/0"), "redis://db:6379/0");
+        assert_eq!(redact("redis://db:6379"), "redis://db:6379");
     }
 }

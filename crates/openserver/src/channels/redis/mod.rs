@@ -13,6 +13,7 @@
 //! - A lost pub/sub connection is reopened by itself (with backoff) and its channels
 //!   resubscribed; what was published meanwhile missed live delivery, so the engine is told
 //!   ([`BrokerSink::resync`]) before anything newer is delivered, and fills the gap from history.
+//!   A watchdog's canaries find a connection that is open but deaf (half-open) and reopen it.
 //!
 //! `docs/CLUSTER.md` ("Channels on Redis") has the key layout and the guarantees.
 
@@ -29,6 +30,7 @@ use super::broker::{
 use crate::session::{lock, SessionId};
 use async_trait::async_trait;
 use bytes::Bytes;
+use config::redact;
 use futures::StreamExt;
 use keys::Keys;
 use payload::Event;
@@ -82,6 +84,9 @@ struct Inner {
     mine: Mutex<HashMap<(String, SessionId), ClientInfo>>,
     stopped: AtomicBool,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// Tells the pub/sub reader to drop its connection and open another (the watchdog found
+    /// it deaf: half-open after a failover or a cut without reset).
+    reset: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for Inner {
@@ -102,14 +107,6 @@ fn new_epoch() -> String {
 
 /// Offsets above this are not real (2^53: what the scripts' numbers hold exactly).
 const MAX_OFFSET: u64 = 1 << 53;
-
-/// The URL without user and password.
-fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
-        _ => url.to_string(),
-    }
-}
 
 impl RedisBroker {
     /// Connects to Redis, takes this node's lease (removing the presence a previous process of
@@ -154,6 +151,7 @@ impl RedisBroker {
             mine: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
+            reset: Arc::new(tokio::sync::Notify::new()),
             config,
         });
         let pong: String = inner
@@ -179,9 +177,18 @@ impl RedisBroker {
         }
         inner.renew(true).await?;
         let stream = inner.open_pubsub().await?;
-        let reader = tokio::spawn(read_pubsub(Arc::downgrade(&inner), stream));
+        let reader = tokio::spawn(read_pubsub(
+            Arc::downgrade(&inner),
+            inner.reset.clone(),
+            stream,
+        ));
         let lease = tokio::spawn(keep_lease(Arc::downgrade(&inner)));
-        lock(&inner.tasks).extend([reader.abort_handle(), lease.abort_handle()]);
+        let watchdog = tokio::spawn(watch_pubsub(Arc::downgrade(&inner)));
+        lock(&inner.tasks).extend([
+            reader.abort_handle(),
+            lease.abort_handle(),
+            watchdog.abort_handle(),
+        ]);
         tracing::info!(redis = %target, node = %inner.config.node_id, "channel broker on Redis");
         Ok(Arc::new(RedisBroker { inner }))
     }
@@ -194,39 +201,7 @@ impl RedisBroker {
     /// The health check: a canary published on this node's own topic must come back through
     /// the pub/sub connection within `command_timeout`. `Err` says which part failed.
     pub async fn ready(&self) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        inner.check()?;
-        let nonce = new_epoch();
-        let (tx, rx) = oneshot::channel();
-        lock(&inner.canaries).insert(nonce.clone(), tx);
-        let result = async {
-            let receivers: u64 = inner
-                .run(
-                    "publish the canary",
-                    redis::cmd("PUBLISH")
-                        .arg(inner.keys.canary())
-                        .arg(&nonce)
-                        .query_async(&mut inner.conn()),
-                )
-                .await?;
-            if receivers == 0 {
-                return Err(BrokerError(format!(
-                    "this node's pub/sub connection to Redis at {} is down (reconnecting)",
-                    inner.target
-                )));
-            }
-            match tokio::time::timeout(inner.config.command_timeout, rx).await {
-                Ok(Ok(())) => Ok(()),
-                _ => Err(BrokerError(format!(
-                    "the canary published on Redis at {} did not come back through pub/sub \
-                     within {:?}",
-                    inner.target, inner.config.command_timeout
-                ))),
-            }
-        }
-        .await;
-        lock(&inner.canaries).remove(&nonce);
-        result
+        self.inner.canary().await.map_err(|(e, _)| e)
     }
 
     /// Leaves cleanly: removes this node's presence entries (publishing their leaves) and its
@@ -297,6 +272,50 @@ impl Inner {
                 self.target, self.config.command_timeout
             ))),
         }
+    }
+
+    /// Sends a canary through pub/sub. `Err` with `true` when the command went through but the
+    /// pub/sub connection did not deliver it: that connection is broken even if it looks open.
+    async fn canary(&self) -> Result<(), (BrokerError, bool)> {
+        self.check().map_err(|e| (e, false))?;
+        let nonce = new_epoch();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.canaries).insert(nonce.clone(), tx);
+        let result = async {
+            let receivers: u64 = self
+                .run(
+                    "publish the canary",
+                    redis::cmd("PUBLISH")
+                        .arg(self.keys.canary())
+                        .arg(&nonce)
+                        .query_async(&mut self.conn()),
+                )
+                .await
+                .map_err(|e| (e, false))?;
+            if receivers == 0 {
+                return Err((
+                    BrokerError(format!(
+                        "this node's pub/sub connection to Redis at {} is down (reconnecting)",
+                        self.target
+                    )),
+                    true,
+                ));
+            }
+            match tokio::time::timeout(self.config.command_timeout, rx).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err((
+                    BrokerError(format!(
+                        "the canary published on Redis at {} did not come back through pub/sub \
+                         within {:?}",
+                        self.target, self.config.command_timeout
+                    )),
+                    true,
+                )),
+            }
+        }
+        .await;
+        lock(&self.canaries).remove(&nonce);
+        result
     }
 
     fn sink(&self) -> Option<Arc<dyn BrokerSink>> {
@@ -472,21 +491,30 @@ impl Inner {
 }
 
 /// Reads the pub/sub connection; reopens it when lost, resubscribes, and tells the engine.
-async fn read_pubsub(weak: Weak<Inner>, mut stream: PubSubStream) {
+async fn read_pubsub(weak: Weak<Inner>, reset: Arc<tokio::sync::Notify>, mut stream: PubSubStream) {
     loop {
-        while let Some(msg) = stream.next().await {
-            let Some(inner) = weak.upgrade() else {
-                return;
-            };
-            inner.deliver(msg.get_channel_name(), msg.get_payload_bytes());
-        }
+        let why = loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        break "lost";
+                    };
+                    let Some(inner) = weak.upgrade() else {
+                        return;
+                    };
+                    inner.deliver(msg.get_channel_name(), msg.get_payload_bytes());
+                }
+                _ = reset.notified() => break "deaf (canaries did not come back)",
+            }
+        };
+        drop(stream);
         let Some(inner) = weak.upgrade() else {
             return;
         };
         if inner.stopped.load(Ordering::SeqCst) {
             return;
         }
-        tracing::warn!(redis = %inner.target, "pub/sub connection to Redis lost; reconnecting");
+        tracing::warn!(redis = %inner.target, why, "pub/sub connection to Redis dropped; reconnecting");
         *inner.pubsub.lock().await = None;
         let mut delay = inner.config.reconnect_delay;
         drop(inner);
@@ -548,6 +576,45 @@ async fn keep_lease(weak: Weak<Inner>) {
             Ok(0) => {}
             Ok(left) => tracing::info!(left, "removed the presence of nodes whose lease expired"),
             Err(e) => tracing::debug!(error = %e, "sweep failed"),
+        }
+    }
+}
+
+/// How many canaries in a row may get lost before the pub/sub connection is reopened.
+const DEAF_AFTER: u32 = 2;
+
+/// Sends a canary every `lease_renew`; when the commands work but the canaries do not come
+/// back, the pub/sub connection is deaf (half-open): the reader reopens it.
+async fn watch_pubsub(weak: Weak<Inner>) {
+    let every = match weak.upgrade() {
+        Some(inner) => inner.config.lease_renew,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lost = 0;
+    loop {
+        tick.tick().await;
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        match inner.canary().await {
+            Ok(()) => lost = 0,
+            Err((_, true)) => {
+                lost += 1;
+                // While the reader reconnects there is no sink; it needs no push then.
+                let connected = inner.pubsub.try_lock().map_or(true, |p| p.is_some());
+                if lost >= DEAF_AFTER && connected {
+                    tracing::warn!(
+                        redis = %inner.target,
+                        "the pub/sub connection delivers nothing (canaries lost); reopening it"
+                    );
+                    inner.reset.notify_waiters();
+                    lost = 0;
+                }
+            }
+            // Redis itself is unreachable: nothing to tell about the pub/sub connection.
+            Err((_, false)) => lost = 0,
         }
     }
 }
@@ -810,11 +877,5 @@ mod tests {
         ]))
         .unwrap_err()
         .contains("negative"));
-    }
-
-    #[test]
-    fn credentials_stay_out_of_messages() {
-        assert_eq!(redact("redis://u:secret@db:6379/0"), "redis://db:6379/0");
-        assert_eq!(redact("redis://db:6379"), "redis://db:6379");
     }
 }

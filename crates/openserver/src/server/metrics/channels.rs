@@ -1,5 +1,5 @@
 //! Channel metrics, by namespace: channels with subscribers, subscriptions, publications,
-//! deliveries, and the outcomes of recoveries. The channels engine keeps the handles; the
+//! deliveries, the outcomes of recoveries, and the gaps in the broker's delivery. The channels engine keeps the handles; the
 //! server's registry renders them.
 
 use prometheus_client::metrics::counter::Counter;
@@ -19,7 +19,12 @@ pub(crate) struct ChannelMetrics {
     deliveries: Family<NsLabel, Counter>,
     recoveries: Family<OutcomeLabel, Counter>,
     publish_errors: Family<NsLabel, Counter>,
+    gaps: Family<OutcomeLabel, Counter>,
 }
+
+/// What became of a gap in the broker's delivery: filled from history, or the channel's
+/// subscriptions ended.
+pub(crate) const GAP_OUTCOMES: [&str; 2] = ["filled", "ended"];
 
 /// One namespace's handles, resolved once.
 #[derive(Clone, Default)]
@@ -41,6 +46,12 @@ impl ChannelMetrics {
                 ("outcome", outcome.to_string()),
             ]);
         }
+        for outcome in GAP_OUTCOMES {
+            let _ = self.gaps.get_or_create(&[
+                ("namespace", ns.to_string()),
+                ("outcome", outcome.to_string()),
+            ]);
+        }
         NamespaceMetrics {
             channels: self.channels.get_or_create_owned(&label),
             subscriptions: self.subscriptions.get_or_create_owned(&label),
@@ -53,6 +64,17 @@ impl ChannelMetrics {
     /// A recovery in `ns` came to `outcome`.
     pub(crate) fn recovery(&self, ns: &str, outcome: &'static str) {
         self.recoveries
+            .get_or_create(&[
+                ("namespace", ns.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+    }
+
+    /// A gap in the broker's delivery of a channel of `ns` came to `outcome`
+    /// ([`GAP_OUTCOMES`]).
+    pub(crate) fn gap(&self, ns: &str, outcome: &'static str) {
+        self.gaps
             .get_or_create(&[
                 ("namespace", ns.to_string()),
                 ("outcome", outcome.to_string()),
@@ -91,6 +113,11 @@ impl ChannelMetrics {
             "channel_recoveries",
             "Resubscriptions with a position, by namespace and outcome (recovered, epoch_changed, too_old)",
             self.recoveries.clone(),
+        );
+        registry.register(
+            "channel_gaps",
+            "Gaps in the broker's delivery (its connection lost and back), by namespace and outcome (filled from history, or the subscriptions ended)",
+            self.gaps.clone(),
         );
     }
 }
