@@ -70,4 +70,24 @@ async fn session_log_lines_carry_the_session_span() {
             "`{message}` is not in the session's span: {line}"
         );
     }
+
+    // With `log_packets`, every packet in is logged whole, in hex (what the answer is logged as
+    // is the session's part).
+    let mut cfg = config();
+    cfg.log_packets = true;
+    let server = start(cfg).await;
+    let mut raw = Raw::connect(server.addr).await;
+    let hello = HelloMessage("logged".into()).to_frame();
+    raw.send(hello.clone()).await;
+    raw.recv().await.expect("the not-authenticated answer");
+    let want = format!(
+        "packet direction=\"in\" protocol_id=10 bytes={}",
+        hex::encode(hello.to_bytes().unwrap())
+    );
+    // Logged before the packet is handled, so already written when its answer arrives.
+    assert!(
+        lines.text().contains(&want),
+        "no `{want}` in {}",
+        lines.text()
+    );
 }

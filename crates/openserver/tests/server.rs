@@ -689,3 +689,86 @@ fn assert_waited(started: tokio::time::Instant, min: u64, max: u64) {
         "waited {waited:?}, expected {min}..={max} s"
     );
 }
+
+/// A protocol whose handlers echo packets and report what the server told them (a peer's
+/// error about the protocol, the end of the session) on a channel.
+struct Recorder(tokio::sync::mpsc::UnboundedSender<String>);
+
+struct RecorderHandler(tokio::sync::mpsc::UnboundedSender<String>);
+
+const RECORDER: u16 = 0x0151;
+
+impl openserver::protocol::Protocol for Recorder {
+    fn id(&self) -> u16 {
+        RECORDER
+    }
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+    fn new_handler(
+        &self,
+        _: &openserver::session::Session,
+    ) -> Box<dyn openserver::protocol::ProtocolHandler> {
+        Box::new(RecorderHandler(self.0.clone()))
+    }
+}
+
+#[async_trait::async_trait]
+impl openserver::protocol::ProtocolHandler for RecorderHandler {
+    async fn on_packet(
+        &mut self,
+        session: &openserver::session::Session,
+        body: bytes::Bytes,
+    ) -> Result<(), openserver::protocol::HandlerError> {
+        session.send(Frame::new(RECORDER, body)).await?;
+        Ok(())
+    }
+    async fn on_error(&mut self, _: &openserver::session::Session, message: &str) {
+        let _ = self.0.send(format!("error: {message}"));
+    }
+    async fn on_close(&mut self, _: &openserver::session::Session) {
+        let _ = self.0.send("closed".into());
+    }
+}
+
+/// The next thing a [`Recorder`] handler was told, within [`AT_ONCE`].
+async fn next(told: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(AT_ONCE, told.recv())
+        .await
+        .expect("told in time")
+        .expect("channel open")
+}
+
+#[tokio::test]
+async fn handlers_hear_the_peers_errors_about_their_protocol_and_the_session_end() {
+    let (tx, mut told) = tokio::sync::mpsc::unbounded_channel();
+    let server = support::harness::start_with(config(), |b| b.protocol(Recorder(tx))).await;
+    let mut raw = Raw::connect(server.addr).await;
+    login(&mut raw).await;
+    let error = |protocol_id: u16, message: &str| {
+        CapabilitiesMessage::Error {
+            protocol_id,
+            message: message.into(),
+        }
+        .to_frame()
+    };
+    // An error about a protocol this session has not used yet reaches no handler.
+    raw.send(error(RECORDER, "too early")).await;
+    raw.send(Frame::new(RECORDER, vec![1u8, 2])).await;
+    assert_eq!(
+        raw.recv().await.unwrap(),
+        Frame::new(RECORDER, vec![1u8, 2])
+    );
+    // Now it is running: its handler gets the peer's error, and only about its own id.
+    raw.send(error(protocol_id::HELLO, "not mine")).await;
+    raw.send(error(RECORDER, "bad answer")).await;
+    assert_eq!(next(&mut told).await, "error: bad answer");
+    // The session goes on, and at its end the handler is told once.
+    raw.send(Frame::new(RECORDER, vec![3u8])).await;
+    assert_eq!(raw.recv().await.unwrap(), Frame::new(RECORDER, vec![3u8]));
+    raw.send(KeepAliveMessage::Quit.to_frame()).await;
+    raw.expect_closed(AT_ONCE).await;
+    assert_eq!(next(&mut told).await, "closed");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(told.try_recv().is_err(), "told once");
+}

@@ -334,6 +334,56 @@ mod tests {
         assert_eq!(h.argon2_checks(), before + 3);
     }
 
+    #[test]
+    fn params_are_the_ones_given() {
+        let h = small(3);
+        let want = HashParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+            max_concurrent: 3,
+        };
+        assert_eq!(h.params(), &want);
+        // A clone reports the same, and Debug shows them (and nothing else).
+        assert_eq!(h.clone().params(), &want);
+        assert_eq!(
+            format!("{h:?}"),
+            "PasswordHasher { params: HashParams { memory_kib: 64, iterations: 1, \
+             parallelism: 1, max_concurrent: 3 }, .. }"
+        );
+    }
+
+    #[tokio::test]
+    async fn warm_up_computes_the_dummy_hash_once_for_all_unknown_users() {
+        let h = small(1);
+        assert!(
+            h.inner.dummy.get().is_none(),
+            "not computed before it is needed"
+        );
+        h.warm_up().await.unwrap();
+        let dummy = h.inner.dummy.get().cloned().expect("warm_up computed it");
+        assert!(dummy.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{dummy}");
+        // Unknown users check against that same hash; none recomputes it.
+        assert!(!h.verify(None, "x").await.unwrap());
+        h.warm_up().await.unwrap();
+        assert_eq!(h.inner.dummy.get(), Some(&dummy));
+    }
+
+    #[tokio::test]
+    async fn a_stored_hash_without_its_output_is_an_error_not_a_wrong_password() {
+        let h = small(1);
+        let phc = h.hash("pw").await.unwrap();
+        // Cut the hash output off, keeping the salt: a damaged record.
+        let salt_only = &phc[..phc.rfind('$').unwrap()];
+        for password in ["pw", "other"] {
+            let err = h.verify(Some(salt_only), password).await.unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "password hashing: stored password hash has no salt or no output"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn garbage_hash_is_an_error() {
         let h = small(1);
