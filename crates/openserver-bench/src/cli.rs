@@ -39,6 +39,10 @@ pub enum BenchMode {
     /// `openserver serve` and, with --compare, nats-server and redis-server in alternating
     /// rounds.
     Fanout(FanoutArgs),
+    /// The fan-out against N `openserver serve --cluster` nodes on one redis-server
+    /// (subscribers round-robin over the nodes, publishers on node 1), alternating with the
+    /// same load on one node alone; plus a cross-node latency probe (node 1 to node 2).
+    Cluster(ClusterArgs),
     /// (internal) Run a server for the bench: prints `listening on ADDR`, stops when stdin
     /// closes.
     #[command(hide = true)]
@@ -233,6 +237,51 @@ pub struct IdleArgs {
 /// `openserver bench fanout`.
 #[derive(Args, Debug)]
 pub struct FanoutArgs {
+    /// The load.
+    #[command(flatten)]
+    pub load: FanoutLoadArgs,
+    /// Rounds (each runs every server once, alternating).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Also run nats-server and redis-server pub/sub (skipped with the reason if missing).
+    #[arg(long)]
+    pub compare: bool,
+    /// Instead of the fan-out: resubscribe after this many missed publications and time the
+    /// recovery (openserver only; sets the default namespace's history_size to at least it).
+    #[arg(long, value_name = "N")]
+    pub resubscribe: Option<usize>,
+}
+
+/// `openserver bench cluster`.
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    /// The load, the same for the cluster and the single node.
+    #[command(flatten)]
+    pub load: FanoutLoadArgs,
+    /// Nodes of the cluster (at least 2).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Rounds (each runs the cluster, then one node alone).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Publications per second of the cross-node latency probe (one subscriber on node 2,
+    /// the publisher on node 1), run after each cluster fan-out.
+    #[arg(long, value_name = "PER_SEC", default_value_t = 1000.0)]
+    pub probe_rate: f64,
+    /// Seconds the probe publishes [default: --duration].
+    #[arg(long, value_name = "SECS")]
+    pub probe_duration: Option<f64>,
+    /// No cross-node probe.
+    #[arg(long)]
+    pub no_probe: bool,
+    /// The redis-server executable [default: redis-server on PATH].
+    #[arg(long, value_name = "PATH")]
+    pub redis_server: Option<PathBuf>,
+}
+
+/// The fan-out load, shared by `bench fanout` and `bench cluster`.
+#[derive(Args, Debug)]
+pub struct FanoutLoadArgs {
     /// Subscribing sessions.
     #[arg(long, short = 's', default_value_t = 1000)]
     pub subscribers: usize,
@@ -264,16 +313,6 @@ pub struct FanoutArgs {
     /// Publications in flight per publisher at most.
     #[arg(long, default_value_t = 256)]
     pub window: usize,
-    /// Rounds (each runs every server once, alternating).
-    #[arg(long, default_value_t = 1)]
-    pub rounds: usize,
-    /// Also run nats-server and redis-server pub/sub (skipped with the reason if missing).
-    #[arg(long)]
-    pub compare: bool,
-    /// Instead of the fan-out: resubscribe after this many missed publications and time the
-    /// recovery (openserver only; sets the default namespace's history_size to at least it).
-    #[arg(long, value_name = "N")]
-    pub resubscribe: Option<usize>,
     /// Sessions set up at once.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
@@ -315,6 +354,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         Some(BenchMode::Compare(a)) => run_compare(a).await,
         Some(BenchMode::Idle(a)) => run_idle(a).await,
         Some(BenchMode::Fanout(a)) => run_fanout(a).await,
+        Some(BenchMode::Cluster(a)) => run_cluster(a).await,
         Some(BenchMode::Target(a)) => run_target(a).await,
         Some(BenchMode::Worker) => crate::worker::run_worker().await,
     }
@@ -535,50 +575,89 @@ async fn run_idle(args: IdleArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run_fanout(args: FanoutArgs) -> Result<()> {
-    let secs = |v: f64, name: &str| -> Result<Duration> {
-        if v > 0.0 && v.is_finite() {
-            Ok(Duration::from_secs_f64(v))
-        } else {
-            bail!("--{name} must be a positive number of seconds")
-        }
-    };
-    let login = TargetOptions::new(TargetKind::Serve).login;
-    let launcher = Launcher::current()?;
-    if let Some(missed) = args.resubscribe {
-        return run_resubscribe(
-            &launcher,
-            login,
-            missed,
-            args.payload,
-            args.rounds,
-            args.json,
-        )
-        .await;
+/// `v` seconds, refused unless positive and finite (`name` is the option, for the error).
+fn positive_secs(v: f64, name: &str) -> Result<Duration> {
+    if v > 0.0 && v.is_finite() {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        bail!("--{name} must be a positive number of seconds")
     }
+}
+
+/// The fan-out spec of `args`, for the bench's user.
+fn fanout_spec(args: &FanoutLoadArgs) -> Result<crate::fanout::FanoutSpec> {
+    let login = TargetOptions::new(TargetKind::Serve).login;
     let mut spec = crate::fanout::FanoutSpec::new(args.subscribers, args.channels, login);
     spec.channels_per_sub = args.channels_per_sub;
     spec.publishers = args.publishers;
     spec.rate = args.rate;
     spec.payload = args.payload;
-    spec.duration = secs(args.duration, "duration")?;
-    spec.drain = secs(args.drain, "drain")?;
+    spec.duration = positive_secs(args.duration, "duration")?;
+    spec.drain = positive_secs(args.drain, "drain")?;
     spec.lag = args.lag.max(1);
     spec.window = args.window.max(1);
     spec.connect_concurrency = args.connect_concurrency.max(1);
+    Ok(spec)
+}
+
+async fn run_fanout(args: FanoutArgs) -> Result<()> {
+    let launcher = Launcher::current()?;
+    if let Some(missed) = args.resubscribe {
+        let login = TargetOptions::new(TargetKind::Serve).login;
+        return run_resubscribe(
+            &launcher,
+            login,
+            missed,
+            args.load.payload,
+            args.rounds,
+            args.load.json,
+        )
+        .await;
+    }
     let options = crate::fanout::RoundsOptions {
-        spec,
+        spec: fanout_spec(&args.load)?,
         rounds: args.rounds.max(1),
         peers: args.compare,
         launcher,
         history_size: None,
-        verbose: !args.json,
+        verbose: !args.load.json,
     };
     let result = crate::fanout::run_rounds(&options).await?;
-    if args.json {
+    if args.load.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         report::print_fanout(&result);
+    }
+    Ok(())
+}
+
+async fn run_cluster(args: ClusterArgs) -> Result<()> {
+    let spec = fanout_spec(&args.load)?;
+    let redis_server = match args.redis_server.clone().or_else(crate::target::find_redis) {
+        Some(exe) => exe,
+        None => bail!(
+            "bench cluster needs redis-server: install it (Debian: apt-get install redis-server) or name it with --redis-server PATH"
+        ),
+    };
+    let probe_duration = match args.probe_duration {
+        Some(v) => positive_secs(v, "probe-duration")?,
+        None => spec.duration,
+    };
+    let options = crate::cluster::ClusterOptions {
+        spec,
+        nodes: args.nodes,
+        rounds: args.rounds.max(1),
+        probe_rate: (!args.no_probe).then_some(args.probe_rate),
+        probe_duration,
+        redis_server,
+        launcher: crate::cluster::NodeLauncher::Serve(Launcher::current()?),
+        verbose: !args.load.json,
+    };
+    let result = crate::cluster::run(&options).await?;
+    if args.load.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        report::print_cluster(&result);
     }
     Ok(())
 }

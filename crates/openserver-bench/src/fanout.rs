@@ -499,9 +499,28 @@ pub async fn run(
     spec: &FanoutSpec,
     rss: &(dyn Fn() -> Option<u64> + Sync),
 ) -> Result<FanoutReport> {
+    run_spread(peer, &[addr], addr, spec, rss).await
+}
+
+/// Runs one fan-out with subscriber `i` on `subscribe_on[i % len]` and every publisher on
+/// `publish_on`: the nodes of a cluster (`bench cluster`), or one server for all.
+pub async fn run_spread(
+    peer: Peer,
+    subscribe_on: &[SocketAddr],
+    publish_on: SocketAddr,
+    spec: &FanoutSpec,
+    rss: &(dyn Fn() -> Option<u64> + Sync),
+) -> Result<FanoutReport> {
     spec.check()?;
+    if subscribe_on.is_empty() {
+        bail!("no server to subscribe on");
+    }
     let spec = Arc::new(spec.clone());
-    let sources = if addr.ip().is_loopback() && addr.is_ipv4() {
+    let addr = publish_on;
+    let all_v4_loopback = std::iter::once(&publish_on)
+        .chain(subscribe_on)
+        .all(|a| a.ip().is_loopback() && a.is_ipv4());
+    let sources = if all_v4_loopback {
         loopback_sources(
             run_octet(),
             0,
@@ -518,7 +537,7 @@ pub async fn run(
         .map(|i| async move {
             tokio::time::timeout(
                 crate::load::SETUP_TIMEOUT,
-                connect(peer, addr, source(i), login),
+                connect(peer, subscribe_on[i % subscribe_on.len()], source(i), login),
             )
             .await
             .unwrap_or_else(|_| Err(anyhow!("setup timed out")))

@@ -16,6 +16,8 @@
 //! - [`compare`]: the same load against every target, alternating, with ratios.
 //! - [`fanout`]: publish/subscribe fan-out against openserver Channels, nats and redis,
 //!   with per-delivery latency, losses and memory per subscription.
+//! - [`cluster`]: the fan-out against N `serve --cluster` nodes on one Redis, against one
+//!   node alone, and a cross-node latency probe.
 //! - [`cli`]: the `openserver bench` arguments and their entry point.
 //!
 //! The load generator speaks raw frames ([`openserver::wire::FrameCodec`]) on its own
@@ -25,6 +27,7 @@
 
 mod channels_client;
 pub mod cli;
+pub mod cluster;
 pub mod compare;
 pub mod echo;
 pub mod fanout;

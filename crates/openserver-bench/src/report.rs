@@ -367,3 +367,101 @@ pub(crate) fn print_fanout(r: &crate::fanout::RoundsResult) {
         );
     }
 }
+
+/// `bench cluster`: each round (cluster, probe, single node), then the medians against the
+/// targets.
+pub(crate) fn print_cluster(r: &crate::cluster::ClusterResult) {
+    use crate::cluster::{TARGET_PROBE_P99_US, TARGET_RATIO};
+    let s = &r.spec;
+    let rate = s
+        .rate
+        .map(|x| format!("{x:.0} publications/s"))
+        .unwrap_or_else(|| format!("as fast as possible (lag {})", s.lag));
+    println!(
+        "cluster of {} nodes on one redis: {} subscribers (round-robin over the nodes) x {} channel(s) each over {} channels, {} publisher(s) on node 1, {}, {} B, {:.1} s",
+        r.nodes,
+        s.subscribers,
+        s.channels_per_sub,
+        s.channels,
+        s.publishers,
+        rate,
+        s.payload,
+        s.duration.as_secs_f64()
+    );
+    println!(
+        "{:<8} {:>5} {:>12} {:>10} {:>12} {:>12} {:>8} {:>9} {:>9} {:>10} {:>7}",
+        "setup",
+        "round",
+        "deliveries/s",
+        "pubs/s",
+        "expected",
+        "received",
+        "lost",
+        "p50 us",
+        "p99 us",
+        "B/sub",
+        "errors"
+    );
+    let rows = [
+        ("cluster", &r.cluster_runs),
+        ("probe", &r.probe_runs),
+        ("single", &r.single_runs),
+    ];
+    for (label, runs) in rows {
+        for (k, run) in runs.iter().enumerate() {
+            println!(
+                "{:<8} {:>5} {:>12.0} {:>10.0} {:>12} {:>12} {:>8} {:>9.0} {:>9.0} {:>10} {:>7}",
+                label,
+                k + 1,
+                run.deliveries_per_sec,
+                run.publications_per_sec,
+                run.expected,
+                run.received,
+                run.lost,
+                run.latency.p50_us,
+                run.latency.p99_us,
+                run.rss_per_subscription_bytes
+                    .map(|b| format!("{b:.0}"))
+                    .unwrap_or_else(|| "-".into()),
+                run.publish_errors,
+            );
+            if let Some(e) = &run.first_error {
+                println!("  first error: {e}");
+            }
+        }
+    }
+    println!("medians:");
+    for m in std::iter::once(&r.cluster)
+        .chain(std::iter::once(&r.single))
+        .chain(r.probe.as_ref())
+    {
+        println!(
+            "{:<8} {:>12.0} deliveries/s  p50 {:>7.0} p99 {:>7.0} us  lost(total) {}  errors(total) {}  B/sub {}",
+            m.setup,
+            m.deliveries_per_sec,
+            m.p50_us,
+            m.p99_us,
+            m.lost_total,
+            m.publish_errors_total,
+            m.rss_per_subscription_bytes
+                .map(|b| format!("{b:.0}"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!(
+        "cluster/single {:.2}x (target >= {TARGET_RATIO}x: {})",
+        r.ratio_cluster_vs_single,
+        verdict(r.ratio_cluster_vs_single >= TARGET_RATIO)
+    );
+    let lost = r.cluster.lost_total + r.single.lost_total;
+    println!("lost deliveries {lost} (target 0: {})", verdict(lost == 0));
+    if let Some(p) = &r.probe {
+        println!(
+            "cross-node probe p99 {:.0} us (target <= {:.0} us: {})",
+            p.p99_us,
+            TARGET_PROBE_P99_US,
+            verdict(p.p99_us <= TARGET_PROBE_P99_US && p.lost_total == 0)
+        );
+    }
+}

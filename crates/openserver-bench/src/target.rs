@@ -11,6 +11,7 @@ use crate::load::Login;
 use anyhow::{anyhow, bail, Context as _, Result};
 use futures::{SinkExt, StreamExt as _};
 use openserver::auth::{HashParams, PasswordHasher, SqliteUserStore};
+use openserver::channels::{RedisBroker, RedisBrokerConfig};
 use openserver::protocol::keepalive::KeepAliveConfig;
 use openserver::server::{Server, ServerConfig};
 use openserver::tls::ServerTls;
@@ -71,6 +72,18 @@ pub struct TargetOptions {
     /// `serve` only: TOML appended to the configuration file the bench gives it (e.g. the
     /// `[channels]` settings of `bench fanout`).
     pub serve_config: Option<String>,
+    /// Join this cluster: `serve --cluster URL --node-id NAME`; in this process, the
+    /// openserver target with its channels on a `RedisBroker` (`bench cluster`).
+    pub cluster: Option<ClusterNode>,
+}
+
+/// A node of a cluster: the Redis every node shares and this node's name.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    /// `redis://HOST:PORT/`.
+    pub redis: String,
+    /// The node's name, unique among the live nodes.
+    pub node_id: String,
 }
 
 impl TargetOptions {
@@ -86,6 +99,7 @@ impl TargetOptions {
                 password: "bench".into(),
             },
             serve_config: None,
+            cluster: None,
         }
     }
 }
@@ -143,17 +157,34 @@ pub struct InProcessTarget {
     pub addr: SocketAddr,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// The cluster broker of a cluster node, left cleanly at stop.
+    broker: Option<Arc<RedisBroker>>,
 }
 
 impl InProcessTarget {
     /// Starts the target on this runtime.
     pub async fn start(options: &TargetOptions) -> Result<Self> {
         let stop = CancellationToken::new();
+        let mut broker = None;
         let (addr, task) = match options.kind {
             TargetKind::Openserver | TargetKind::Serve => {
-                let server = match options.kind {
-                    TargetKind::Serve => serve_like_server(options).await?,
-                    _ => openserver_server(options).await?,
+                let server = match (options.kind, &options.cluster) {
+                    (TargetKind::Serve, None) => serve_like_server(options).await?,
+                    (TargetKind::Serve, Some(_)) => {
+                        bail!("an in-process cluster node is the openserver target, not serve")
+                    }
+                    (_, None) => openserver_server(options, None).await?,
+                    (_, Some(node)) => {
+                        let config = RedisBrokerConfig {
+                            node_id: node.node_id.clone(),
+                            ..RedisBrokerConfig::new(node.redis.clone())
+                        };
+                        let b = RedisBroker::connect(config).await.map_err(|e| {
+                            anyhow!("node {} cannot join {}: {e}", node.node_id, node.redis)
+                        })?;
+                        broker = Some(b.clone());
+                        openserver_server(options, Some(b)).await?
+                    }
                 };
                 let addr = server.local_addr();
                 let stop = stop.clone();
@@ -170,18 +201,29 @@ impl InProcessTarget {
                 (addr, task)
             }
         };
-        Ok(InProcessTarget { addr, stop, task })
+        Ok(InProcessTarget {
+            addr,
+            stop,
+            task,
+            broker,
+        })
     }
 
-    /// Stops it and waits until it has.
+    /// Stops it and waits until it has (a cluster node leaves the cluster too).
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
+        if let Some(broker) = self.broker {
+            let _ = broker.shutdown().await;
+        }
     }
 }
 
-/// The openserver target, bound and ready to run.
-pub async fn openserver_server(options: &TargetOptions) -> Result<Server> {
+/// The openserver target, bound and ready to run; its channels on `broker` if given.
+pub async fn openserver_server(
+    options: &TargetOptions,
+    broker: Option<Arc<RedisBroker>>,
+) -> Result<Server> {
     let hasher = PasswordHasher::new(bench_hash_params())?;
     let store = SqliteUserStore::open_in_memory(hasher)?;
     store
@@ -197,6 +239,9 @@ pub async fn openserver_server(options: &TargetOptions) -> Result<Server> {
         .hello()
         .protocol(Echo)
         .channels(bench_channels_config());
+    if let Some(broker) = broker {
+        builder = builder.channel_broker(broker);
+    }
     if let Some(dir) = &options.tls_dir {
         let set = crate::tls::dev_certs(dir)?;
         builder = builder.tls(ServerTls::from_pem_files(&set.cert, &set.key, None)?);
@@ -494,6 +539,10 @@ impl ChildTarget {
                 args.extend(["--tls-key".into(), set.key.into()]);
             }
         }
+        if let Some(node) = &options.cluster {
+            args.extend(["--cluster".into(), node.redis.clone().into()]);
+            args.extend(["--node-id".into(), node.node_id.clone().into()]);
+        }
         let mut text = String::new();
         if let Some(interval) = options.keep_alive_interval {
             let ms = interval.as_millis().max(1);
@@ -600,6 +649,8 @@ pub struct RedisTarget {
     /// Where it listens.
     pub addr: SocketAddr,
     child: Child,
+    /// Its working directory (nothing is saved there; removed when dropped).
+    _dir: tempfile::TempDir,
 }
 
 /// The `redis-server` executable on `PATH`, if any.
@@ -619,7 +670,11 @@ impl RedisTarget {
             .local_addr()?
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = tempfile::Builder::new()
+            .prefix("openserver-bench-redis")
+            .tempdir()?;
         let mut child = Command::new(exe)
+            .current_dir(dir.path())
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             // Bound to 127.0.0.1 only; protected mode would refuse the bench's 127.x.y.z
@@ -634,7 +689,11 @@ impl RedisTarget {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Ok(RedisTarget { addr, child });
+                return Ok(RedisTarget {
+                    addr,
+                    child,
+                    _dir: dir,
+                });
             }
             if let Some(status) = child.try_wait()? {
                 bail!("redis-server exited ({status}) before listening");
