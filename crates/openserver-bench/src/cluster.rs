@@ -102,14 +102,15 @@ pub const TARGET_PROBE_P99_US: f64 = 5_000.0;
 
 /// A running node.
 enum Node {
-    Child(ChildTarget),
+    /// Boxed: a child's handle is several times an in-process node's.
+    Child(Box<ChildTarget>),
     Local(InProcessTarget),
 }
 
 impl Node {
     async fn start(launcher: &NodeLauncher, options: &TargetOptions) -> Result<Node> {
         Ok(match launcher {
-            NodeLauncher::Serve(l) => Node::Child(ChildTarget::spawn(l, options).await?),
+            NodeLauncher::Serve(l) => Node::Child(Box::new(ChildTarget::spawn(l, options).await?)),
             NodeLauncher::InProcess => {
                 let mut local = options.clone();
                 local.kind = TargetKind::Openserver;
