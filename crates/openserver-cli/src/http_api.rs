@@ -162,6 +162,15 @@ impl Failure {
     }
 }
 
+/// A cluster operation that could not reach every node: the backend may retry.
+fn unavailable(e: openserver::server::ClusterError) -> Failure {
+    Failure(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "cluster_unavailable",
+        e.to_string(),
+    )
+}
+
 impl From<ChannelError> for Failure {
     fn from(e: ChannelError) -> Failure {
         let status = match &e {
@@ -187,11 +196,13 @@ struct PublishBody {
     data_base64: Option<String>,
 }
 
-/// `{session}` or `{user}` of disconnect.
+/// `{session[, node]}` or `{user}` of disconnect.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DisconnectBody {
     session: Option<u64>,
+    /// The node of `session` in a cluster; this node when absent.
+    node: Option<String>,
     user: Option<String>,
 }
 
@@ -305,33 +316,41 @@ impl Api {
             }
             _ => {
                 let body: DisconnectBody = self.body(request).await?;
-                let sessions =
-                    match (body.session, body.user) {
-                        (Some(id), None) => vec![id],
-                        (None, Some(user)) => self
-                            .server
-                            .sessions()
-                            .iter()
-                            .filter(|s| s.user().is_some_and(|u| u.name == user))
-                            .map(|s| s.id())
-                            .collect(),
-                        _ => return Err(Failure::bad(
-                            "disconnect takes {\"session\": ID} or {\"user\": NAME}, one of them",
-                        )),
-                    };
-                let disconnected: Vec<u64> = sessions
-                    .into_iter()
-                    .filter(|&id| self.server.kick(id).is_some())
-                    .collect();
+                let cluster = self.server.cluster();
+                // (node, session) pairs: session ids are numbered per node.
+                let targets: Vec<(String, u64)> = match (body.session, body.user, body.node) {
+                    (Some(id), None, node) => vec![(node.unwrap_or_default(), id)],
+                    (None, Some(user), None) => cluster
+                        .sessions()
+                        .await
+                        .map_err(unavailable)?
+                        .sessions
+                        .into_iter()
+                        .filter(|s| s.session.user == user)
+                        .map(|s| (s.node, s.session.id))
+                        .collect(),
+                    _ => return Err(Failure::bad(
+                        "disconnect takes {\"session\": ID} (with \"node\": NAME in a cluster) \
+                         or {\"user\": NAME}, one of them",
+                    )),
+                };
+                let mut disconnected = Vec::new();
+                for (node, id) in targets {
+                    if cluster.kick(&node, id).await.map_err(unavailable)? {
+                        disconnected.push(json!({ "node": node, "session": id }));
+                    }
+                }
                 if disconnected.is_empty() {
                     return Err(Failure(
                         StatusCode::NOT_FOUND,
                         "not_found",
-                        "no open session matches; `openserver sessions list` shows them".into(),
+                        "no open session matches; `openserver sessions` lists them".into(),
                     ));
                 }
                 tracing::info!(sessions = ?disconnected, "HTTP API: disconnected");
-                Ok(json!({ "disconnected": disconnected }))
+                let ids: Vec<&serde_json::Value> =
+                    disconnected.iter().map(|d| &d["session"]).collect();
+                Ok(json!({ "disconnected": ids, "sessions": disconnected }))
             }
         }
     }

@@ -670,22 +670,35 @@ fn sessions_lists_kicks_and_refuses_non_admins() {
     let table = stdout(&listed);
     let mut rows = table.lines();
     let header = rows.next().unwrap_or_default();
-    for column in ["ID", "USER", "PEER", "SINCE", "LAST ACTIVITY", "PROTOCOLS"] {
+    for column in [
+        "NODE",
+        "ID",
+        "USER",
+        "PEER",
+        "SINCE",
+        "LAST ACTIVITY",
+        "PROTOCOLS",
+    ] {
         assert!(header.contains(column), "{table}");
     }
     let bob_row = table
         .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some("bob"))
+        .find(|l| l.split_whitespace().nth(2) == Some("bob"))
         .unwrap_or_else(|| panic!("bob is listed:\n{table}"));
     assert!(bob_row.contains("127.0.0.1:"), "{bob_row}");
     assert!(bob_row.contains("database_auth,hello"), "{bob_row}");
     assert!(
         table
             .lines()
-            .any(|l| l.split_whitespace().nth(1) == Some("admin")),
+            .any(|l| l.split_whitespace().nth(2) == Some("admin")),
         "{table}"
     );
-    let bob_id = bob_row.split_whitespace().next().unwrap().to_string();
+    assert_eq!(
+        bob_row.split_whitespace().next(),
+        Some("-"),
+        "no cluster: {bob_row}"
+    );
+    let bob_id = bob_row.split_whitespace().nth(1).unwrap().to_string();
 
     // Bob is no administrator.
     let refused = sessions("bob", "pw-bob", &[]);

@@ -135,7 +135,7 @@ fn java_client_with_a_non_ascii_password_through_a_trusted_proxy() {
     let table = stdout(&listed);
     let jose: Vec<&str> = table
         .lines()
-        .filter(|l| l.split_whitespace().nth(1) == Some("jose"))
+        .filter(|l| l.split_whitespace().nth(2) == Some("jose"))
         .collect();
     assert_eq!(jose.len(), 2, "{table}");
     assert!(

@@ -3,8 +3,9 @@
 //! recovers on another node what it missed, presence and join/leave span the nodes, a dead
 //! node's sessions leave presence within 10 s (and a live node whose lease lapsed puts its
 //! own back), a lost pub/sub connection is reopened and its gap filled from history, and a
-//! Redis outage is refused plainly and never leaves a silent gap. The broker's contract is
-//! also checked on its own. Each test starts its own Redis (see `support/redis.rs`).
+//! Redis outage is refused plainly and never leaves a silent gap; server code on any node
+//! pushes to a session, a user or everyone, lists and kicks sessions on every node. The
+//! broker's contract is also checked on its own. Each test starts its own Redis (see `support/redis.rs`).
 
 mod support;
 
@@ -14,7 +15,9 @@ use openserver::channels::{
     ClientInfo, Gap, HistoryOptions, Position, Publication, Recovery, RedisBroker,
     RedisBrokerConfig,
 };
-use openserver::client::{Client, ClientConfig};
+use openserver::client::{Client, ClientConfig, Incoming};
+use openserver::session::CloseReason;
+use openserver::wire::Frame;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -713,4 +716,119 @@ async fn a_deaf_pubsub_connection_is_found_by_its_canaries_and_reopened() {
     b.server.handle.publish("feed", "5").await.unwrap();
     assert_eq!(publication(&mut sub).await, (5, "5".into()));
     a.broker.ready().await.unwrap();
+}
+
+/// The next packet a raw push subscription receives.
+async fn pushed(sub: &mut openserver::client::Subscription) -> Bytes {
+    match tokio::time::timeout(WAIT, sub.recv()).await {
+        Ok(Some(Incoming::Packet(body))) => body,
+        other => panic!("expected a pushed packet, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn server_code_on_any_node_pushes_lists_and_kicks_on_every_node() {
+    let Some(redis) = RedisServer::start("cluster_wide_operations").await else {
+        return;
+    };
+    let a = node(&redis, "a", ChannelsConfig::default()).await;
+    let b = node(&redis, "b", ChannelsConfig::default()).await;
+    let c = node(&redis, "c", ChannelsConfig::default()).await;
+    for n in [&a, &b, &c] {
+        n.broker.ready().await.unwrap();
+    }
+    let (alice_a, _) = login(&a, ALICE).await;
+    let (alice_b, _) = login(&b, ALICE).await;
+    let (bob_c, _) = login(&c, BOB).await;
+    const PUSH: u16 = 0x0300;
+    let mut on_alice_a = alice_a.subscribe(PUSH);
+    let mut on_alice_b = alice_b.subscribe(PUSH);
+    let mut on_bob_c = bob_c.subscribe(PUSH);
+    let frame = |s: &'static str| Frame::new(PUSH, s.as_bytes());
+    let cluster_a = a.server.handle.cluster();
+    let cluster_c = c.server.handle.cluster();
+    assert_eq!(cluster_a.node_id(), Some("a"));
+
+    // A push to alice from the node where she is not reaches both her sessions, elsewhere.
+    assert_eq!(
+        cluster_c.send_to_user("alice", frame("for alice")).await,
+        Ok(2)
+    );
+    assert_eq!(pushed(&mut on_alice_a).await, "for alice");
+    assert_eq!(pushed(&mut on_alice_b).await, "for alice");
+    // Everyone, from node a; bob's first packet is this one: he got no push for alice.
+    assert_eq!(cluster_a.broadcast(frame("for all")).await, Ok(3));
+    for sub in [&mut on_alice_a, &mut on_alice_b, &mut on_bob_c] {
+        assert_eq!(pushed(sub).await, "for all");
+    }
+
+    // Every node's sessions, from any node, with their node.
+    let listed = b.server.handle.cluster().sessions().await.unwrap();
+    assert_eq!(listed.unanswered, 0);
+    let mut seen: Vec<(&str, &str)> = listed
+        .sessions
+        .iter()
+        .map(|s| (s.node.as_str(), s.session.user.as_str()))
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, [("a", "alice"), ("b", "alice"), ("c", "bob")]);
+    let id_on = |node: &str| {
+        listed
+            .sessions
+            .iter()
+            .find(|s| s.node == node)
+            .map(|s| s.session.id)
+            .unwrap()
+    };
+
+    // One session of another node.
+    assert_eq!(
+        cluster_a.send_to("c", id_on("c"), frame("for bob")).await,
+        Ok(true)
+    );
+    assert_eq!(pushed(&mut on_bob_c).await, "for bob");
+    assert_eq!(
+        cluster_a.send_to("c", 9999, frame("nobody")).await,
+        Ok(false)
+    );
+    let err = cluster_a
+        .send_to("nope", 1, frame("x"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"nope\"") && err.contains("not connected"),
+        "{err}"
+    );
+
+    // Kick alice's session on b from node a: her client hears QUIT.
+    assert_eq!(cluster_a.kick("b", id_on("b")).await, Ok(true));
+    let reason = tokio::time::timeout(WAIT, alice_b.closed()).await;
+    assert_eq!(
+        reason.expect("alice's client on b closes"),
+        CloseReason::Quit
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = cluster_c.sessions().await.unwrap();
+        if now.sessions.iter().all(|s| s.node != "b") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the kicked session stays listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cluster_a.kick("b", id_on("b")).await, Ok(false));
+
+    // A node that is gone is not waited for: the others still answer in full.
+    c.broker.stop_without_cleanup();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = cluster_a.sessions().await.unwrap();
+        if now.sessions.iter().all(|s| s.node != "c") {
+            assert_eq!(now.unanswered, 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stopped node stays listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

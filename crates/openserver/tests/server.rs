@@ -455,6 +455,36 @@ async fn server_push_reaches_a_session_a_user_and_everyone() {
 }
 
 #[tokio::test]
+async fn the_cluster_handle_of_a_lone_server_reaches_its_own_sessions() {
+    let server = start(config()).await;
+    let mut alice = Raw::connect(server.addr).await;
+    login(&mut alice).await;
+    let cluster = server.handle.cluster();
+    assert_eq!(cluster.node_id(), None);
+    let push = |s: &str| HelloMessage(s.into()).to_frame();
+    assert_eq!(cluster.send_to_user("alice", push("a")).await, Ok(1));
+    assert_eq!(alice.recv().await.unwrap(), push("a"));
+    assert_eq!(cluster.broadcast(push("b")).await, Ok(1));
+    assert_eq!(alice.recv().await.unwrap(), push("b"));
+    let listed = cluster.sessions().await.unwrap();
+    assert_eq!(listed.unanswered, 0);
+    assert_eq!(listed.sessions.len(), 1);
+    let (node, id) = (&listed.sessions[0].node, listed.sessions[0].session.id);
+    assert_eq!(
+        (node.as_str(), listed.sessions[0].session.user.as_str()),
+        ("", "alice")
+    );
+    assert_eq!(cluster.send_to("", id, push("c")).await, Ok(true));
+    assert_eq!(alice.recv().await.unwrap(), push("c"));
+    // There are no other nodes to name.
+    let err = cluster.send_to("n2", id, push("d")).await.unwrap_err();
+    assert!(err.to_string().contains("not in a cluster"), "{err}");
+    assert_eq!(cluster.kick("", id).await, Ok(true));
+    let frames = alice.expect_closed(AT_ONCE).await;
+    assert_eq!(frames, vec![KeepAliveMessage::Quit.to_frame()]);
+}
+
+#[tokio::test]
 async fn graceful_shutdown_sends_quit_and_returns() {
     let server = start(config()).await;
     let mut a = Raw::connect(server.addr).await;

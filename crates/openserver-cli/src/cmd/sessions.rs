@@ -1,11 +1,12 @@
-//! `openserver sessions`: list a running server's sessions, or kick one, over the Admin
-//! protocol (5) as a user holding the server's admin role.
+//! `openserver sessions`: list the sessions of a running server (of every node, for a
+//! cluster), or kick one, over the Admin protocol (5) as a user holding the server's admin
+//! role.
 
 use crate::cmd::connect::{connect_and_login, explain_request, ConnectArgs};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use openserver::client::{Client, ClientError};
-use openserver::wire::admin::{AdminMessage, SessionInfo};
+use openserver::wire::admin::{AdminMessage, NodeSessionInfo};
 use openserver::wire::{protocol_id, Message};
 use std::time::{Duration, SystemTime};
 
@@ -19,6 +20,10 @@ pub struct SessionsArgs {
     /// closes (reason `kicked`).
     #[arg(long, value_name = "ID")]
     pub kick: Option<u64>,
+    /// With --kick: the node the session is on (the NODE column of the list); without it,
+    /// the node the connection reached.
+    #[arg(long, value_name = "NAME", requires = "kick")]
+    pub node: Option<String>,
 }
 
 /// Lists the sessions as a table, or kicks one.
@@ -26,29 +31,49 @@ pub async fn run(args: SessionsArgs) -> Result<()> {
     let client = connect_and_login(&args.connect).await?;
     let outcome = match args.kick {
         None => list(&client, &args.connect).await,
-        Some(id) => kick(&client, &args.connect, id).await,
+        Some(id) => kick(&client, &args.connect, args.node.as_deref(), id).await,
     };
     client.quit().await;
     outcome
 }
 
 async fn list(client: &Client, connect: &ConnectArgs) -> Result<()> {
-    match request(client, connect, AdminMessage::List).await? {
-        AdminMessage::Sessions(sessions) => {
+    match request(client, connect, AdminMessage::ListAll).await? {
+        AdminMessage::AllSessions {
+            sessions,
+            unanswered,
+        } => {
             print!("{}", table(&sessions, SystemTime::now()));
+            if unanswered > 0 {
+                eprintln!(
+                    "warning: {unanswered} node(s) did not answer in time; their sessions are \
+                     missing above (try again; `openserver presence` and each node's /readyz \
+                     tell which node is in trouble)"
+                );
+            }
             Ok(())
         }
         other => bail!("unexpected answer from the server: {other:?}"),
     }
 }
 
-async fn kick(client: &Client, connect: &ConnectArgs, id: u64) -> Result<()> {
-    match request(client, connect, AdminMessage::Kick { session_id: id }).await? {
+async fn kick(client: &Client, connect: &ConnectArgs, node: Option<&str>, id: u64) -> Result<()> {
+    let message = match node {
+        None => AdminMessage::Kick { session_id: id },
+        Some(node) => AdminMessage::KickOn {
+            node: node.to_string(),
+            session_id: id,
+        },
+    };
+    let on = node.map(|n| format!(" on node {n}")).unwrap_or_default();
+    match request(client, connect, message).await? {
         AdminMessage::Kicked { .. } => {
-            println!("kicked session {id}");
+            println!("kicked session {id}{on}");
             Ok(())
         }
-        AdminMessage::NotFound { .. } => bail!("no open session with id {id}"),
+        AdminMessage::NotFound { .. } => bail!(
+            "no open session with id {id}{on}; `openserver sessions` lists them with their node"
+        ),
         other => bail!("unexpected answer from the server: {other:?}"),
     }
 }
@@ -78,17 +103,35 @@ async fn request(
              configuration)",
             connect.server
         ),
+        Err(ClientError::Remote { message, .. }) if message.contains("node") => {
+            bail!("{}: {message}", connect.server)
+        }
         Err(e) => Err(explain_request(e, connect, "admin request")),
     }
 }
 
-/// The sessions as an aligned table, one line per session under a header.
-fn table(sessions: &[SessionInfo], now: SystemTime) -> String {
-    let header = ["ID", "USER", "PEER", "SINCE", "LAST ACTIVITY", "PROTOCOLS"].map(String::from);
-    let rows: Vec<[String; 6]> = sessions
+/// The sessions as an aligned table, one line per session under a header. The NODE column
+/// shows `-` for a server outside a cluster.
+fn table(sessions: &[NodeSessionInfo], now: SystemTime) -> String {
+    let header = [
+        "NODE",
+        "ID",
+        "USER",
+        "PEER",
+        "SINCE",
+        "LAST ACTIVITY",
+        "PROTOCOLS",
+    ]
+    .map(String::from);
+    let rows: Vec<[String; 7]> = sessions
         .iter()
-        .map(|s| {
+        .map(|NodeSessionInfo { node, session: s }| {
             [
+                if node.is_empty() {
+                    "-".into()
+                } else {
+                    node.clone()
+                },
                 s.id.to_string(),
                 if s.user.is_empty() {
                     "-".into()
@@ -152,34 +195,41 @@ fn protocol_name(id: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openserver::wire::admin::SessionInfo;
 
     #[test]
     fn the_table_is_aligned() {
         let since = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let sessions = [
-            SessionInfo {
-                id: 1,
-                user: "admin".into(),
-                peer: "127.0.0.1:50000".into(),
-                since,
-                last_activity: since + Duration::from_secs(50),
-                protocols: vec![3, 5],
+            NodeSessionInfo {
+                node: "n1".into(),
+                session: SessionInfo {
+                    id: 1,
+                    user: "admin".into(),
+                    peer: "127.0.0.1:50000".into(),
+                    since,
+                    last_activity: since + Duration::from_secs(50),
+                    protocols: vec![3, 5],
+                },
             },
-            SessionInfo {
-                id: 12,
-                user: String::new(),
-                peer: "[::1]:6".into(),
-                since,
-                last_activity: since,
-                protocols: vec![0x0100],
+            NodeSessionInfo {
+                node: String::new(),
+                session: SessionInfo {
+                    id: 12,
+                    user: String::new(),
+                    peer: "[::1]:6".into(),
+                    since,
+                    last_activity: since,
+                    protocols: vec![0x0100],
+                },
             },
         ];
         let text = table(&sessions, since + Duration::from_secs(125));
         assert_eq!(
             text,
-            "ID  USER   PEER             SINCE                 LAST ACTIVITY  PROTOCOLS\n\
-             1   admin  127.0.0.1:50000  2023-11-14T22:13:20Z  1m 15s ago     database_auth,admin\n\
-             12  -      [::1]:6          2023-11-14T22:13:20Z  2m 5s ago      256\n"
+            "NODE  ID  USER   PEER             SINCE                 LAST ACTIVITY  PROTOCOLS\n\
+             n1    1   admin  127.0.0.1:50000  2023-11-14T22:13:20Z  1m 15s ago     database_auth,admin\n\
+             -     12  -      [::1]:6          2023-11-14T22:13:20Z  2m 5s ago      256\n"
         );
         assert_eq!(ago(since + Duration::from_secs(9), since), "0s ago");
     }

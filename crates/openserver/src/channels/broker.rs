@@ -19,6 +19,7 @@
 //! - an error is returned to the caller, never swallowed: a publish that returns `Err` may or
 //!   may not have happened, one that returns `Ok` was numbered and delivered to the nodes.
 
+use super::nodes::{NodeAnswers, NodeRequest, NodeSink};
 use crate::session::SessionId;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -187,6 +188,34 @@ pub trait Broker: Send + Sync + 'static {
     /// is always ready.
     async fn ready(&self) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    /// This node's name among the nodes sharing the broker; `None` for a broker in this
+    /// process (a node of its own).
+    fn node_id(&self) -> Option<&str> {
+        None
+    }
+
+    /// Sets who answers other nodes' [`NodeRequest`]s on this node; called once, at bind. The
+    /// default (no other nodes) keeps nothing.
+    fn attach_node(&self, _node: Weak<dyn NodeSink>) {}
+
+    /// Sends `request` to the node named `to`, or to every other node when `None`, and
+    /// gathers their answers, waiting at most the broker's command timeout. This node's own
+    /// sessions are the caller's to handle. The default (no other nodes) answers nothing;
+    /// asking a named node of it is an error.
+    async fn ask_nodes(
+        &self,
+        to: Option<&str>,
+        request: &NodeRequest,
+    ) -> Result<NodeAnswers, BrokerError> {
+        let _ = request;
+        match to {
+            None => Ok(NodeAnswers::default()),
+            Some(node) => Err(BrokerError(format!(
+                "there is no node {node:?}: this server is not in a cluster"
+            ))),
+        }
     }
 }
 

@@ -20,12 +20,14 @@
 //!   subscriptions show on the event bus and in the metrics.
 //! - The engine sits on a [`Broker`] (numbering, history, presence, delivery between nodes);
 //!   [`MemoryBroker`] is the one-node default, [`RedisBroker`] lets several nodes share
-//!   channels through one Redis (`docs/CLUSTER.md`).
+//!   channels through one Redis (`docs/CLUSTER.md`). The broker also carries what one node
+//!   asks of the others ([`nodes`]: push, kick, list sessions), for the server's
+//!   [`Cluster`](crate::server::Cluster).
 //! - The client side: [`Client::channels`](crate::client::Client::channels) gives a
 //!   [`ChannelsClient`] whose subscriptions survive the client's reconnects.
 //!
 //! Files: `config.rs` (settings), `name.rs` (channel names), `messages.rs` (the protocol's
-//! types), `broker.rs` (the trait), `memory.rs` (the in-memory broker), `redis/`
+//! types), `broker.rs` (the trait), `nodes.rs` (requests between nodes), `memory.rs` (the in-memory broker), `redis/`
 //! (the Redis broker), `engine.rs` (rules,
 //! local subscribers, fan-out, recovery), `protocol.rs` (the server side of the protocol),
 //! `client.rs` (the client library).
@@ -37,6 +39,7 @@ mod engine;
 mod memory;
 pub mod messages;
 pub mod name;
+pub mod nodes;
 pub(crate) mod protocol;
 mod redis;
 

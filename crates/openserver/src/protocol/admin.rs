@@ -1,4 +1,5 @@
-//! Admin (protocol 5, openserver only): list the server's sessions and kick one. Added with
+//! Admin (protocol 5, openserver only): list the server's sessions and kick one, on this
+//! node or on every node of a cluster (LIST_ALL, KICK_ON). Added with
 //! [`ServerBuilder::admin`](crate::server::ServerBuilder::admin); only users holding the
 //! configured role reach it. The driver checks [`Protocol::required_role`] against the
 //! login-time user before every packet; with a user store, every command is also checked
@@ -8,20 +9,34 @@
 use super::{HandlerError, Protocol, ProtocolHandler};
 use crate::auth::UserStore;
 use crate::session::{Session, SessionId};
-use crate::wire::admin::{AdminMessage, SessionInfo};
+use crate::wire::admin::{AdminMessage, NodeSessionInfo, SessionInfo};
 use crate::wire::{protocol_id, Message};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
 
-/// The server's open sessions, as Admin sees them. Defined here and implemented by the
-/// server's session registry, so that this protocol does not import the server.
+/// The server's open sessions, and those of the other nodes of its cluster, as Admin sees
+/// them. Defined here and implemented by the server's cluster handle, so that this protocol
+/// does not import the server.
+#[async_trait]
 pub(crate) trait SessionDirectory: Send + Sync + 'static {
-    /// The open session with this id.
+    /// The open session of this node with this id.
     fn get(&self, id: SessionId) -> Option<Session>;
 
-    /// Every open session.
+    /// Every open session of this node.
     fn snapshot(&self) -> Vec<Session>;
+
+    /// Every node's sessions (this node's too), with how many nodes did not answer in time.
+    /// `Err` says why the other nodes could not be asked.
+    async fn all_sessions(&self) -> Result<(Vec<NodeSessionInfo>, u32), String>;
+
+    /// Kicks session `id` of `node` (another node; this node's are kicked through
+    /// [`get`](Self::get)); whether it was open. `Err`: the node could not be asked, or did
+    /// not answer.
+    async fn kick_on(&self, node: &str, id: SessionId) -> Result<bool, String>;
+
+    /// This node's id in its cluster; `None` outside one.
+    fn node_id(&self) -> Option<String>;
 }
 
 /// The server side of Admin.
@@ -99,9 +114,30 @@ impl ProtocolHandler for AdminHandler {
                     .await?;
             }
             AdminMessage::Kick { session_id } => self.kick(session, session_id).await?,
+            AdminMessage::ListAll => {
+                let (sessions, unanswered) = self
+                    .registry
+                    .all_sessions()
+                    .await
+                    .map_err(HandlerError::Rejected)?;
+                session
+                    .send_message(&AdminMessage::AllSessions {
+                        sessions,
+                        unanswered,
+                    })
+                    .await?;
+            }
+            AdminMessage::KickOn { node, session_id } => {
+                let here = node.is_empty() || self.registry.node_id().is_some_and(|n| n == node);
+                if here {
+                    self.kick(session, session_id).await?;
+                } else {
+                    self.kick_on(session, &node, session_id).await?;
+                }
+            }
             _ => {
                 return Err(HandlerError::Rejected(
-                    "only LIST and KICK are accepted from a client".into(),
+                    "only LIST, KICK, LIST_ALL and KICK_ON are accepted from a client".into(),
                 ))
             }
         }
@@ -156,6 +192,34 @@ impl AdminHandler {
             .collect();
         sessions.sort_unstable_by_key(|s| s.id);
         sessions
+    }
+
+    /// Kicks a session of another node of the cluster.
+    async fn kick_on(
+        &self,
+        admin: &Session,
+        node: &str,
+        session_id: u64,
+    ) -> Result<(), HandlerError> {
+        let kicked = self
+            .registry
+            .kick_on(node, session_id)
+            .await
+            .map_err(HandlerError::Rejected)?;
+        tracing::info!(
+            by = admin.user().map(|u| u.name).unwrap_or_default(),
+            kicked = session_id,
+            node,
+            found = kicked,
+            "session kick sent to another node"
+        );
+        let answer = if kicked {
+            AdminMessage::Kicked { session_id }
+        } else {
+            AdminMessage::NotFound { session_id }
+        };
+        admin.send_message(&answer).await?;
+        Ok(())
     }
 
     async fn kick(&self, admin: &Session, session_id: u64) -> Result<(), HandlerError> {

@@ -9,6 +9,7 @@
 //! # }
 //! ```
 
+mod cluster;
 mod config;
 pub(crate) mod driver;
 pub(crate) mod events;
@@ -19,6 +20,8 @@ pub(crate) mod metrics;
 mod penalty;
 pub mod proxy;
 pub(crate) mod registry;
+
+pub use cluster::{Cluster, ClusterError, ClusterSession, ClusterSessions};
 
 pub use config::{Limits, Security, ServerConfig, DEFAULT_PORT};
 pub use events::{RefusalReason, SessionEvent, EVENT_CAPACITY};
@@ -49,7 +52,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -246,16 +249,7 @@ impl ServerBuilder {
             self.protocols.insert(Arc::new(built_in.clone()));
             keep_alive = Some(built_in);
         }
-        // Admin reads the registry directly: holding the registry, not the server, keeps
-        // the protocol set from owning the server that owns it.
         let registry = self.registry.clone();
-        if let Some(role) = self.admin_role {
-            self.protocols.insert(Arc::new(Admin::new(
-                registry.clone(),
-                role,
-                self.store.clone(),
-            )));
-        }
         if self.scram {
             let store = self.store.clone().ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, "scram() needs a user_store()")
@@ -274,6 +268,7 @@ impl ServerBuilder {
         }
         let events = events::EventBus::new();
         let mut channel_metrics = None;
+        let mut shared_broker = None;
         if let Some(setup) = self.channels.take() {
             setup
                 .config
@@ -282,6 +277,11 @@ impl ServerBuilder {
             let broker = setup
                 .broker
                 .unwrap_or_else(|| Arc::new(crate::channels::MemoryBroker::new()));
+            // Other nodes' requests (push, kick, list) are answered from the registry.
+            let node: Weak<dyn crate::channels::nodes::NodeSink> =
+                Arc::downgrade(&registry) as Weak<Registry>;
+            broker.attach_node(node);
+            shared_broker = Some(broker.clone());
             let counted = metrics::channels::ChannelMetrics::default();
             let engine = crate::channels::Engine::new(
                 setup.config,
@@ -296,6 +296,16 @@ impl ServerBuilder {
                 }));
             let _ = self.channels_slot.set(Channels::new(engine));
             channel_metrics = Some(counted);
+        }
+        let cluster = Cluster::new(registry.clone(), shared_broker);
+        // Admin reads the sessions through the cluster handle: holding the registry, not the
+        // server, keeps the protocol set from owning the server that owns it.
+        if let Some(role) = self.admin_role {
+            self.protocols.insert(Arc::new(Admin::new(
+                Arc::new(cluster.clone()),
+                role,
+                self.store.clone(),
+            )));
         }
         let listener = listen(self.config.listen, self.config.limits.listen_backlog)?;
         let local_addr = listener.local_addr()?;
@@ -319,6 +329,7 @@ impl ServerBuilder {
                     events,
                 },
                 registry,
+                cluster,
                 channels: self.channels_slot,
                 next_id: AtomicU64::new(1),
                 per_ip: Mutex::new(HashMap::new()),
@@ -356,6 +367,8 @@ struct Shared {
     keep_alive: Option<KeepAlive>,
     /// Live sessions, for push, shutdown and Admin.
     registry: Arc<Registry>,
+    /// The sessions of every node, through the channels' broker.
+    cluster: Cluster,
     /// The channels engine, if enabled.
     channels: Arc<OnceLock<Channels>>,
     /// Source of session ids.
@@ -862,6 +875,12 @@ impl ServerHandle {
     /// How many sessions are open.
     pub fn session_count(&self) -> usize {
         self.shared.registry.len()
+    }
+
+    /// Push, kick and list sessions on every node of this server's cluster (this node alone
+    /// outside a cluster). The methods below act on this node's sessions only.
+    pub fn cluster(&self) -> Cluster {
+        self.shared.cluster.clone()
     }
 
     /// Pushes a frame to one session. A session whose queue is full is closed as a slow

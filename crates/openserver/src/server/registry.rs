@@ -1,10 +1,12 @@
-//! Live sessions by id, for server push and administration.
+//! Live sessions by id, for server push and administration; it answers other nodes'
+//! requests ([`NodeSink`]) from them too.
 
-use crate::protocol::admin::SessionDirectory;
+use crate::channels::nodes::{NodeAnswer, NodeRequest, NodeSession, NodeSink, PushTarget};
 use crate::session::{lock, SendError, Session, SessionId};
 use crate::wire::Frame;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 /// Below this many slots the table is never shrunk.
 const MIN_CAPACITY: usize = 64;
@@ -60,13 +62,62 @@ impl Registry {
     }
 }
 
-impl SessionDirectory for Registry {
-    fn get(&self, id: SessionId) -> Option<Session> {
-        Registry::get(self, id)
-    }
+/// Milliseconds since the Unix epoch (0 before it).
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
-    fn snapshot(&self) -> Vec<Session> {
-        Registry::snapshot(self)
+/// How another node sees a session.
+pub(crate) fn describe(session: &Session) -> NodeSession {
+    NodeSession {
+        id: session.id(),
+        user: session.user().map(|u| u.name).unwrap_or_default(),
+        peer: session.peer().to_string(),
+        since_ms: unix_ms(session.since()),
+        last_activity_ms: unix_ms(session.last_activity()),
+        protocols: session.protocols(),
+    }
+}
+
+impl NodeSink for Registry {
+    /// The same answer serves this node's own part of a cluster-wide operation.
+    fn answer(&self, request: &NodeRequest) -> NodeAnswer {
+        match request {
+            NodeRequest::Push {
+                target,
+                protocol_id,
+                body,
+            } => {
+                let frame = Frame::new(*protocol_id, body.clone());
+                let pushed = match target {
+                    PushTarget::Session(id) => usize::from(self.push_to(*id, frame).is_ok()),
+                    PushTarget::User(user) => {
+                        self.push_where(&frame, |s| s.user().is_some_and(|u| &u.name == user))
+                    }
+                    PushTarget::Everyone => self.push_where(&frame, Session::is_authenticated),
+                };
+                NodeAnswer::Pushed(pushed)
+            }
+            NodeRequest::Kick { session } => {
+                let found = self.get(*session);
+                if let Some(target) = &found {
+                    tracing::info!(
+                        kicked = session,
+                        kicked_user = target.user().map(|u| u.name).unwrap_or_default(),
+                        kicked_peer = %target.peer(),
+                        "session kicked (cluster request)"
+                    );
+                    target.kick();
+                }
+                NodeAnswer::Kicked(found.is_some())
+            }
+            NodeRequest::Sessions => {
+                let mut sessions: Vec<NodeSession> = self.snapshot().iter().map(describe).collect();
+                sessions.sort_unstable_by_key(|s| s.id);
+                NodeAnswer::Sessions(sessions)
+            }
+        }
     }
 }
 

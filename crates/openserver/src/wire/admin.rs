@@ -1,5 +1,6 @@
 //! Session administration, "Admin" (protocol 5, openserver only): list the server's sessions
-//! and kick one. The server runs it only for users holding the admin role.
+//! and kick one, on this node or (LIST_ALL, KICK_ON) on every node of a cluster. The server
+//! runs it only for users holding the admin role.
 
 use super::{protocol_id, DecodeError, Message, Reader, WireWrite};
 use bytes::{BufMut, BytesMut};
@@ -15,6 +16,12 @@ pub const KICK: u8 = 0x03;
 pub const KICKED: u8 = 0x04;
 /// Command byte of [`AdminMessage::NotFound`].
 pub const NOT_FOUND: u8 = 0x05;
+/// Command byte of [`AdminMessage::ListAll`].
+pub const LIST_ALL: u8 = 0x06;
+/// Command byte of [`AdminMessage::AllSessions`].
+pub const ALL_SESSIONS: u8 = 0x07;
+/// Command byte of [`AdminMessage::KickOn`].
+pub const KICK_ON: u8 = 0x08;
 /// Command byte of [`AdminMessage::Error`].
 pub const ERROR: u8 = 0xFF;
 
@@ -65,6 +72,15 @@ impl SessionInfo {
     }
 }
 
+/// One session of a cluster as [`AdminMessage::AllSessions`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSessionInfo {
+    /// The node it is on (its `--node-id`); empty on a server that is not in a cluster.
+    pub node: String,
+    /// The session, with its id on that node.
+    pub session: SessionInfo,
+}
+
 /// An Admin packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminMessage {
@@ -85,6 +101,23 @@ pub enum AdminMessage {
     /// Server: no open session has this id.
     NotFound {
         /// The id asked for.
+        session_id: u64,
+    },
+    /// Client: list every open session of every node (of this node alone, outside a cluster).
+    ListAll,
+    /// Server: the sessions of every node that answered, ascending by node then id.
+    AllSessions {
+        /// The sessions.
+        sessions: Vec<NodeSessionInfo>,
+        /// Nodes that did not answer in time: their sessions are missing from the list.
+        unanswered: u32,
+    },
+    /// Client: close this session of this node (the server sends it QUIT first). Answered
+    /// with KICKED or NOT_FOUND.
+    KickOn {
+        /// The node the session is on; empty for the node that receives the command.
+        node: String,
+        /// The session's id on that node.
         session_id: u64,
     },
     /// Either side: the request could not be processed. (The openserver server reports
@@ -110,6 +143,20 @@ impl Message for AdminMessage {
                 session_id: id(&mut r)?,
             },
             NOT_FOUND => AdminMessage::NotFound {
+                session_id: id(&mut r)?,
+            },
+            LIST_ALL => AdminMessage::ListAll,
+            ALL_SESSIONS => AdminMessage::AllSessions {
+                sessions: r.array_of(1 + MIN_SESSION_INFO_LEN, |r| {
+                    Ok(NodeSessionInfo {
+                        node: r.string()?,
+                        session: SessionInfo::decode(r)?,
+                    })
+                })?,
+                unanswered: r.count()? as u32,
+            },
+            KICK_ON => AdminMessage::KickOn {
+                node: r.string()?,
                 session_id: id(&mut r)?,
             },
             ERROR => AdminMessage::Error(r.string_lossy()?),
@@ -139,6 +186,24 @@ impl Message for AdminMessage {
             }
             AdminMessage::NotFound { session_id } => {
                 dst.put_u8(NOT_FOUND);
+                dst.put_i64_le(*session_id as i64);
+            }
+            AdminMessage::ListAll => dst.put_u8(LIST_ALL),
+            AdminMessage::AllSessions {
+                sessions,
+                unanswered,
+            } => {
+                dst.put_u8(ALL_SESSIONS);
+                dst.put_count(sessions.len());
+                for entry in sessions {
+                    dst.put_string(&entry.node);
+                    entry.session.encode(dst);
+                }
+                dst.put_count(*unanswered as usize);
+            }
+            AdminMessage::KickOn { node, session_id } => {
+                dst.put_u8(KICK_ON);
+                dst.put_string(node);
                 dst.put_i64_le(*session_id as i64);
             }
             AdminMessage::Error(message) => {
@@ -188,6 +253,52 @@ mod tests {
         round_trip(AdminMessage::Kicked { session_id: 42 });
         round_trip(AdminMessage::NotFound { session_id: 7 });
         round_trip(AdminMessage::Error("no".into()));
+        round_trip(AdminMessage::ListAll);
+        round_trip(AdminMessage::AllSessions {
+            sessions: vec![],
+            unanswered: 0,
+        });
+        round_trip(AdminMessage::AllSessions {
+            sessions: vec![NodeSessionInfo {
+                node: "n2".into(),
+                session: SessionInfo {
+                    id: 9,
+                    user: "bob".into(),
+                    peer: "127.0.0.2:1".into(),
+                    since,
+                    last_activity: since,
+                    protocols: vec![6],
+                },
+            }],
+            unanswered: 2,
+        });
+        round_trip(AdminMessage::KickOn {
+            node: "n3".into(),
+            session_id: 5,
+        });
+    }
+
+    #[test]
+    fn cluster_commands_are_laid_out_as_documented() {
+        let frame = AdminMessage::KickOn {
+            node: "n2".into(),
+            session_id: 7,
+        }
+        .to_frame();
+        assert_eq!(
+            hex::encode(&frame.body),
+            ["08", "026e32", "0700000000000000"].concat()
+        );
+        let frame = AdminMessage::AllSessions {
+            sessions: vec![],
+            unanswered: 1,
+        }
+        .to_frame();
+        assert_eq!(hex::encode(&frame.body), "070000000001000000");
+        // A claimed count the body cannot hold is refused before it allocates.
+        let mut body = vec![ALL_SESSIONS];
+        body.extend_from_slice(&i32::MAX.to_le_bytes());
+        assert!(AdminMessage::decode(&body).is_err());
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub(crate) struct Keys {
     prefix: String,
     /// The escaped node id.
     node: String,
+    /// The topic of requests to every node (made once: checked for every message).
+    commands: String,
+    /// The topic of requests and answers to this node.
+    own_commands: String,
 }
 
 /// The keys of one channel.
@@ -61,9 +65,12 @@ pub(crate) struct ChannelKeys {
 
 impl Keys {
     pub(crate) fn new(prefix: &str, node: &str) -> Keys {
+        let node = escape(node);
         Keys {
+            commands: format!("{prefix}nodes:cmd"),
+            own_commands: format!("{prefix}node:{node}:cmd"),
             prefix: prefix.to_string(),
-            node: escape(node),
+            node,
         }
     }
 
@@ -118,6 +125,21 @@ impl Keys {
         format!("{}node:{}:presence", self.prefix, self.node)
     }
 
+    /// The pub/sub topic of requests to every node.
+    pub(crate) fn commands(&self) -> &str {
+        &self.commands
+    }
+
+    /// The pub/sub topic of requests and answers to the node whose escaped id is `node`.
+    pub(crate) fn commands_of(&self, node: &str) -> String {
+        format!("{}node:{node}:cmd", self.prefix)
+    }
+
+    /// This node's own [`commands_of`](Self::commands_of) topic.
+    pub(crate) fn own_commands(&self) -> &str {
+        &self.own_commands
+    }
+
     /// The topic of this node's canary (the health check).
     pub(crate) fn canary(&self) -> String {
         format!("{}node:{}:canary", self.prefix, self.node)
@@ -148,5 +170,8 @@ mod tests {
         assert_eq!(keys.channel_of_topic("other:ch:x:pub"), None);
         assert_eq!(keys.lease(), "os:node:n%201:lease");
         assert_eq!(keys.presence_field(42), "n%201/42");
+        assert_eq!(keys.commands(), "os:nodes:cmd");
+        assert_eq!(keys.own_commands(), "os:node:n%201:cmd");
+        assert_eq!(keys.commands_of("n%201"), keys.own_commands());
     }
 }

@@ -19,6 +19,7 @@
 
 mod config;
 mod keys;
+mod nodes;
 mod payload;
 mod scripts;
 
@@ -27,6 +28,7 @@ pub use config::RedisBrokerConfig;
 use super::broker::{
     Broker, BrokerError, BrokerSink, ClientInfo, History, HistoryOptions, Position, Publication,
 };
+use super::nodes::{NodeAnswer, NodeAnswers, NodeRequest, NodeSink};
 use crate::session::{lock, SessionId};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -78,6 +80,10 @@ struct Inner {
     /// (un)subscribe, so that a reconnect resubscribes exactly the channels counted.
     pubsub: tokio::sync::Mutex<Option<PubSubSink>>,
     sink: OnceLock<Weak<dyn BrokerSink>>,
+    /// Who answers other nodes' requests (the server).
+    node_sink: OnceLock<Weak<dyn NodeSink>>,
+    /// Requests to other nodes awaiting answers: nonce to mailbox.
+    asks: Mutex<HashMap<String, tokio::sync::mpsc::Sender<(String, NodeAnswer)>>>,
     /// Canaries in flight: nonce to waiter.
     canaries: Mutex<HashMap<String, oneshot::Sender<()>>>,
     /// This node's presence entries, put back if the lease lapsed and a sweeper removed them.
@@ -147,6 +153,8 @@ impl RedisBroker {
             counts: Mutex::new(HashMap::new()),
             pubsub: tokio::sync::Mutex::new(None),
             sink: OnceLock::new(),
+            node_sink: OnceLock::new(),
+            asks: Mutex::new(HashMap::new()),
             canaries: Mutex::new(HashMap::new()),
             mine: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
@@ -442,6 +450,10 @@ impl Inner {
             sink.subscribe(self.keys.canary()),
         )
         .await?;
+        for topic in [self.keys.commands(), self.keys.own_commands()] {
+            self.run("subscribe to other nodes' requests", sink.subscribe(topic))
+                .await?;
+        }
         let channels: Vec<String> = lock(&self.counts).keys().cloned().collect();
         for channel in channels {
             let topic = self.keys.channel(&channel).topic;
@@ -502,7 +514,12 @@ async fn read_pubsub(weak: Weak<Inner>, reset: Arc<tokio::sync::Notify>, mut str
                     let Some(inner) = weak.upgrade() else {
                         return;
                     };
-                    inner.deliver(msg.get_channel_name(), msg.get_payload_bytes());
+                    let topic = msg.get_channel_name();
+                    if topic == inner.keys.commands() || topic == inner.keys.own_commands() {
+                        nodes::receive(&inner, msg.get_payload_bytes());
+                    } else {
+                        inner.deliver(topic, msg.get_payload_bytes());
+                    }
                 }
                 _ = reset.notified() => break "deaf (canaries did not come back)",
             }
@@ -838,6 +855,24 @@ impl Broker for RedisBroker {
 
     async fn publish_leave(&self, channel: &str, client: &ClientInfo) -> Result<(), BrokerError> {
         self.inner.publish_event(channel, false, client).await
+    }
+
+    fn node_id(&self) -> Option<&str> {
+        Some(&self.inner.config.node_id)
+    }
+
+    fn attach_node(&self, node: Weak<dyn NodeSink>) {
+        if self.inner.node_sink.set(node).is_err() {
+            tracing::error!("RedisBroker's node attached twice; the first server keeps it");
+        }
+    }
+
+    async fn ask_nodes(
+        &self,
+        to: Option<&str>,
+        request: &NodeRequest,
+    ) -> Result<NodeAnswers, BrokerError> {
+        nodes::ask(&self.inner, to, request).await
     }
 
     async fn ready(&self) -> Result<(), BrokerError> {
