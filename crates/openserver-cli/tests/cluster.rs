@@ -102,6 +102,23 @@ impl Cluster {
         )
         .unwrap();
         let config = config.to_str().unwrap().to_string();
+        // One user store for every node (SQLite here; PostgreSQL in production), holding
+        // the administrator.
+        let users = format!("sqlite:{}", dir.path().join("users.db").to_str().unwrap());
+        let added = run(
+            &[
+                "user",
+                "add",
+                "admin",
+                "--role",
+                "admin",
+                "--password-stdin",
+                "--users",
+                &users,
+            ],
+            &format!("{ADMIN_PASSWORD}\n"),
+        );
+        assert!(added.status.success(), "{}", stderr(&added));
         let url = redis.url();
         let nodes: Vec<Node> = ["n1", "n2", "n3"]
             .iter()
@@ -112,6 +129,8 @@ impl Cluster {
                     &config,
                     "--data-dir",
                     data.to_str().unwrap(),
+                    "--users",
+                    &users,
                     "--cluster",
                     &url,
                     "--node-id",
@@ -203,6 +222,9 @@ impl Cluster {
 
 const AUTHENTICATED: &str = "openserver_sessions{state=\"authenticated\"}";
 
+/// The administrator's password in the nodes' shared user store.
+const ADMIN_PASSWORD: &str = "admin-pw-7";
+
 #[test]
 fn three_nodes_on_redis_behind_haproxy_act_as_one_server() {
     const TEST: &str = "three_nodes_on_redis_behind_haproxy_act_as_one_server";
@@ -267,6 +289,66 @@ fn three_nodes_on_redis_behind_haproxy_act_as_one_server() {
     assert_eq!(published(&cluster.nodes[home]), 0.0);
     let elsewhere: f64 = cluster.nodes.iter().map(published).sum();
     assert_eq!(elsewhere, 2.0);
+
+    // `openserver sessions`, on whichever node HAProxy picks, lists every node's sessions
+    // with their node, and kicks a session of another node.
+    let alice = cluster.runtime.block_on(async {
+        let client = Client::connect(front.clone(), ClientConfig::default())
+            .await
+            .unwrap();
+        client.authenticate_token(token.trim()).await.unwrap();
+        client
+    });
+    let alice_home = cluster.node_with_sessions(1.0);
+    let sessions = |extra: &[&str]| {
+        let mut args = vec![
+            "sessions",
+            "--server",
+            &front,
+            "--no-tls",
+            "--user",
+            "admin",
+            "--password-stdin",
+        ];
+        args.extend_from_slice(extra);
+        run(&args, &format!("{ADMIN_PASSWORD}\n"))
+    };
+    let listed = sessions(&[]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let table = stdout(&listed);
+    assert!(table.starts_with("NODE  "), "{table}");
+    let row = |user: &str| -> Vec<String> {
+        table
+            .lines()
+            .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+            .find(|cells| cells.get(2).map(String::as_str) == Some(user))
+            .unwrap_or_else(|| panic!("{user} is listed:\n{table}"))
+    };
+    let (alice_row, admin_row) = (row("alice"), row("admin"));
+    let alice_node = format!("n{}", alice_home + 1);
+    assert_eq!(alice_row[0], alice_node, "{table}");
+    // leastconn sent the administrator to a node without sessions: not alice's.
+    assert_ne!(admin_row[0], alice_node, "{table}");
+    let kicked = sessions(&["--kick", &alice_row[1], "--node", &alice_node]);
+    assert!(kicked.status.success(), "{}", stderr(&kicked));
+    assert_eq!(
+        stdout(&kicked),
+        format!("kicked session {} on node {alice_node}\n", alice_row[1])
+    );
+    let reason = cluster
+        .runtime
+        .block_on(async { tokio::time::timeout(WAIT, alice.closed()).await });
+    assert_eq!(
+        reason.expect("alice's client closes"),
+        openserver::session::CloseReason::Quit
+    );
+    let unknown = sessions(&["--kick", "1", "--node", "n9"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("\"n9\" is not connected"),
+        "{}",
+        stderr(&unknown)
+    );
 
     // Redis goes away: every node says it is not ready, and refuses publishes, saying why.
     cluster.redis.stop();

@@ -189,6 +189,24 @@ pub fn hello(data: &[u8]) {
     }
 }
 
+/// Decodes an Admin (5) body; see [`winauth`] for the invariants. Date-times keep 100 ns
+/// ticks and strings may be overlong, so only the round trip is asserted; a claimed session
+/// count never allocates more than the body could hold.
+pub fn admin(data: &[u8]) {
+    use crate::wire::admin::AdminMessage;
+    if let Some(msg) = check_message::<AdminMessage>(data, |_| Canonical::RoundTripOnly) {
+        let listed = match &msg {
+            AdminMessage::Sessions(list) => list.len(),
+            AdminMessage::AllSessions { sessions, .. } => sessions.len(),
+            _ => 0,
+        };
+        assert!(
+            listed * 30 <= data.len(),
+            "more sessions than the body holds"
+        );
+    }
+}
+
 /// Reads a PROXY protocol header (v1 or v2) from the start of a stream the way the listener
 /// reads a trusted proxy's connection.
 ///
@@ -428,6 +446,7 @@ pub fn outcome(target: &str, data: &[u8]) -> String {
             }
         }
         "capabilities" => message::<CapabilitiesMessage>(data),
+        "admin" => message::<crate::wire::admin::AdminMessage>(data),
         "keepalive" => message::<KeepAliveMessage>(data),
         "winauth" => message::<WinAuthMessage>(data),
         "dbauth" => message::<DatabaseAuthMessage>(data),

@@ -126,6 +126,11 @@ fn token_auth_seeds() {
 }
 
 #[test]
+fn admin_seeds() {
+    replay("admin", fuzzing::admin);
+}
+
+#[test]
 fn hello_seeds() {
     replay("hello", fuzzing::hello);
 }
