@@ -111,7 +111,7 @@ async fn kicking_oneself_still_gets_the_answer() {
         CapabilitiesMessage::decode(&raw.recv().await.unwrap().body).unwrap(),
         CapabilitiesMessage::Error {
             protocol_id: protocol_id::ADMIN,
-            message: "only LIST and KICK are accepted from a client".into()
+            message: "only LIST, KICK, LIST_ALL and KICK_ON are accepted from a client".into()
         }
     );
     raw.send(AdminMessage::List.to_frame()).await;
@@ -122,6 +122,60 @@ async fn kicking_oneself_still_gets_the_answer() {
     let own = sessions[0].id;
     raw.send(AdminMessage::Kick { session_id: own }.to_frame())
         .await;
+    let frames = raw.expect_closed(AT_ONCE).await;
+    assert_eq!(
+        frames,
+        vec![
+            AdminMessage::Kicked { session_id: own }.to_frame(),
+            KeepAliveMessage::Quit.to_frame()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_lone_server_lists_all_as_one_unnamed_node_and_has_no_other_node() {
+    let server = admin_server("admin").await;
+    let mut raw = db_login(&server, ALICE).await;
+    raw.send(AdminMessage::ListAll.to_frame()).await;
+    let listed = AdminMessage::decode(&raw.recv().await.unwrap().body).unwrap();
+    let AdminMessage::AllSessions {
+        sessions,
+        unanswered,
+    } = listed
+    else {
+        panic!("{listed:?}")
+    };
+    assert_eq!(unanswered, 0);
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    assert_eq!(
+        (sessions[0].node.as_str(), sessions[0].session.user.as_str()),
+        ("", "alice")
+    );
+    raw.send(
+        AdminMessage::KickOn {
+            node: "n2".into(),
+            session_id: sessions[0].session.id,
+        }
+        .to_frame(),
+    )
+    .await;
+    assert_eq!(
+        CapabilitiesMessage::decode(&raw.recv().await.unwrap().body).unwrap(),
+        CapabilitiesMessage::Error {
+            protocol_id: protocol_id::ADMIN,
+            message: "there is no node \"n2\": this server is not in a cluster".into()
+        }
+    );
+    // An empty node is this server.
+    let own = sessions[0].session.id;
+    raw.send(
+        AdminMessage::KickOn {
+            node: String::new(),
+            session_id: own,
+        }
+        .to_frame(),
+    )
+    .await;
     let frames = raw.expect_closed(AT_ONCE).await;
     assert_eq!(
         frames,

@@ -4,6 +4,7 @@
 mod support;
 
 use bytes::BytesMut;
+use openserver::wire::admin::{AdminMessage, NodeSessionInfo, SessionInfo};
 use openserver::wire::capabilities::CapabilitiesMessage;
 use openserver::wire::codec::DEFAULT_MAX_PAYLOAD;
 use openserver::wire::dbauth::DatabaseAuthMessage;
@@ -89,6 +90,59 @@ fn dbauth() -> impl Strategy<Value = DatabaseAuthMessage> {
         Just(DatabaseAuthMessage::InvalidPassword),
         Just(DatabaseAuthMessage::EmailNotVerified),
         any::<String>().prop_map(DatabaseAuthMessage::Error),
+    ]
+}
+
+/// A date-time the wire keeps exactly: whole 100 ns ticks after the Unix epoch.
+fn date_time() -> impl Strategy<Value = std::time::SystemTime> {
+    (621_355_968_000_000_000i64..3_000_000_000_000_000_000)
+        .prop_map(openserver::wire::primitives::system_time_from_ticks)
+}
+
+fn session_info() -> impl Strategy<Value = SessionInfo> {
+    (
+        any::<u64>(),
+        any::<String>(),
+        any::<String>(),
+        date_time(),
+        date_time(),
+        vec(any::<u16>(), 0..5),
+    )
+        .prop_map(
+            |(id, user, peer, since, last_activity, protocols)| SessionInfo {
+                id,
+                user,
+                peer,
+                since,
+                last_activity,
+                protocols,
+            },
+        )
+}
+
+fn admin() -> impl Strategy<Value = AdminMessage> {
+    prop_oneof![
+        Just(AdminMessage::List),
+        vec(session_info(), 0..4).prop_map(AdminMessage::Sessions),
+        any::<u64>().prop_map(|session_id| AdminMessage::Kick { session_id }),
+        any::<u64>().prop_map(|session_id| AdminMessage::Kicked { session_id }),
+        any::<u64>().prop_map(|session_id| AdminMessage::NotFound { session_id }),
+        Just(AdminMessage::ListAll),
+        (
+            vec(
+                (any::<String>(), session_info())
+                    .prop_map(|(node, session)| NodeSessionInfo { node, session }),
+                0..4
+            ),
+            0..=i32::MAX as u32
+        )
+            .prop_map(|(sessions, unanswered)| AdminMessage::AllSessions {
+                sessions,
+                unanswered
+            }),
+        (any::<String>(), any::<u64>())
+            .prop_map(|(node, session_id)| AdminMessage::KickOn { node, session_id }),
+        any::<String>().prop_map(AdminMessage::Error),
     ]
 }
 
@@ -280,6 +334,11 @@ proptest! {
 
     #[test]
     fn token_auth_round_trip(msg in token_auth(), sizes in chunk_sizes()) {
+        check_message(&msg, &sizes)?;
+    }
+
+    #[test]
+    fn admin_round_trip(msg in admin(), sizes in chunk_sizes()) {
         check_message(&msg, &sizes)?;
     }
 

@@ -23,6 +23,9 @@ pub enum ClusterError {
     /// node's own part may have happened.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// A node other than this one was named, on a server that is not in a cluster.
+    #[error("there is no node {0:?}: this server is not in a cluster")]
+    NotInCluster(String),
     /// Some nodes got the request but did not answer within the broker's command timeout:
     /// they may or may not have acted.
     #[error(
@@ -95,6 +98,9 @@ impl Cluster {
         request: NodeRequest,
     ) -> Result<(Vec<(String, NodeAnswer)>, usize), ClusterError> {
         let here = node.is_none_or(|n| self.is_here(n));
+        if let (Some(node), false, None) = (node, here, self.node_id()) {
+            return Err(ClusterError::NotInCluster(node.to_string()));
+        }
         let mut answers = Vec::new();
         if here {
             let name = self.node_id().unwrap_or_default().to_string();
@@ -108,12 +114,6 @@ impl Cluster {
                 } = broker.ask_nodes(node, &request).await?;
                 answers.extend(theirs);
                 return Ok((answers, unanswered));
-            }
-            if let Some(node) = node {
-                return Err(BrokerError(format!(
-                    "there is no node {node:?}: this server is not in a cluster"
-                ))
-                .into());
             }
         }
         Ok((answers, 0))
