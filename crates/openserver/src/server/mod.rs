@@ -282,7 +282,8 @@ impl ServerBuilder {
             let broker = setup
                 .broker
                 .unwrap_or_else(|| Arc::new(crate::channels::MemoryBroker::new()));
-            let counted = metrics::channels::ChannelMetrics::default();
+            let counted =
+                metrics::channels::ChannelMetrics::default().with_broker(broker.metrics());
             let engine = crate::channels::Engine::new(
                 setup.config,
                 broker,
