@@ -289,6 +289,22 @@ fn three_nodes_on_redis_behind_haproxy_act_as_one_server() {
     assert_eq!(published(&cluster.nodes[home]), 0.0);
     let elsewhere: f64 = cluster.nodes.iter().map(published).sum();
     assert_eq!(elsewhere, 2.0);
+    // /metrics shows each node's id and its broker: the lag of both (delivered from Redis to
+    // the subscriber's node) and the round trips of the canaries.
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        let (_, body) = http_get(&node.metrics, "/metrics");
+        let id = format!("openserver_node_info{{node=\"n{}\"}}", n + 1);
+        assert_eq!(metric(&body, &id), 1.0, "{body}");
+        assert_eq!(metric(&body, "openserver_broker_up"), 1.0, "{body}");
+        assert!(
+            metric(&body, "openserver_broker_round_trip_seconds_count") >= 1.0,
+            "{body}"
+        );
+    }
+    assert!(
+        cluster.nodes[home].metric("openserver_broker_lag_seconds_count") >= 2.0,
+        "no lag counted on the subscriber's node"
+    );
 
     // `openserver sessions`, on whichever node HAProxy picks, lists every node's sessions
     // with their node, and kicks a session of another node.

@@ -832,3 +832,70 @@ async fn server_code_on_any_node_pushes_lists_and_kicks_on_every_node() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The value of the sample `name` (labels included) in a rendered scrape, if there is one.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn every_node_shows_its_broker_round_trip_lag_and_id() {
+    let Some(redis) = RedisServer::start("every_node_shows_its_broker_round_trip_lag_and_id").await
+    else {
+        return;
+    };
+    let a = node(&redis, "a", ChannelsConfig::default()).await;
+    let b = node(&redis, "b", ChannelsConfig::default()).await;
+    let (_cb, bob) = login(&b, BOB).await;
+    let mut on_b = bob.subscribe("lobby").await.unwrap();
+    for n in 1..=5u64 {
+        a.server
+            .handle
+            .publish("lobby", n.to_string())
+            .await
+            .unwrap();
+    }
+    for n in 1..=5u64 {
+        assert_eq!(publication(&mut on_b).await, (n, n.to_string()));
+    }
+    a.server.handle.ready().await.unwrap();
+    b.server.handle.ready().await.unwrap();
+    let text = b.server.handle.metrics().encode_prometheus();
+    let lagged = sample(&text, "openserver_broker_lag_seconds_count")
+        .unwrap_or_else(|| panic!("lag missing from\n{text}"));
+    assert!(lagged >= 5.0, "{lagged} publications lagged:\n{text}");
+    for (node, text) in [
+        ("a", a.server.handle.metrics().encode_prometheus()),
+        ("b", text),
+    ] {
+        let trips = sample(&text, "openserver_broker_round_trip_seconds_count")
+            .unwrap_or_else(|| panic!("round trips missing from\n{text}"));
+        assert!(trips >= 1.0, "{trips} round trips:\n{text}");
+        assert_eq!(sample(&text, "openserver_broker_up"), Some(1.0), "{text}");
+        let info = format!("openserver_node_info{{node=\"{node}\"}}");
+        assert_eq!(sample(&text, &info), Some(1.0), "{text}");
+        assert_eq!(
+            sample(&text, "openserver_broker_errors_total{op=\"publish\"}"),
+            Some(0.0),
+            "{text}"
+        );
+    }
+    // OpenMetrics too: the histogram under its own name.
+    let open = b.server.handle.metrics().encode_openmetrics();
+    assert!(
+        open.contains("# TYPE openserver_broker_lag_seconds histogram\n"),
+        "{open}"
+    );
+    // A single server (its broker in-process) shows no broker metrics.
+    let single = start_with(config(), |b| b.channels(ChannelsConfig::default())).await;
+    let text = single.handle.metrics().encode_prometheus();
+    assert!(
+        !text.contains("openserver_broker") && !text.contains("openserver_node_info"),
+        "{text}"
+    );
+    assert!(
+        text.contains("openserver_channel_publications_total"),
+        "{text}"
+    );
+}

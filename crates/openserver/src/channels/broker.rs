@@ -217,6 +217,15 @@ pub trait Broker: Send + Sync + 'static {
             ))),
         }
     }
+
+    /// The metrics a shared broker keeps of itself (canary round trip, delivery lag, failed
+    /// operations, whether it is up, the node's id), which the server renders with its own.
+    /// The default, `None`: a broker in this process has none to show. Only this crate's
+    /// brokers can make them.
+    #[doc(hidden)]
+    fn metrics(&self) -> Option<crate::server::metrics::broker::BrokerMetrics> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -282,7 +282,8 @@ impl ServerBuilder {
                 Arc::downgrade(&registry) as Weak<Registry>;
             broker.attach_node(node);
             shared_broker = Some(broker.clone());
-            let counted = metrics::channels::ChannelMetrics::default();
+            let counted =
+                metrics::channels::ChannelMetrics::default().with_broker(broker.metrics());
             let engine = crate::channels::Engine::new(
                 setup.config,
                 broker,

@@ -29,6 +29,7 @@ use super::broker::{
     Broker, BrokerError, BrokerSink, ClientInfo, History, HistoryOptions, Position, Publication,
 };
 use super::nodes::{NodeAnswer, NodeAnswers, NodeRequest, NodeSink};
+use crate::server::metrics::broker::BrokerMetrics;
 use crate::session::{lock, SessionId};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -43,7 +44,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -93,6 +94,8 @@ struct Inner {
     /// Tells the pub/sub reader to drop its connection and open another (the watchdog found
     /// it deaf: half-open after a failover or a cut without reset).
     reset: Arc<tokio::sync::Notify>,
+    /// Canary round trips, delivery lag, failures; the server renders them.
+    metrics: BrokerMetrics,
 }
 
 impl Drop for Inner {
@@ -105,6 +108,32 @@ impl Drop for Inner {
 
 fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
+}
+
+/// This node's clock in milliseconds since the Unix epoch: the stamp of its publications.
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The `op` label of a failed operation, from what [`Inner::run`] was told it does.
+fn op_of(what: &str) -> &'static str {
+    if what.contains("subscribe") {
+        "subscribe"
+    } else if what.contains("canary") {
+        "canary"
+    } else if what.contains("presence") || what.contains("join") || what.contains("leave") {
+        "presence"
+    } else if what.starts_with("publish") {
+        "publish"
+    } else if what.contains("history") {
+        "history"
+    } else if what.contains("lease") {
+        "lease"
+    } else {
+        "other"
+    }
 }
 
 fn new_epoch() -> String {
@@ -160,6 +189,7 @@ impl RedisBroker {
             stopped: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             reset: Arc::new(tokio::sync::Notify::new()),
+            metrics: BrokerMetrics::new(&config.node_id),
             config,
         });
         let pong: String = inner
@@ -272,14 +302,16 @@ impl Inner {
         op: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, BrokerError> {
         self.check()?;
-        match tokio::time::timeout(self.config.command_timeout, op).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.failed(what, e)),
-            Err(_) => Err(BrokerError(format!(
+        let result = match tokio::time::timeout(self.config.command_timeout, op).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => self.failed(what, e),
+            Err(_) => BrokerError(format!(
                 "Redis at {} did not {what} within {:?} (command_timeout)",
                 self.target, self.config.command_timeout
-            ))),
-        }
+            )),
+        };
+        self.metrics.error(op_of(what));
+        Err(result)
     }
 
     /// Sends a canary through pub/sub. `Err` with `true` when the command went through but the
@@ -289,6 +321,7 @@ impl Inner {
         let nonce = new_epoch();
         let (tx, rx) = oneshot::channel();
         lock(&self.canaries).insert(nonce.clone(), tx);
+        let sent = Instant::now();
         let result = async {
             let receivers: u64 = self
                 .run(
@@ -323,6 +356,11 @@ impl Inner {
         }
         .await;
         lock(&self.canaries).remove(&nonce);
+        // A failed PUBLISH was counted by `run`; a canary lost on the way back is counted here.
+        if let Err((_, true)) = result {
+            self.metrics.error("canary");
+        }
+        self.metrics.canary(result.is_ok().then(|| sent.elapsed()));
         result
     }
 
@@ -484,7 +522,14 @@ impl Inner {
             return;
         };
         match payload::decode(bytes) {
-            Ok(Event::Publication { epoch, publication }) => {
+            Ok(Event::Publication {
+                epoch,
+                publication,
+                stamp,
+            }) => {
+                if let Some(stamp) = stamp {
+                    self.metrics.lag(stamp, unix_millis());
+                }
                 sink.publication(&channel, &epoch, &publication)
             }
             Ok(Event::Join { client, node }) => {
@@ -703,7 +748,8 @@ impl Broker for RedisBroker {
             .arg(millis(history.meta_ttl))
             .arg(user)
             .arg(data.as_ref())
-            .arg(&ch.topic);
+            .arg(&ch.topic)
+            .arg(unix_millis());
         let (epoch, offset): (String, u64) =
             inner.run("publish", call.invoke_async(&mut conn)).await?;
         Ok(Position { epoch, offset })
@@ -878,11 +924,39 @@ impl Broker for RedisBroker {
     async fn ready(&self) -> Result<(), BrokerError> {
         RedisBroker::ready(self).await
     }
+
+    fn metrics(&self) -> Option<BrokerMetrics> {
+        Some(self.inner.metrics.clone())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_operations_are_labelled_by_kind() {
+        for (what, op) in [
+            ("publish", "publish"),
+            ("publish a join", "presence"),
+            ("publish a leave", "presence"),
+            ("subscribe", "subscribe"),
+            ("unsubscribe", "subscribe"),
+            ("resubscribe a channel", "subscribe"),
+            ("subscribe to the canary", "subscribe"),
+            ("publish the canary", "canary"),
+            ("read history", "history"),
+            ("add a presence entry", "presence"),
+            ("remove a presence entry", "presence"),
+            ("read presence", "presence"),
+            ("sweep dead nodes' presence", "presence"),
+            ("renew the node's lease", "lease"),
+            ("answer PING", "other"),
+        ] {
+            assert_eq!(op_of(what), op, "{what}");
+            assert!(crate::server::metrics::broker::BROKER_OPS.contains(&op));
+        }
+    }
 
     #[test]
     fn history_answers_are_read_and_odd_ones_refused() {

@@ -1,12 +1,18 @@
 //! What travels on a channel's pub/sub topic: one MessagePack array per event.
 //!
 //! The Lua scripts write these (Redis's `cmsgpack`), so the format is what they can write
-//! cheaply: publications `[0, epoch, offset, user, data]`, joins `[1, client, node]` and
+//! cheaply: publications `[0, epoch, offset, user, data, stamp]`, joins `[1, client, node]` and
 //! leaves `[2, client, node]`, where `client` is the `[user, session, since]` array kept as
 //! the value of the channel's presence hash (so that a script can publish a leave from the
 //! stored entry without unpacking it) and `node` the escaped id of the session's node
 //! (session ids are numbered per node). Strings may come as MessagePack `str` or `bin`: `cmsgpack` writes
 //! every Lua string as `str`, whatever its bytes.
+//!
+//! `stamp` is when the publishing node handed the publication to Redis, in milliseconds since
+//! the Unix epoch by its clock (for the lag metric). Earlier versions wrote publications
+//! without it, `[0, epoch, offset, user, data]`; those are still read, with no stamp. (Readers
+//! before the stamp take a stamped publication for an unreadable message and fill the gap
+//! from history: upgrade every node before relying on live delivery across versions.)
 
 use super::super::broker::{ClientInfo, Publication};
 use bytes::Bytes;
@@ -20,6 +26,9 @@ pub(crate) enum Event {
         epoch: String,
         /// The publication.
         publication: Publication,
+        /// When the publishing node handed it to Redis, in milliseconds since the Unix epoch
+        /// by that node's clock; `None` from writers before the stamp.
+        stamp: Option<u64>,
     },
     /// A session of `node` (escaped) joined.
     Join {
@@ -63,16 +72,23 @@ pub(crate) fn encode_presence_event(join: bool, client: &ClientInfo, node: &str)
 }
 
 /// A publication event, as the publish script writes it (data as `bin` here; the script's
-/// `str` reads the same).
+/// `str` reads the same), or without `stamp` as earlier versions wrote it.
 #[cfg(test)]
-pub(crate) fn encode_publication(epoch: &str, publication: &Publication) -> Vec<u8> {
+pub(crate) fn encode_publication(
+    epoch: &str,
+    publication: &Publication,
+    stamp: Option<u64>,
+) -> Vec<u8> {
     let mut out = Vec::new();
-    array(&mut out, 5);
+    array(&mut out, if stamp.is_some() { 6 } else { 5 });
     uint(&mut out, PUBLICATION);
     raw(&mut out, 0xa0, 0xd9, epoch.as_bytes());
     uint(&mut out, publication.offset);
     raw(&mut out, 0xa0, 0xd9, publication.user.as_bytes());
     raw(&mut out, 0, 0xc4, &publication.data);
+    if let Some(stamp) = stamp {
+        uint(&mut out, stamp);
+    }
     out
 }
 
@@ -82,14 +98,16 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Event, String> {
     let len = r.array()?;
     let kind = r.uint()?;
     let event = match (kind, len) {
-        (PUBLICATION, 5) => {
+        (PUBLICATION, 5 | 6) => {
             let epoch = r.string()?;
             let offset = r.uint()?;
             let user = r.string()?;
             let data = Bytes::copy_from_slice(r.raw()?);
+            let stamp = if len == 6 { Some(r.uint()?) } else { None };
             Event::Publication {
                 epoch,
                 publication: Publication { offset, data, user },
+                stamp,
             }
         }
         (JOIN | LEAVE, 3) => {
@@ -258,14 +276,18 @@ mod tests {
                 data: Bytes::from(vec![0xc1; data_len]),
                 user: "alice".into(),
             };
-            let bytes = encode_publication("0a1b2c3d4e5f6071", &p);
-            assert_eq!(
-                decode(&bytes),
-                Ok(Event::Publication {
-                    epoch: "0a1b2c3d4e5f6071".into(),
-                    publication: p
-                })
-            );
+            // With the stamp, and without it as earlier versions wrote publications.
+            for stamp in [Some(1_700_000_000_123), Some(0), None] {
+                let bytes = encode_publication("0a1b2c3d4e5f6071", &p, stamp);
+                assert_eq!(
+                    decode(&bytes),
+                    Ok(Event::Publication {
+                        epoch: "0a1b2c3d4e5f6071".into(),
+                        publication: p.clone(),
+                        stamp,
+                    })
+                );
+            }
         }
         let long = "u".repeat(40);
         for c in [
@@ -305,24 +327,53 @@ mod tests {
                     offset: 300,
                     data: Bytes::from_static(b"hi"),
                     user: String::new(),
-                }
+                },
+                stamp: None,
+            })
+        );
+        // cmsgpack.pack({0, "ep", 300, "", "hi", 1700000000123}): the stamp as uint 64.
+        let mut stamped = bytes.to_vec();
+        stamped[0] = 0x96;
+        stamped.push(0xcf);
+        stamped.extend_from_slice(&1_700_000_000_123u64.to_be_bytes());
+        assert_eq!(
+            decode(&stamped),
+            Ok(Event::Publication {
+                epoch: "ep".into(),
+                publication: Publication {
+                    offset: 300,
+                    data: Bytes::from_static(b"hi"),
+                    user: String::new(),
+                },
+                stamp: Some(1_700_000_000_123),
             })
         );
     }
 
     #[test]
     fn bad_payloads_are_errors_not_panics() {
-        let good = encode_publication(
-            "e",
-            &Publication {
-                offset: 3,
-                data: Bytes::from_static(b"xyz"),
-                user: "u".into(),
-            },
-        );
+        let p = Publication {
+            offset: 3,
+            data: Bytes::from_static(b"xyz"),
+            user: "u".into(),
+        };
+        let good = encode_publication("e", &p, None);
         for cut in 0..good.len() {
             assert!(decode(&good[..cut]).is_err(), "cut at {cut}");
         }
+        let stamped = encode_publication("e", &p, Some(1_700_000_000_123));
+        // Cut inside the stamp, or with the stamp announced and missing.
+        for cut in good.len()..stamped.len() {
+            assert!(decode(&stamped[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad_stamp = good.clone();
+        bad_stamp[0] = 0x96;
+        bad_stamp.push(0xa0);
+        assert!(decode(&bad_stamp).unwrap_err().contains("number"));
+        let mut seven = stamped.clone();
+        seven[0] = 0x97;
+        seven.push(0);
+        assert!(decode(&seven).unwrap_err().contains("kind 0 with 7"));
         let mut longer = good.clone();
         longer.push(0);
         assert!(decode(&longer).unwrap_err().contains("after"));

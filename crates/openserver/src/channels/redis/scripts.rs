@@ -4,7 +4,8 @@ use redis::Script;
 
 /// Numbers, keeps and delivers one publication.
 /// KEYS: meta, stream. ARGV: epoch if the channel has none, history size, ttl ms, meta ttl
-/// ms, user, data, topic. Returns `{epoch, offset}`.
+/// ms, user, data, topic, the publishing node's clock in ms since the Unix epoch (the
+/// payload's stamp, `payload.rs`). Returns `{epoch, offset}`.
 const PUBLISH: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -23,7 +24,7 @@ else
   redis.call('DEL', KEYS[2])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[7], cmsgpack.pack({0, epoch, top, ARGV[5], ARGV[6]}))
+redis.call('PUBLISH', ARGV[7], cmsgpack.pack({0, epoch, top, ARGV[5], ARGV[6], tonumber(ARGV[8])}))
 return {epoch, top}
 "#;
 

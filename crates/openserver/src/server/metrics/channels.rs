@@ -2,6 +2,7 @@
 //! deliveries, the outcomes of recoveries, and the gaps in the broker's delivery. The channels engine keeps the handles; the
 //! server's registry renders them.
 
+use super::broker::BrokerMetrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,6 +21,8 @@ pub(crate) struct ChannelMetrics {
     recoveries: Family<OutcomeLabel, Counter>,
     publish_errors: Family<NsLabel, Counter>,
     gaps: Family<OutcomeLabel, Counter>,
+    /// The broker's own metrics, if it keeps any (a shared broker does).
+    broker: Option<BrokerMetrics>,
 }
 
 /// What became of a gap in the broker's delivery: filled from history, or the channel's
@@ -37,6 +40,12 @@ pub(crate) struct NamespaceMetrics {
 }
 
 impl ChannelMetrics {
+    /// Renders the broker's own metrics too, if it keeps any.
+    pub(crate) fn with_broker(mut self, broker: Option<BrokerMetrics>) -> Self {
+        self.broker = broker;
+        self
+    }
+
     /// The handles of namespace `ns` (series shown from the start, at zero).
     pub(crate) fn namespace(&self, ns: &str, outcomes: &[&'static str]) -> NamespaceMetrics {
         let label = [("namespace", ns.to_string())];
@@ -119,5 +128,8 @@ impl ChannelMetrics {
             "Gaps in the broker's delivery (its connection lost and back), by namespace and outcome (filled from history, or the subscriptions ended)",
             self.gaps.clone(),
         );
+        if let Some(broker) = &self.broker {
+            broker.register(registry);
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Prometheus metrics of a server: sessions by state, connections accepted, refused and
-//! closed, logins, traffic and handler latency per protocol, penalties, outbound queues, and
-//! channels by namespace (`channels.rs`).
+//! closed, logins, traffic and handler latency per protocol, penalties, outbound queues,
+//! channels by namespace (`channels.rs`), and a shared broker's own (`broker.rs`).
 //!
 //! [`ServerHandle::metrics`] returns a [`Metrics`] that renders them in the Prometheus text
 //! format or in OpenMetrics; `docs/OPERATIONS.md` lists every metric.
@@ -10,6 +10,7 @@
 //! id picks them, no label is hashed and no lock taken. Values that would cost every frame to
 //! keep (queue depths, penalised sources) are sampled when scraped instead.
 
+pub(crate) mod broker;
 pub(crate) mod channels;
 mod sharded;
 
