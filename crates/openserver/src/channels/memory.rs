@@ -30,10 +30,100 @@ struct Inner {
     /// Histories by channel name.
     streams: Mutex<HashMap<String, Arc<Mutex<Stream>>>>,
     /// Presence by channel name, then session.
-    presence: Mutex<HashMap<String, HashMap<SessionId, ClientInfo>>>,
+    presence: Mutex<Presence>,
     /// Node-level subscriptions: channel name to count.
     subscribed: Mutex<HashMap<String, usize>>,
     sink: OnceLock<Weak<dyn BrokerSink>>,
+}
+
+/// Every channel's presence, compact: an entry is the session id, a shared user name and
+/// the time, 32 bytes, since presence is on by default and counts once per subscription.
+#[derive(Default)]
+struct Presence {
+    channels: HashMap<String, HashMap<SessionId, Present>>,
+    /// Each present user's name once, with how many entries share it.
+    users: HashMap<Arc<str>, usize>,
+}
+
+/// One session in a channel's presence.
+struct Present {
+    user: Arc<str>,
+    since: u64,
+}
+
+impl Presence {
+    /// The shared copy of `user`'s name, counted once more.
+    fn intern(&mut self, user: &str) -> Arc<str> {
+        if let Some((name, _)) = self.users.get_key_value(user) {
+            let name = name.clone();
+            if let Some(count) = self.users.get_mut(user) {
+                *count += 1;
+            }
+            return name;
+        }
+        let name: Arc<str> = Arc::from(user);
+        self.users.insert(name.clone(), 1);
+        name
+    }
+
+    /// Counts one entry of `user` less, forgetting the name with the last.
+    fn release(&mut self, user: &Arc<str>) {
+        if let Some(count) = self.users.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                self.users.remove(user);
+            }
+        }
+    }
+
+    fn add(&mut self, channel: &str, client: &ClientInfo) {
+        let user = self.intern(&client.user);
+        let entry = Present {
+            user,
+            since: client.since,
+        };
+        let old = match self.channels.get_mut(channel) {
+            Some(sessions) => sessions.insert(client.session, entry),
+            None => {
+                let mut sessions = HashMap::new();
+                sessions.insert(client.session, entry);
+                self.channels.insert(channel.to_string(), sessions);
+                None
+            }
+        };
+        if let Some(old) = old {
+            self.release(&old.user);
+        }
+    }
+
+    fn remove(&mut self, channel: &str, session: SessionId) {
+        let Some(sessions) = self.channels.get_mut(channel) else {
+            return;
+        };
+        let removed = sessions.remove(&session);
+        if sessions.is_empty() {
+            self.channels.remove(channel);
+        }
+        if let Some(old) = removed {
+            self.release(&old.user);
+        }
+    }
+
+    fn list(&self, channel: &str) -> Vec<ClientInfo> {
+        self.channels
+            .get(channel)
+            .map(|sessions| {
+                sessions
+                    .iter()
+                    .map(|(&session, p)| ClientInfo {
+                        user: p.user.to_string(),
+                        session,
+                        since: p.since,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// One channel's history.
@@ -94,7 +184,7 @@ impl MemoryBroker {
         MemoryBroker {
             inner: Arc::new(Inner {
                 streams: Mutex::new(HashMap::new()),
-                presence: Mutex::new(HashMap::new()),
+                presence: Mutex::new(Presence::default()),
                 subscribed: Mutex::new(HashMap::new()),
                 sink: OnceLock::new(),
             }),
@@ -248,29 +338,17 @@ impl Broker for MemoryBroker {
     }
 
     async fn presence_add(&self, channel: &str, client: &ClientInfo) -> Result<(), BrokerError> {
-        lock(&self.inner.presence)
-            .entry(channel.to_string())
-            .or_default()
-            .insert(client.session, client.clone());
+        lock(&self.inner.presence).add(channel, client);
         Ok(())
     }
 
     async fn presence_remove(&self, channel: &str, session: SessionId) -> Result<(), BrokerError> {
-        let mut presence = lock(&self.inner.presence);
-        if let Some(sessions) = presence.get_mut(channel) {
-            sessions.remove(&session);
-            if sessions.is_empty() {
-                presence.remove(channel);
-            }
-        }
+        lock(&self.inner.presence).remove(channel, session);
         Ok(())
     }
 
     async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
-        let mut clients: Vec<ClientInfo> = lock(&self.inner.presence)
-            .get(channel)
-            .map(|s| s.values().cloned().collect())
-            .unwrap_or_default();
+        let mut clients = lock(&self.inner.presence).list(channel);
         clients.sort_by_key(|c| (c.since, c.session));
         Ok(clients)
     }
@@ -378,6 +456,40 @@ mod tests {
         broker.presence_remove("a", 1).await.unwrap();
         assert_eq!(broker.presence("a").await.unwrap(), vec![c(2, "bob")]);
         broker.presence_remove("a", 2).await.unwrap();
-        assert!(lock(&broker.inner.presence).is_empty());
+        let presence = lock(&broker.inner.presence);
+        assert!(presence.channels.is_empty() && presence.users.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_users_name_is_kept_once_for_all_their_entries() {
+        let broker = MemoryBroker::new();
+        let c = |session, user: &str| ClientInfo {
+            user: user.into(),
+            session,
+            since: 7,
+        };
+        for channel in ["a", "b", "c"] {
+            broker.presence_add(channel, &c(1, "alice")).await.unwrap();
+        }
+        broker.presence_add("a", &c(2, "alice")).await.unwrap();
+        // Re-adding a session replaces its entry without counting the name twice.
+        broker.presence_add("a", &c(2, "bob")).await.unwrap();
+        {
+            let presence = lock(&broker.inner.presence);
+            assert_eq!(presence.users.len(), 2);
+            assert_eq!(presence.users.get("alice"), Some(&3));
+            let a = &presence.channels["a"];
+            assert!(Arc::ptr_eq(&a[&1].user, &presence.channels["b"][&1].user));
+        }
+        assert_eq!(
+            broker.presence("a").await.unwrap(),
+            vec![c(1, "alice"), c(2, "bob")]
+        );
+        for channel in ["a", "b", "c"] {
+            broker.presence_remove(channel, 1).await.unwrap();
+        }
+        broker.presence_remove("a", 2).await.unwrap();
+        let presence = lock(&broker.inner.presence);
+        assert!(presence.channels.is_empty() && presence.users.is_empty());
     }
 }
