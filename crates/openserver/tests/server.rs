@@ -476,6 +476,13 @@ async fn the_cluster_handle_of_a_lone_server_reaches_its_own_sessions() {
     );
     assert_eq!(cluster.send_to("", id, push("c")).await, Ok(true));
     assert_eq!(alice.recv().await.unwrap(), push("c"));
+    // Listing is bounded per node: the lowest ids, and a count of the rest.
+    let mut second = Raw::connect(server.addr).await;
+    login(&mut second).await;
+    let capped = cluster.sessions_at_most(1).await.unwrap();
+    assert_eq!(capped.sessions.len(), 1);
+    assert_eq!((capped.sessions[0].session.id, capped.omitted), (id, 1));
+    assert_eq!(cluster.sessions().await.unwrap().sessions.len(), 2);
     // There are no other nodes to name.
     let err = cluster.send_to("n2", id, push("d")).await.unwrap_err();
     assert!(err.to_string().contains("not in a cluster"), "{err}");

@@ -127,19 +127,23 @@ fn admin() -> impl Strategy<Value = AdminMessage> {
         any::<u64>().prop_map(|session_id| AdminMessage::Kick { session_id }),
         any::<u64>().prop_map(|session_id| AdminMessage::Kicked { session_id }),
         any::<u64>().prop_map(|session_id| AdminMessage::NotFound { session_id }),
-        Just(AdminMessage::ListAll),
+        (0..=i32::MAX as u32).prop_map(|max_per_node| AdminMessage::ListAll { max_per_node }),
         (
             vec(
                 (any::<String>(), session_info())
                     .prop_map(|(node, session)| NodeSessionInfo { node, session }),
                 0..4
             ),
+            0..=i32::MAX as u32,
             0..=i32::MAX as u32
         )
-            .prop_map(|(sessions, unanswered)| AdminMessage::AllSessions {
-                sessions,
-                unanswered
-            }),
+            .prop_map(
+                |(sessions, unanswered, omitted)| AdminMessage::AllSessions {
+                    sessions,
+                    unanswered,
+                    omitted
+                }
+            ),
         (any::<String>(), any::<u64>())
             .prop_map(|(node, session_id)| AdminMessage::KickOn { node, session_id }),
         any::<String>().prop_map(AdminMessage::Error),

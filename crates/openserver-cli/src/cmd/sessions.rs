@@ -24,26 +24,37 @@ pub struct SessionsArgs {
     /// the node the connection reached.
     #[arg(long, value_name = "NAME", requires = "kick")]
     pub node: Option<String>,
+    /// List at most this many sessions of each node, those with the lowest ids (the server's
+    /// default, 10,000, when absent; at most 100,000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_per_node: Option<u32>,
 }
 
 /// Lists the sessions as a table, or kicks one.
 pub async fn run(args: SessionsArgs) -> Result<()> {
     let client = connect_and_login(&args.connect).await?;
     let outcome = match args.kick {
-        None => list(&client, &args.connect).await,
+        None => list(&client, &args.connect, args.max_per_node.unwrap_or(0)).await,
         Some(id) => kick(&client, &args.connect, args.node.as_deref(), id).await,
     };
     client.quit().await;
     outcome
 }
 
-async fn list(client: &Client, connect: &ConnectArgs) -> Result<()> {
-    match request(client, connect, AdminMessage::ListAll).await? {
+async fn list(client: &Client, connect: &ConnectArgs, max_per_node: u32) -> Result<()> {
+    match request(client, connect, AdminMessage::ListAll { max_per_node }).await? {
         AdminMessage::AllSessions {
             sessions,
             unanswered,
+            omitted,
         } => {
             print!("{}", table(&sessions, SystemTime::now()));
+            if omitted > 0 {
+                eprintln!(
+                    "note: {omitted} more session(s) not listed (each node lists its lowest ids, \
+                     up to --max-per-node)"
+                );
+            }
             if unanswered > 0 {
                 eprintln!(
                     "warning: {unanswered} node(s) did not answer in time; their sessions are \

@@ -40,8 +40,13 @@ pub enum NodeRequest {
         /// The session's id on the node asked.
         session: SessionId,
     },
-    /// List the node's sessions; answered with [`NodeAnswer::Sessions`].
-    Sessions,
+    /// List the node's sessions, the `max` lowest ids at most; answered with
+    /// [`NodeAnswer::Sessions`]. Bounded so that an answer stays well under what Redis lets
+    /// a pub/sub connection fall behind by (8 MB for a minute by default).
+    Sessions {
+        /// The most sessions listed.
+        max: usize,
+    },
 }
 
 /// One session as a node describes it to another.
@@ -68,8 +73,13 @@ pub enum NodeAnswer {
     Pushed(usize),
     /// Whether the session was open (and is now being closed).
     Kicked(bool),
-    /// Its sessions.
-    Sessions(Vec<NodeSession>),
+    /// Its sessions, ascending by id.
+    Sessions {
+        /// Those listed.
+        sessions: Vec<NodeSession>,
+        /// How many more it has.
+        omitted: usize,
+    },
 }
 
 /// What [`Broker::ask_nodes`](super::Broker::ask_nodes) gathered.

@@ -26,9 +26,13 @@ pub(crate) trait SessionDirectory: Send + Sync + 'static {
     /// Every open session of this node.
     fn snapshot(&self) -> Vec<Session>;
 
-    /// Every node's sessions (this node's too), with how many nodes did not answer in time.
-    /// `Err` says why the other nodes could not be asked.
-    async fn all_sessions(&self) -> Result<(Vec<NodeSessionInfo>, u32), String>;
+    /// Every node's sessions (this node's too), at most `max_per_node` of each (0: the
+    /// default), with how many nodes did not answer in time and how many sessions were left
+    /// out. `Err` says why the other nodes could not be asked.
+    async fn all_sessions(
+        &self,
+        max_per_node: usize,
+    ) -> Result<(Vec<NodeSessionInfo>, u32, u32), String>;
 
     /// Kicks session `id` of `node` (another node; this node's are kicked through
     /// [`get`](Self::get)); whether it was open. `Err`: the node could not be asked, or did
@@ -114,16 +118,17 @@ impl ProtocolHandler for AdminHandler {
                     .await?;
             }
             AdminMessage::Kick { session_id } => self.kick(session, session_id).await?,
-            AdminMessage::ListAll => {
-                let (sessions, unanswered) = self
+            AdminMessage::ListAll { max_per_node } => {
+                let (sessions, unanswered, omitted) = self
                     .registry
-                    .all_sessions()
+                    .all_sessions(max_per_node as usize)
                     .await
                     .map_err(HandlerError::Rejected)?;
                 session
                     .send_message(&AdminMessage::AllSessions {
                         sessions,
                         unanswered,
+                        omitted,
                     })
                     .await?;
             }

@@ -56,7 +56,16 @@ pub struct ClusterSessions {
     pub sessions: Vec<ClusterSession>,
     /// Nodes that did not answer in time: their sessions are missing.
     pub unanswered: usize,
+    /// Sessions not listed because their node had more than the most listed per node.
+    pub omitted: usize,
 }
+
+/// How many sessions [`Cluster::sessions`] lists per node.
+pub const DEFAULT_LISTED_PER_NODE: usize = 10_000;
+
+/// The most [`Cluster::sessions_at_most`] lists per node: about 10 MB of answer, what Redis
+/// lets a pub/sub connection fall behind by for a minute is 8 MB by default.
+pub const MAX_LISTED_PER_NODE: usize = 100_000;
 
 /// The sessions of every node of the server's cluster: get one with
 /// [`ServerHandle::cluster`](super::ServerHandle::cluster). Cheap to clone.
@@ -191,14 +200,32 @@ impl Cluster {
         Ok(kicked)
     }
 
-    /// The sessions of every node that answered within the broker's command timeout.
+    /// The sessions of every node that answered within the broker's command timeout, the
+    /// [`DEFAULT_LISTED_PER_NODE`] lowest ids of each.
     pub async fn sessions(&self) -> Result<ClusterSessions, ClusterError> {
-        let (answers, unanswered) = self.ask(None, NodeRequest::Sessions).await?;
+        self.sessions_at_most(DEFAULT_LISTED_PER_NODE).await
+    }
+
+    /// As [`sessions`](Self::sessions), listing at most `max_per_node` of each node (1 to
+    /// [`MAX_LISTED_PER_NODE`]; outside that range, the nearest bound).
+    pub async fn sessions_at_most(
+        &self,
+        max_per_node: usize,
+    ) -> Result<ClusterSessions, ClusterError> {
+        let max = max_per_node.clamp(1, MAX_LISTED_PER_NODE);
+        let (answers, unanswered) = self.ask(None, NodeRequest::Sessions { max }).await?;
+        let mut omitted = 0;
         let mut sessions: Vec<ClusterSession> = answers
             .into_iter()
             .flat_map(|(node, answer)| {
                 let list = match answer {
-                    NodeAnswer::Sessions(list) => list,
+                    NodeAnswer::Sessions {
+                        sessions,
+                        omitted: left,
+                    } => {
+                        omitted += left;
+                        sessions
+                    }
                     _ => Vec::new(),
                 };
                 list.into_iter().map(move |session| ClusterSession {
@@ -211,6 +238,7 @@ impl Cluster {
         Ok(ClusterSessions {
             sessions,
             unanswered,
+            omitted,
         })
     }
 }
@@ -229,8 +257,18 @@ impl SessionDirectory for Cluster {
         self.registry.snapshot()
     }
 
-    async fn all_sessions(&self) -> Result<(Vec<NodeSessionInfo>, u32), String> {
-        let found = self.sessions().await.map_err(|e| e.to_string())?;
+    async fn all_sessions(
+        &self,
+        max_per_node: usize,
+    ) -> Result<(Vec<NodeSessionInfo>, u32, u32), String> {
+        let max = match max_per_node {
+            0 => DEFAULT_LISTED_PER_NODE,
+            n => n,
+        };
+        let found = self
+            .sessions_at_most(max)
+            .await
+            .map_err(|e| e.to_string())?;
         let sessions = found
             .sessions
             .into_iter()
@@ -246,7 +284,11 @@ impl SessionDirectory for Cluster {
                 },
             })
             .collect();
-        Ok((sessions, found.unanswered as u32))
+        Ok((
+            sessions,
+            found.unanswered as u32,
+            u32::try_from(found.omitted).unwrap_or(u32::MAX),
+        ))
     }
 
     async fn kick_on(&self, node: &str, id: SessionId) -> Result<bool, String> {

@@ -21,7 +21,10 @@ mod penalty;
 pub mod proxy;
 pub(crate) mod registry;
 
-pub use cluster::{Cluster, ClusterError, ClusterSession, ClusterSessions};
+pub use cluster::{
+    Cluster, ClusterError, ClusterSession, ClusterSessions, DEFAULT_LISTED_PER_NODE,
+    MAX_LISTED_PER_NODE,
+};
 
 pub use config::{Limits, Security, ServerConfig, DEFAULT_PORT};
 pub use events::{RefusalReason, SessionEvent, EVENT_CAPACITY};

@@ -112,10 +112,15 @@ impl NodeSink for Registry {
                 }
                 NodeAnswer::Kicked(found.is_some())
             }
-            NodeRequest::Sessions => {
-                let mut sessions: Vec<NodeSession> = self.snapshot().iter().map(describe).collect();
-                sessions.sort_unstable_by_key(|s| s.id);
-                NodeAnswer::Sessions(sessions)
+            NodeRequest::Sessions { max } => {
+                let mut open = self.snapshot();
+                open.sort_unstable_by_key(Session::id);
+                let omitted = open.len().saturating_sub(*max);
+                open.truncate(*max);
+                NodeAnswer::Sessions {
+                    sessions: open.iter().map(describe).collect(),
+                    omitted,
+                }
             }
         }
     }

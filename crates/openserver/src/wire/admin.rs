@@ -104,13 +104,19 @@ pub enum AdminMessage {
         session_id: u64,
     },
     /// Client: list every open session of every node (of this node alone, outside a cluster).
-    ListAll,
+    ListAll {
+        /// The most sessions listed per node (0: the server's default, 10,000); a node with
+        /// more lists its lowest ids and counts the rest in `omitted`.
+        max_per_node: u32,
+    },
     /// Server: the sessions of every node that answered, ascending by node then id.
     AllSessions {
         /// The sessions.
         sessions: Vec<NodeSessionInfo>,
         /// Nodes that did not answer in time: their sessions are missing from the list.
         unanswered: u32,
+        /// Sessions left out because their node had more than `max_per_node`.
+        omitted: u32,
     },
     /// Client: close this session of this node (the server sends it QUIT first). Answered
     /// with KICKED or NOT_FOUND.
@@ -145,7 +151,9 @@ impl Message for AdminMessage {
             NOT_FOUND => AdminMessage::NotFound {
                 session_id: id(&mut r)?,
             },
-            LIST_ALL => AdminMessage::ListAll,
+            LIST_ALL => AdminMessage::ListAll {
+                max_per_node: r.count()? as u32,
+            },
             ALL_SESSIONS => AdminMessage::AllSessions {
                 sessions: r.array_of(1 + MIN_SESSION_INFO_LEN, |r| {
                     Ok(NodeSessionInfo {
@@ -154,6 +162,7 @@ impl Message for AdminMessage {
                     })
                 })?,
                 unanswered: r.count()? as u32,
+                omitted: r.count()? as u32,
             },
             KICK_ON => AdminMessage::KickOn {
                 node: r.string()?,
@@ -188,10 +197,14 @@ impl Message for AdminMessage {
                 dst.put_u8(NOT_FOUND);
                 dst.put_i64_le(*session_id as i64);
             }
-            AdminMessage::ListAll => dst.put_u8(LIST_ALL),
+            AdminMessage::ListAll { max_per_node } => {
+                dst.put_u8(LIST_ALL);
+                dst.put_count(*max_per_node as usize);
+            }
             AdminMessage::AllSessions {
                 sessions,
                 unanswered,
+                omitted,
             } => {
                 dst.put_u8(ALL_SESSIONS);
                 dst.put_count(sessions.len());
@@ -200,6 +213,7 @@ impl Message for AdminMessage {
                     entry.session.encode(dst);
                 }
                 dst.put_count(*unanswered as usize);
+                dst.put_count(*omitted as usize);
             }
             AdminMessage::KickOn { node, session_id } => {
                 dst.put_u8(KICK_ON);
@@ -253,10 +267,11 @@ mod tests {
         round_trip(AdminMessage::Kicked { session_id: 42 });
         round_trip(AdminMessage::NotFound { session_id: 7 });
         round_trip(AdminMessage::Error("no".into()));
-        round_trip(AdminMessage::ListAll);
+        round_trip(AdminMessage::ListAll { max_per_node: 0 });
         round_trip(AdminMessage::AllSessions {
             sessions: vec![],
             unanswered: 0,
+            omitted: 0,
         });
         round_trip(AdminMessage::AllSessions {
             sessions: vec![NodeSessionInfo {
@@ -271,6 +286,7 @@ mod tests {
                 },
             }],
             unanswered: 2,
+            omitted: 3,
         });
         round_trip(AdminMessage::KickOn {
             node: "n3".into(),
@@ -292,9 +308,12 @@ mod tests {
         let frame = AdminMessage::AllSessions {
             sessions: vec![],
             unanswered: 1,
+            omitted: 2,
         }
         .to_frame();
-        assert_eq!(hex::encode(&frame.body), "070000000001000000");
+        assert_eq!(hex::encode(&frame.body), "07000000000100000002000000");
+        let frame = AdminMessage::ListAll { max_per_node: 5 }.to_frame();
+        assert_eq!(hex::encode(&frame.body), "0605000000");
         // A claimed count the body cannot hold is refused before it allocates.
         let mut body = vec![ALL_SESSIONS];
         body.extend_from_slice(&i32::MAX.to_le_bytes());
