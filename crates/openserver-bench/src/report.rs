@@ -473,7 +473,7 @@ pub(crate) fn print_storm(r: &crate::storm::StormResult) {
         r.sessions, r.channels, r.rate
     );
     println!(
-        "{:>5} {:>16} {:>7} {:>12} {:>7} {:>12} {:>12} {:>9} {:>7} {:>7} {:>6} {:>6} {:>5}",
+        "{:>5} {:>16} {:>7} {:>12} {:>7} {:>12} {:>12} {:>9} {:>7} {:>7} {:>6} {:>6} {:>6} {:>5}",
         "round",
         "per node",
         "killed",
@@ -485,13 +485,14 @@ pub(crate) fn print_storm(r: &crate::storm::StormResult) {
         "token",
         "passwd",
         "pubs",
+        "pubs/s",
         "lost",
         "gaps"
     );
     for (k, x) in r.rounds.iter().enumerate() {
         let per_node: Vec<String> = x.sessions_per_node.iter().map(u64::to_string).collect();
         println!(
-            "{:>5} {:>16} {:>7} {:>12} {:>7} {:>12.2} {:>12.2} {:>9.2} {:>7} {:>7} {:>6} {:>6} {:>5}",
+            "{:>5} {:>16} {:>7} {:>12} {:>7} {:>12.2} {:>12.2} {:>9.2} {:>7} {:>7} {:>6} {:>6.0} {:>6} {:>5}",
             k + 1,
             per_node.join("/"),
             format!("{} ({})", x.killed, x.killed_sessions),
@@ -503,6 +504,7 @@ pub(crate) fn print_storm(r: &crate::storm::StormResult) {
             x.token_logins,
             x.password_logins,
             x.publications,
+            x.publications_per_sec,
             x.lost,
             x.gaps
         );

@@ -108,6 +108,9 @@ pub struct StormRound {
     pub publications: u64,
     /// Publications refused or unanswered.
     pub publish_errors: u64,
+    /// Publications accepted per second over the publishing time (below the rate asked for
+    /// when the machine cannot deliver that many).
+    pub publications_per_sec: f64,
     /// Deliveries due: for each subscriber, the publications on its channel after it
     /// subscribed.
     pub expected: u64,
@@ -177,10 +180,11 @@ pub async fn run(options: &StormOptions) -> Result<StormResult> {
             Ok(r) => {
                 if options.verbose {
                     eprintln!(
-                        "round {round}: killed {} ({} sessions); {} disconnected, {} back; all reconnected {:.2} s, all recovered {:.2} s after the kill (p50 {:.2} s); logins token {} / password {}; lost {} ({} publications), gaps {}",
+                        "round {round}: killed {} ({} sessions); {} disconnected, {} back; all reconnected {:.2} s, all recovered {:.2} s after the kill (p50 {:.2} s); logins token {} / password {}; {} publications ({:.0}/s); lost {} ({} publications), gaps {}",
                         r.killed, r.killed_sessions, r.disconnected, r.recovered,
                         r.secs_to_all_reconnected, r.secs_to_all_recovered, r.recovery_p50_secs,
-                        r.token_logins, r.password_logins, r.lost, r.publications_lost, r.gaps
+                        r.token_logins, r.password_logins, r.publications, r.publications_per_sec,
+                        r.lost, r.publications_lost, r.gaps
                     );
                 }
                 rounds.push(r);
@@ -617,6 +621,7 @@ async fn storm(
         )));
     }
     let stop_pub = CancellationToken::new();
+    let publish_start = Instant::now();
     let publishing = tokio::spawn(publish(
         publisher,
         options.channels,
@@ -675,6 +680,7 @@ async fn storm(
     .await;
     stop_pub.cancel();
     let _ = publishing.await;
+    let publish_secs = publish_start.elapsed().as_secs_f64();
     // Let every subscriber reach the last publication of its channel (bounded).
     let finals: Vec<u64> = published
         .last
@@ -727,6 +733,7 @@ async fn storm(
         sessions_after,
         publications: published.accepted.load(Ordering::Relaxed),
         publish_errors: published.errors.load(Ordering::Relaxed),
+        publications_per_sec: published.accepted.load(Ordering::Relaxed) as f64 / publish_secs,
         ..StormRound::default()
     };
     // Every subscriber owes every offset of its channel after its subscribe, up to the last
