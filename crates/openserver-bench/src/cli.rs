@@ -277,6 +277,44 @@ pub struct ClusterArgs {
     /// The redis-server executable [default: redis-server on PATH].
     #[arg(long, value_name = "PATH")]
     pub redis_server: Option<PathBuf>,
+    /// Instead of the fan-out: the reconnect storm. Three nodes behind HAProxy
+    /// (contrib/haproxy/cluster.cfg), --sessions subscribers of the client library
+    /// (reconnecting, resume tokens) on --channels channels, one publisher at --rate (default
+    /// 100/s); the node holding the most subscribers is killed (SIGKILL) and the time until
+    /// every one of its sessions is back and has recovered what it missed is measured, with
+    /// the publications lost.
+    #[arg(long, conflicts_with = "idle")]
+    pub storm: bool,
+    /// Instead of the fan-out: memory per idle logged-in session of one node started with
+    /// --cluster against the same node without it, alternating (--duration is the hold).
+    #[arg(long)]
+    pub idle: bool,
+    /// --storm: subscribing sessions [default: 6000]; --idle: sessions held [default: 10000].
+    #[arg(long)]
+    pub sessions: Option<usize>,
+    /// --storm: the haproxy executable.
+    #[arg(long, value_name = "PATH", default_value = "haproxy")]
+    pub haproxy: PathBuf,
+    /// --storm: seconds from the kill by which every session of the killed node must be back,
+    /// or the run fails.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub deadline: f64,
+    /// --storm: seconds of publishing before the kill.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub before_kill: f64,
+    /// --storm: seconds of publishing after every session is back.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    pub after_recovery: f64,
+    /// --storm: history_size of the nodes' default namespace (publications kept per channel
+    /// for recovery: at least what is published on one channel while a session is away).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub history_size: usize,
+    /// --idle: keep-alive interval of the node and the sessions, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub keep_alive_interval: f64,
+    /// --idle: sessions per process; more are spread over worker processes.
+    #[arg(long, default_value_t = default_per_worker())]
+    pub per_worker: usize,
 }
 
 /// The fan-out load, shared by `bench fanout` and `bench cluster`.
@@ -565,6 +603,7 @@ async fn run_idle(args: IdleArgs) -> Result<()> {
         } else {
             TargetKind::Serve
         },
+        cluster: None,
     };
     let result = crate::idle::run(&options).await?;
     if args.json {
@@ -632,13 +671,19 @@ async fn run_fanout(args: FanoutArgs) -> Result<()> {
 }
 
 async fn run_cluster(args: ClusterArgs) -> Result<()> {
-    let spec = fanout_spec(&args.load)?;
     let redis_server = match args.redis_server.clone().or_else(crate::target::find_redis) {
         Some(exe) => exe,
         None => bail!(
             "bench cluster needs redis-server: install it (Debian: apt-get install redis-server) or name it with --redis-server PATH"
         ),
     };
+    if args.storm {
+        return run_storm(args, redis_server).await;
+    }
+    if args.idle {
+        return run_cluster_idle(args, redis_server).await;
+    }
+    let spec = fanout_spec(&args.load)?;
     let probe_duration = match args.probe_duration {
         Some(v) => positive_secs(v, "probe-duration")?,
         None => spec.duration,
@@ -658,6 +703,65 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         report::print_cluster(&result);
+    }
+    Ok(())
+}
+
+async fn run_storm(args: ClusterArgs, redis_server: PathBuf) -> Result<()> {
+    if args.nodes != 3 {
+        bail!("--storm runs three nodes (contrib/haproxy/cluster.cfg names three): drop --nodes or give 3");
+    }
+    let options = crate::storm::StormOptions {
+        sessions: args.sessions.unwrap_or(6000),
+        channels: args.load.channels,
+        rate: args.load.rate.unwrap_or(100.0),
+        rounds: args.rounds.max(1),
+        before_kill: positive_secs(args.before_kill, "before-kill")?,
+        after_recovery: positive_secs(args.after_recovery, "after-recovery")?,
+        deadline: positive_secs(args.deadline, "deadline")?,
+        history_size: args.history_size,
+        connect_concurrency: args.load.connect_concurrency.max(1),
+        login: TargetOptions::new(TargetKind::Serve).login,
+        redis_server,
+        haproxy: args.haproxy,
+        launcher: Launcher::current()?,
+        verbose: !args.load.json,
+    };
+    let result = crate::storm::run(&options).await?;
+    if args.load.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        report::print_storm(&result);
+    }
+    Ok(())
+}
+
+async fn run_cluster_idle(args: ClusterArgs, redis_server: PathBuf) -> Result<()> {
+    if !(args.keep_alive_interval >= 0.01 && args.keep_alive_interval.is_finite()) {
+        bail!("--keep-alive-interval must be at least 0.01 seconds");
+    }
+    let idle = IdleOptions {
+        connections: args.sessions.unwrap_or(10_000),
+        hold: positive_secs(args.load.duration, "duration")?,
+        keep_alive_interval: Duration::from_secs_f64(args.keep_alive_interval),
+        tls: false,
+        per_worker: args.per_worker,
+        connect_concurrency: args.load.connect_concurrency.max(1),
+        launcher: Some(Launcher::current()?),
+        server: TargetKind::Serve,
+        cluster: None,
+    };
+    let options = crate::cluster::ClusterIdleOptions {
+        idle,
+        rounds: args.rounds.max(1),
+        redis_server,
+        verbose: !args.load.json,
+    };
+    let result = crate::cluster::run_idle(&options).await?;
+    if args.load.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        report::print_cluster_idle(&result);
     }
     Ok(())
 }

@@ -101,7 +101,7 @@ pub const TARGET_RATIO: f64 = 0.7;
 pub const TARGET_PROBE_P99_US: f64 = 5_000.0;
 
 /// A running node.
-enum Node {
+pub(crate) enum Node {
     /// Boxed: a child's handle is several times an in-process node's.
     Child(Box<ChildTarget>),
     Local(InProcessTarget),
@@ -119,7 +119,7 @@ impl Node {
         })
     }
 
-    fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         match self {
             Node::Child(c) => c.addr,
             Node::Local(l) => l.addr,
@@ -133,7 +133,15 @@ impl Node {
         }
     }
 
-    async fn stop(self) {
+    /// Kills it: SIGKILL for a child; an in-process node can only be stopped.
+    pub(crate) async fn kill(self) {
+        match self {
+            Node::Child(c) => c.kill().await,
+            Node::Local(l) => l.stop().await,
+        }
+    }
+
+    pub(crate) async fn stop(self) {
         match self {
             Node::Child(c) => c.stop().await,
             Node::Local(l) => l.stop().await,
@@ -146,14 +154,14 @@ fn total_rss(nodes: &[Node]) -> Option<u64> {
     nodes.iter().map(Node::rss_kib).sum()
 }
 
-async fn stop_all(nodes: Vec<Node>) {
+pub(crate) async fn stop_all(nodes: Vec<Node>) {
     for n in nodes {
         n.stop().await;
     }
 }
 
 /// Empties the Redis between rounds (RESP `FLUSHALL`, answered `+OK`).
-async fn flush_redis(addr: SocketAddr) -> Result<()> {
+pub(crate) async fn flush_redis(addr: SocketAddr) -> Result<()> {
     let mut tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.write_all(b"*1\r\n$8\r\nFLUSHALL\r\n").await?;
     let mut buf = [0u8; 64];
@@ -176,16 +184,30 @@ async fn start_nodes(
     count: usize,
     redis: Option<&str>,
 ) -> Result<Vec<Node>> {
+    start_nodes_with(&options.launcher, count, redis, &|_, target| {
+        target.login = options.spec.login.clone();
+        target.serve_config = Some(fanout::serve_config(None));
+    })
+    .await
+}
+
+/// Starts `count` nodes (`nK` for K from 1) on `redis`, each set up by `configure(K, ..)`
+/// after its cluster settings; stops those started if one fails.
+pub(crate) async fn start_nodes_with(
+    launcher: &NodeLauncher,
+    count: usize,
+    redis: Option<&str>,
+    configure: &(dyn Fn(usize, &mut TargetOptions) + Sync),
+) -> Result<Vec<Node>> {
     let mut nodes = Vec::with_capacity(count);
     for k in 1..=count {
         let mut target = TargetOptions::new(TargetKind::Serve);
-        target.login = options.spec.login.clone();
-        target.serve_config = Some(fanout::serve_config(None));
         target.cluster = redis.map(|url| ClusterNode {
             redis: url.to_string(),
             node_id: format!("n{k}"),
         });
-        match Node::start(&options.launcher, &target).await {
+        configure(k, &mut target);
+        match Node::start(launcher, &target).await {
             Ok(n) => nodes.push(n),
             Err(e) => {
                 stop_all(nodes).await;
@@ -319,4 +341,122 @@ fn medians(setup: &str, runs: &[FanoutReport]) -> SetupMedians {
         p99_us: m(&|r| r.latency.p99_us),
         rss_per_subscription_bytes: (!per_sub.is_empty()).then(|| crate::stats::median(&per_sub)),
     }
+}
+
+/// How `bench cluster --idle` runs.
+#[derive(Debug, Clone)]
+pub struct ClusterIdleOptions {
+    /// The idle measurement, the same for both setups (`cluster` is set per round).
+    pub idle: crate::idle::IdleOptions,
+    /// Rounds; each runs the cluster node, then the node alone.
+    pub rounds: usize,
+    /// The `redis-server` executable.
+    pub redis_server: PathBuf,
+    /// Print each round's result to stderr as it ends.
+    pub verbose: bool,
+}
+
+/// Everything `bench cluster --idle` measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterIdleResult {
+    /// Sessions asked for.
+    pub sessions: usize,
+    /// Each round of the node started with `--cluster`, in order.
+    pub cluster_runs: Vec<crate::idle::IdleResult>,
+    /// Each round of the same node without it.
+    pub single_runs: Vec<crate::idle::IdleResult>,
+    /// Median bytes per idle session, cluster node.
+    pub cluster_bytes_per_session: f64,
+    /// Median bytes per idle session, node alone.
+    pub single_bytes_per_session: f64,
+    /// Cluster over alone.
+    pub ratio_cluster_vs_single: f64,
+    /// Lost sessions and setup failures, summed over every run.
+    pub errors_total: u64,
+}
+
+/// The idle-memory target of the issue: a cluster node's bytes per idle session within this
+/// factor of a single node's.
+pub const TARGET_IDLE_RATIO: f64 = 1.1;
+
+/// Idle sessions on one `serve --cluster` node (its Redis started here, emptied before each
+/// round) against the same node without `--cluster`, in alternating rounds.
+pub async fn run_idle(options: &ClusterIdleOptions) -> Result<ClusterIdleResult> {
+    let redis = RedisTarget::spawn(&options.redis_server)
+        .await
+        .context("cannot start the cluster's redis-server")?;
+    let url = format!("redis://{}/", redis.addr);
+    let result = idle_rounds(options, &redis, &url).await;
+    redis.stop().await;
+    result
+}
+
+async fn idle_rounds(
+    options: &ClusterIdleOptions,
+    redis: &RedisTarget,
+    url: &str,
+) -> Result<ClusterIdleResult> {
+    let (mut cluster_runs, mut single_runs) = (Vec::new(), Vec::new());
+    for round in 1..=options.rounds.max(1) {
+        for clustered in [true, false] {
+            let mut idle = options.idle.clone();
+            if clustered {
+                flush_redis(redis.addr).await?;
+                idle.cluster = Some(ClusterNode {
+                    redis: url.to_string(),
+                    node_id: "n1".into(),
+                });
+            } else {
+                idle.cluster = None;
+            }
+            let label = if clustered {
+                "cluster node"
+            } else {
+                "node alone"
+            };
+            let r = crate::idle::run(&idle)
+                .await
+                .with_context(|| format!("round {round}, {label}"))?;
+            if options.verbose {
+                eprintln!(
+                    "round {round} {label}: {} of {} sessions, {} B/session (idle {} KiB, loaded {} KiB), lost {}, errors {}",
+                    r.connected,
+                    r.connections,
+                    r.bytes_per_session.map_or("-".into(), |b| format!("{b:.0}")),
+                    r.idle_rss_kib.unwrap_or(0),
+                    r.loaded_rss_kib.unwrap_or(0),
+                    r.lost,
+                    r.errors
+                );
+            }
+            if clustered {
+                cluster_runs.push(r);
+            } else {
+                single_runs.push(r);
+            }
+        }
+    }
+    let per = |runs: &[crate::idle::IdleResult]| {
+        crate::stats::median(
+            &runs
+                .iter()
+                .filter_map(|r| r.bytes_per_session)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let cluster = per(&cluster_runs);
+    let single = per(&single_runs);
+    Ok(ClusterIdleResult {
+        sessions: options.idle.connections,
+        errors_total: cluster_runs
+            .iter()
+            .chain(&single_runs)
+            .map(|r| r.errors)
+            .sum(),
+        cluster_runs,
+        single_runs,
+        cluster_bytes_per_session: cluster,
+        single_bytes_per_session: single,
+        ratio_cluster_vs_single: if single > 0.0 { cluster / single } else { 0.0 },
+    })
 }

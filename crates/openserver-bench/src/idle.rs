@@ -43,6 +43,8 @@ pub struct IdleOptions {
     /// configuration but for the keep-alive interval) or [`TargetKind::Openserver`] (the
     /// bench's own server).
     pub server: TargetKind,
+    /// Start the server as a node of this cluster (`serve --cluster URL --node-id NAME`).
+    pub cluster: Option<crate::target::ClusterNode>,
 }
 
 /// The result of an idle measurement.
@@ -103,6 +105,7 @@ pub async fn run(options: &IdleOptions) -> Result<IdleResult> {
     }
     let mut target = TargetOptions::new(options.server);
     target.keep_alive_interval = Some(options.keep_alive_interval);
+    target.cluster = options.cluster.clone();
     if options.tls {
         target.tls_dir = Some(tls_dir.path().to_owned());
     }

@@ -17,7 +17,8 @@
 //! - [`fanout`]: publish/subscribe fan-out against openserver Channels, nats and redis,
 //!   with per-delivery latency, losses and memory per subscription.
 //! - [`cluster`]: the fan-out against N `serve --cluster` nodes on one Redis, against one
-//!   node alone, and a cross-node latency probe.
+//!   node alone, a cross-node latency probe, and idle-session memory on a cluster node.
+//! - [`storm`]: the reconnect storm of a cluster behind HAProxy that loses a node.
 //! - [`cli`]: the `openserver bench` arguments and their entry point.
 //!
 //! The load generator speaks raw frames ([`openserver::wire::FrameCodec`]) on its own
@@ -40,6 +41,7 @@ pub mod procfs;
 mod redis_pubsub;
 mod report;
 pub mod stats;
+pub mod storm;
 mod stream;
 pub mod target;
 pub mod tls;

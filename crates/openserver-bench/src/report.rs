@@ -465,3 +465,102 @@ pub(crate) fn print_cluster(r: &crate::cluster::ClusterResult) {
         );
     }
 }
+
+pub(crate) fn print_storm(r: &crate::storm::StormResult) {
+    use crate::storm::TARGET_RECOVERY_SECS;
+    println!(
+        "reconnect storm: 3 nodes on one redis behind haproxy (contrib/haproxy/cluster.cfg), {} subscribers on {} channel(s), 1 publisher at {:.0}/s; the node with the most subscribers killed (SIGKILL)",
+        r.sessions, r.channels, r.rate
+    );
+    println!(
+        "{:>5} {:>16} {:>7} {:>12} {:>7} {:>12} {:>12} {:>9} {:>7} {:>7} {:>6} {:>6} {:>6} {:>5}",
+        "round",
+        "per node",
+        "killed",
+        "disconnected",
+        "back",
+        "reconnect s",
+        "recovered s",
+        "p50 s",
+        "token",
+        "passwd",
+        "pubs",
+        "pubs/s",
+        "lost",
+        "gaps"
+    );
+    for (k, x) in r.rounds.iter().enumerate() {
+        let per_node: Vec<String> = x.sessions_per_node.iter().map(u64::to_string).collect();
+        println!(
+            "{:>5} {:>16} {:>7} {:>12} {:>7} {:>12.2} {:>12.2} {:>9.2} {:>7} {:>7} {:>6} {:>6.0} {:>6} {:>5}",
+            k + 1,
+            per_node.join("/"),
+            format!("{} ({})", x.killed, x.killed_sessions),
+            x.disconnected,
+            x.recovered,
+            x.secs_to_all_reconnected,
+            x.secs_to_all_recovered,
+            x.recovery_p50_secs,
+            x.token_logins,
+            x.password_logins,
+            x.publications,
+            x.publications_per_sec,
+            x.lost,
+            x.gaps
+        );
+    }
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!(
+        "median: all reconnected {:.2} s, all recovered {:.2} s after the kill (p50 of the sessions {:.2} s); target <= {TARGET_RECOVERY_SECS:.0} s: {}",
+        r.median_secs_to_all_reconnected,
+        r.median_secs_to_all_recovered,
+        r.median_recovery_p50_secs,
+        verdict(r.median_secs_to_all_recovered <= TARGET_RECOVERY_SECS)
+    );
+    println!(
+        "publications lost {} (deliveries lost {}), target 0: {}; logins during the storms: {} by resume token, {} by password",
+        r.publications_lost_total,
+        r.lost_total,
+        verdict(r.publications_lost_total == 0 && r.lost_total == 0),
+        r.token_logins_total,
+        r.password_logins_total
+    );
+}
+
+pub(crate) fn print_cluster_idle(r: &crate::cluster::ClusterIdleResult) {
+    use crate::cluster::TARGET_IDLE_RATIO;
+    println!(
+        "idle sessions on one openserver serve node, with --cluster (redis broker) and without, alternating: {} sessions",
+        r.sessions
+    );
+    println!(
+        "{:<12} {:>5} {:>9} {:>10} {:>12} {:>12} {:>10} {:>6}",
+        "setup", "round", "sessions", "B/session", "idle KiB", "loaded KiB", "after KiB", "errors"
+    );
+    for (label, runs) in [("cluster", &r.cluster_runs), ("single", &r.single_runs)] {
+        for (k, x) in runs.iter().enumerate() {
+            println!(
+                "{:<12} {:>5} {:>9} {:>10} {:>12} {:>12} {:>10} {:>6}",
+                label,
+                k + 1,
+                x.connected,
+                x.bytes_per_session
+                    .map_or_else(|| "-".into(), |b| format!("{b:.0}")),
+                x.idle_rss_kib.map_or_else(|| "-".into(), |v| v.to_string()),
+                x.loaded_rss_kib
+                    .map_or_else(|| "-".into(), |v| v.to_string()),
+                x.after_rss_kib
+                    .map_or_else(|| "-".into(), |v| v.to_string()),
+                x.errors
+            );
+        }
+    }
+    let ok = r.ratio_cluster_vs_single <= TARGET_IDLE_RATIO && r.errors_total == 0;
+    println!(
+        "median B/session: cluster {:.0}, single {:.0}: {:.2}x (target <= {TARGET_IDLE_RATIO}x: {})",
+        r.cluster_bytes_per_session,
+        r.single_bytes_per_session,
+        r.ratio_cluster_vs_single,
+        if ok { "met" } else { "NOT met" }
+    );
+}

@@ -626,6 +626,11 @@ impl ChildTarget {
             .and_then(|pid| crate::procfs::cpu_secs(Some(pid)))
     }
 
+    /// Kills it with SIGKILL, no shutdown of any kind (a crashed node), and waits.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// Asks it to stop (closes its stdin), kills it after 15 s, and waits. `serve`, which
     /// does not read stdin (it stops on SIGTERM), is killed at once: its data directory is
     /// thrown away.
@@ -783,6 +788,93 @@ impl NatsTarget {
         self.child
             .id()
             .and_then(|pid| crate::procfs::rss_kib(Some(pid)))
+    }
+
+    /// Stops it.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// `contrib/haproxy/cluster.cfg`, built in, so that the bench runs the configuration users
+/// run wherever the executable is.
+pub const HAPROXY_CLUSTER_CFG: &str = include_str!("../../../contrib/haproxy/cluster.cfg");
+
+/// `haproxy -db -f cluster.cfg` in front of three nodes, on a free loopback port.
+pub struct HaproxyTarget {
+    /// Where the clients connect.
+    pub addr: SocketAddr,
+    child: Child,
+    /// Holds the configuration and HAProxy's log (`haproxy.log`).
+    dir: tempfile::TempDir,
+}
+
+impl HaproxyTarget {
+    /// Starts `exe` with [`HAPROXY_CLUSTER_CFG`]: `nodes` are the three nodes' client and
+    /// metrics listeners. Waits (at most 15 s) until it accepts connections.
+    pub async fn spawn(exe: &Path, nodes: &[(SocketAddr, SocketAddr)]) -> Result<Self> {
+        if nodes.len() != 3 {
+            bail!(
+                "contrib/haproxy/cluster.cfg names three nodes, not {}",
+                nodes.len()
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = tempfile::Builder::new()
+            .prefix("openserver-bench-haproxy")
+            .tempdir()?;
+        let cfg = dir.path().join("cluster.cfg");
+        std::fs::write(&cfg, HAPROXY_CLUSTER_CFG)?;
+        let log = std::fs::File::create(dir.path().join("haproxy.log"))?;
+        let mut command = Command::new(exe);
+        command
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .env("LISTEN", addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        for (k, (client, metrics)) in nodes.iter().enumerate() {
+            command.env(format!("NODE{}", k + 1), client.to_string());
+            command.env(
+                format!("NODE{}_METRICS_PORT", k + 1),
+                metrics.port().to_string(),
+            );
+        }
+        let mut child = command.spawn().with_context(|| {
+            format!(
+                "cannot start {} (install haproxy, or name it with --haproxy PATH)",
+                exe.display()
+            )
+        })?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(HaproxyTarget { addr, child, dir });
+            }
+            if let Some(status) = child.try_wait()? {
+                let log =
+                    std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default();
+                bail!("haproxy exited ({status}) before listening: {}", log.trim());
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = child.kill().await;
+                bail!("haproxy did not listen on {addr} within 15 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
     /// Stops it.

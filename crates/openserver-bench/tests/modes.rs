@@ -170,6 +170,7 @@ async fn idle_sessions_keep_alive_and_none_is_lost() {
         connect_concurrency: 16,
         launcher: None,
         server: TargetKind::Serve,
+        cluster: None,
     };
     let result = openserver_bench::idle::run(&options).await.unwrap();
     assert_eq!(result.server, "serve");

@@ -2,6 +2,9 @@
 //! idle sessions, and the JSON each mode prints. About a second per run, zero errors expected;
 //! no timing is asserted.
 
+#[path = "../../openserver/tests/support/haproxy.rs"]
+mod haproxy;
+
 use std::process::Command;
 
 fn bench(args: &[&str]) -> serde_json::Value {
@@ -145,4 +148,91 @@ fn load_over_worker_processes() {
     assert_eq!(j["errors"], 0, "{j}");
     assert_eq!(j["connected"], 6);
     assert!(j["messages_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+/// Whether redis-server is installed; outside CI its absence skips the test loudly.
+fn redis_available(test: &str) -> bool {
+    if openserver_bench::target::find_redis().is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "redis-server is not installed but CI is set: .ci/run should install it"
+    );
+    eprintln!("\n*** SKIPPED {test}: redis-server is not on PATH. ***\n");
+    false
+}
+
+#[test]
+fn cluster_storm_brings_every_session_back_and_loses_nothing() {
+    // 30 subscribers over three nodes behind a real HAProxy; the node with the most is
+    // SIGKILLed and its sessions come back through the others.
+    let test = "cluster_storm_brings_every_session_back_and_loses_nothing";
+    if !redis_available(test) || !haproxy::haproxy_available(test) {
+        return;
+    }
+    let j = bench(&[
+        "cluster",
+        "--storm",
+        "--sessions",
+        "30",
+        "--channels",
+        "3",
+        "--rate",
+        "50",
+        "--rounds",
+        "1",
+        "--before-kill",
+        "1",
+        "--after-recovery",
+        "1",
+        "--deadline",
+        "60",
+    ]);
+    let round = &j["rounds"][0];
+    assert_eq!(round["sessions"], 30, "{j}");
+    let killed = round["killed_sessions"].as_u64().unwrap();
+    assert!(killed > 0, "{j}");
+    assert_eq!(round["disconnected"].as_u64().unwrap(), killed, "{j}");
+    assert_eq!(round["recovered"].as_u64().unwrap(), killed, "{j}");
+    assert!(round["publications"].as_u64().unwrap() > 0, "{j}");
+    assert_eq!(round["publish_errors"], 0, "{j}");
+    assert!(round["expected"].as_u64().unwrap() > 0, "{j}");
+    assert_eq!(round["received"], round["expected"], "{j}");
+    assert_eq!(round["lost"], 0, "{j}");
+    assert_eq!(round["publications_lost"], 0, "{j}");
+    assert_eq!(round["gaps"], 0, "{j}");
+    // Every session that came back logged in once on a survivor, by token or password.
+    let logins =
+        round["token_logins"].as_u64().unwrap() + round["password_logins"].as_u64().unwrap();
+    assert_eq!(logins, killed, "{j}");
+    assert_eq!(j["publications_lost_total"], 0, "{j}");
+}
+
+#[test]
+fn cluster_idle_compares_a_cluster_node_with_one_alone() {
+    let test = "cluster_idle_compares_a_cluster_node_with_one_alone";
+    if !redis_available(test) {
+        return;
+    }
+    let j = bench(&[
+        "cluster",
+        "--idle",
+        "--sessions",
+        "20",
+        "--rounds",
+        "1",
+        "--duration",
+        "1",
+        "--keep-alive-interval",
+        "0.5",
+    ]);
+    assert_eq!(j["errors_total"], 0, "{j}");
+    for setup in ["cluster_runs", "single_runs"] {
+        let run = &j[setup][0];
+        assert_eq!(run["connected"], 20, "{j}");
+        assert_eq!(run["lost"], 0, "{j}");
+        assert!(run["bytes_per_session"].as_f64().is_some(), "{j}");
+    }
+    assert!(j["ratio_cluster_vs_single"].as_f64().unwrap() > 0.0, "{j}");
 }
