@@ -277,6 +277,10 @@ pub struct ClusterArgs {
     /// The redis-server executable [default: redis-server on PATH].
     #[arg(long, value_name = "PATH")]
     pub redis_server: Option<PathBuf>,
+    /// Worker threads of each cluster node (sets `TOKIO_WORKER_THREADS` for it), e.g. 1 for
+    /// three nodes sharing two CPUs [default: one per CPU]; the single node keeps the default.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub node_threads: Option<u16>,
     /// Instead of the fan-out: the reconnect storm. Three nodes behind HAProxy
     /// (contrib/haproxy/cluster.cfg), --sessions subscribers of the client library
     /// (reconnecting, resume tokens) on --channels channels, one publisher at --rate (default
@@ -697,6 +701,7 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
         redis_server,
         launcher: crate::cluster::NodeLauncher::Serve(Launcher::current()?),
         verbose: !args.load.json,
+        node_threads: args.node_threads.map(usize::from),
     };
     let result = crate::cluster::run(&options).await?;
     if args.load.json {

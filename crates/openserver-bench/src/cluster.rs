@@ -47,6 +47,9 @@ pub struct ClusterOptions {
     pub launcher: NodeLauncher,
     /// Print each round's result to stderr as it ends.
     pub verbose: bool,
+    /// Worker threads of each cluster node's runtime (`None`: one per CPU, the default); the
+    /// single node always runs with the default.
+    pub node_threads: Option<usize>,
 }
 
 /// The medians of one setup's rounds.
@@ -187,6 +190,9 @@ async fn start_nodes(
     start_nodes_with(&options.launcher, count, redis, &|_, target| {
         target.login = options.spec.login.clone();
         target.serve_config = Some(fanout::serve_config(None));
+        if redis.is_some() {
+            target.worker_threads = options.node_threads;
+        }
     })
     .await
 }

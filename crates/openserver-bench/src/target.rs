@@ -75,6 +75,9 @@ pub struct TargetOptions {
     /// Join this cluster: `serve --cluster URL --node-id NAME`; in this process, the
     /// openserver target with its channels on a `RedisBroker` (`bench cluster`).
     pub cluster: Option<ClusterNode>,
+    /// `serve` only: the async runtime's worker threads (`TOKIO_WORKER_THREADS`); `None`:
+    /// one per CPU, the default.
+    pub worker_threads: Option<usize>,
 }
 
 /// A node of a cluster: the Redis every node shares and this node's name.
@@ -100,6 +103,7 @@ impl TargetOptions {
             },
             serve_config: None,
             cluster: None,
+            worker_threads: None,
         }
     }
 }
@@ -562,8 +566,11 @@ impl ChildTarget {
         }
         let log_path = dir.path().join("serve.log");
         let log = std::fs::File::create(&log_path)?;
-        let child = launcher
-            .serve_command(&args, log)
+        let mut command = launcher.serve_command(&args, log);
+        if let Some(threads) = options.worker_threads {
+            command.env("TOKIO_WORKER_THREADS", threads.to_string());
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("cannot start {} serve", launcher.exe.display()))?;
         match Self::started(child, TargetKind::Serve, Some(dir)).await {

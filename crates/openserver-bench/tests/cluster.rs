@@ -30,6 +30,7 @@ async fn cluster_bench_loses_nothing_across_nodes() {
         redis_server,
         launcher: NodeLauncher::InProcess,
         verbose: true,
+        node_threads: None,
     };
     let r = tokio::time::timeout(Duration::from_secs(120), cluster::run(&options))
         .await
@@ -67,6 +68,7 @@ async fn cluster_bench_refuses_a_single_node() {
         redis_server: "redis-server".into(),
         launcher: NodeLauncher::InProcess,
         verbose: false,
+        node_threads: None,
     };
     let e = cluster::run(&options).await.unwrap_err();
     assert!(e.to_string().contains("--nodes must be at least 2"), "{e}");
