@@ -30,7 +30,8 @@
 //! - [`server`]: listener and caps (`mod.rs`), the server side of a connection (`driver.rs`:
 //!   auth gate, dispatch, logins), `link.rs` (its `SessionHost`), `proxy.rs` (PROXY protocol
 //!   headers of trusted load balancers), config, gate, penalties, registry, live limits,
-//!   events; `server/metrics/`: Prometheus metrics.
+//!   events, `cluster.rs` (push, kick and list on every node of a cluster);
+//!   `server/metrics/`: Prometheus metrics.
 //! - [`client`]: the async client library and its connection task; automatic reconnect with
 //!   hooks that restore the application's server-side state (`client/restore.rs`).
 //! - [`app`]: the application layer on top: typed protocols (serde types as MessagePack),
