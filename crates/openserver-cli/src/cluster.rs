@@ -12,8 +12,12 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// The Redis all nodes share, `redis://[user:password@]HOST:PORT[/DB]`; unset: one node.
+    /// The Redis all nodes share, `redis://[user:password@]HOST:PORT[/DB]` (`rediss://` for
+    /// TLS); unset: one node.
     pub redis: Option<String>,
+    /// With `rediss://`: the PEM file of the CA that signed Redis's certificate; unset, the
+    /// system's trusted roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// This node's name among the nodes (stable across restarts, unique among live nodes).
     /// Unset: the machine's host name and the listening port.
     pub node_id: Option<String>,
@@ -35,6 +39,7 @@ impl Default for ClusterConfig {
         let broker = RedisBrokerConfig::default();
         ClusterConfig {
             redis: None,
+            tls_ca_file: None,
             node_id: None,
             prefix: broker.prefix,
             command_timeout: broker.command_timeout,
@@ -60,6 +65,7 @@ impl ClusterConfig {
             command_timeout: self.command_timeout,
             lease_renew: self.lease_renew,
             lease_ttl: self.lease_ttl,
+            tls_ca_file: self.tls_ca_file.clone(),
             ..RedisBrokerConfig::new(url.clone())
         };
         config
@@ -99,4 +105,42 @@ pub async fn connect(config: RedisBrokerConfig) -> Result<Arc<RedisBroker>> {
         .await
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("cannot join the cluster as node {node:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_section_becomes_the_brokers_settings_and_bad_ones_are_named() {
+        assert_eq!(ClusterConfig::default().broker_config(1).unwrap(), None);
+        let tls = ClusterConfig {
+            redis: Some("rediss://db:6380/".into()),
+            tls_ca_file: Some("/etc/openserver/redis-ca.pem".into()),
+            node_id: Some("n1".into()),
+            ..ClusterConfig::default()
+        };
+        let broker = tls.broker_config(21841).unwrap().unwrap();
+        assert_eq!(broker.node_id, "n1");
+        assert!(broker.is_tls());
+        assert_eq!(broker.tls_ca_file, tls.tls_ca_file);
+        let plain_with_ca = ClusterConfig {
+            redis: Some("redis://db:6379/".into()),
+            ..tls.clone()
+        };
+        let err = plain_with_ca.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("[cluster]") && err.contains("rediss://"),
+            "{err}"
+        );
+        let lone_id = ClusterConfig {
+            node_id: Some("n1".into()),
+            ..ClusterConfig::default()
+        };
+        assert!(lone_id
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("cluster.redis"));
+    }
 }

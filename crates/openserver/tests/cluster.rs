@@ -899,3 +899,49 @@ async fn every_node_shows_its_broker_round_trip_lag_and_id() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn nodes_share_channels_over_tls_to_redis_and_a_wrong_ca_is_refused() {
+    let Some(redis) = RedisServer::start_tls("redis_over_tls").await else {
+        return;
+    };
+    let tls = |id: &str| RedisBrokerConfig {
+        tls_ca_file: redis.tls_ca.clone(),
+        ..broker_config(&redis, id)
+    };
+    assert!(redis.url().starts_with("rediss://"));
+    let a = node_with(tls("a"), ChannelsConfig::default()).await;
+    let b = node_with(tls("b"), ChannelsConfig::default()).await;
+    a.broker.ready().await.unwrap();
+    b.broker.ready().await.unwrap();
+    let (_cb, bob) = login(&b, BOB).await;
+    let mut on_b = bob.subscribe("lobby").await.unwrap();
+    a.server.handle.publish("lobby", "over tls").await.unwrap();
+    assert_eq!(publication(&mut on_b).await, (1, "over tls".into()));
+
+    // Another CA: the certificate is refused, and the error says where.
+    let other = tempfile::tempdir().unwrap();
+    let ca = other.path().join("other-ca.pem");
+    let made = openserver::tls::self_signed::generate(&[]).unwrap();
+    std::fs::write(&ca, made.ca_pem).unwrap();
+    let err = RedisBroker::connect(RedisBrokerConfig {
+        tls_ca_file: Some(ca),
+        ..broker_config(&redis, "c")
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("cannot connect to Redis at rediss://127.0.0.1:"),
+        "{err}"
+    );
+    // A CA file that is not there.
+    let err = RedisBroker::connect(RedisBrokerConfig {
+        tls_ca_file: Some(other.path().join("missing.pem")),
+        ..broker_config(&redis, "d")
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cannot read the Redis CA file"), "{err}");
+}

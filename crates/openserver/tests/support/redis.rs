@@ -19,6 +19,8 @@ pub struct RedisServer {
     binary: PathBuf,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// TLS only (`start_tls`): the CA file clients trust; the server's files sit beside it.
+    pub tls_ca: Option<PathBuf>,
 }
 
 fn find_binary() -> Option<PathBuf> {
@@ -57,6 +59,34 @@ impl RedisServer {
             binary,
             dir: tempfile::tempdir().expect("a temp dir"),
             child: None,
+            tls_ca: None,
+        };
+        server.restart().await;
+        Some(server)
+    }
+
+    /// As [`start`](Self::start), but serving TLS only, with a certificate for 127.0.0.1 and
+    /// localhost signed by a CA of its own (`tls_ca`).
+    #[allow(dead_code)]
+    pub async fn start_tls(test: &str) -> Option<RedisServer> {
+        let Some(binary) = find_binary() else {
+            return Self::start(test).await;
+        };
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let made = openserver::tls::self_signed::generate(&[]).expect("certificates");
+        for (name, pem) in [
+            ("ca.pem", &made.ca_pem),
+            ("cert.pem", &made.cert_pem),
+            ("key.pem", &made.key_pem),
+        ] {
+            std::fs::write(dir.path().join(name), pem).unwrap();
+        }
+        let mut server = RedisServer {
+            port: free_port(),
+            binary,
+            tls_ca: Some(dir.path().join("ca.pem")),
+            dir,
+            child: None,
         };
         server.restart().await;
         Some(server)
@@ -64,7 +94,12 @@ impl RedisServer {
 
     /// The URL a broker connects to.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// Kills it (as a crash would) and waits until it is gone.
@@ -79,8 +114,21 @@ impl RedisServer {
     pub async fn restart(&mut self) {
         self.stop();
         let dir = self.dir.path();
-        let child = Command::new(&self.binary)
-            .args(["--port", &self.port.to_string()])
+        let mut command = Command::new(&self.binary);
+        if self.tls_ca.is_some() {
+            command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(dir.join("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(dir.join("key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &self.port.to_string()]);
+        }
+        let child = command
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -109,6 +157,21 @@ impl RedisServer {
     }
 
     async fn ping(&self) -> bool {
+        if let Some(ca) = &self.tls_ca {
+            // redis-cli comes with redis-server (Debian's redis-tools), and speaks TLS.
+            let cli = self.binary.with_file_name("redis-cli");
+            let (ca, port) = (ca.clone(), self.port.to_string());
+            let answer = tokio::task::spawn_blocking(move || {
+                Command::new(cli)
+                    .args(["--tls", "--cacert"])
+                    .arg(ca)
+                    .args(["-h", "127.0.0.1", "-p", &port, "PING"])
+                    .stdin(Stdio::null())
+                    .output()
+            })
+            .await;
+            return matches!(answer, Ok(Ok(out)) if out.stdout.starts_with(b"PONG"));
+        }
         let attempt = async {
             let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
             stream.write_all(b"PING\r\n").await.ok()?;

@@ -8,9 +8,14 @@ use std::time::Duration;
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisBrokerConfig {
-    /// The Redis server: `redis://[user:password@]host[:port][/db]` (`rediss://` is not
-    /// supported by this build). Standalone Redis 7 or later; not Redis Cluster.
+    /// The Redis server: `redis://[user:password@]host[:port][/db]`, or `rediss://...` for
+    /// TLS (the server's certificate checked against `tls_ca_file`, or the system's roots).
+    /// Standalone Redis 7 or later; not Redis Cluster.
     pub url: String,
+    /// With a `rediss://` URL: the PEM file of the CA that signed Redis's certificate (a
+    /// private CA); unset, the system's trusted roots. Refused with a `redis://` URL, where it
+    /// would be silently unused.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// This node's name among the nodes sharing the Redis: its presence entries and lease are
     /// filed under it. Keep it stable across restarts (a restarted node then removes the
     /// presence its previous life left at once, instead of after the lease expires); two live
@@ -58,6 +63,7 @@ impl std::fmt::Debug for RedisBrokerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBrokerConfig")
             .field("url", &redact(&self.url))
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("node_id", &self.node_id)
             .field("prefix", &self.prefix)
             .field("command_timeout", &self.command_timeout)
@@ -75,6 +81,7 @@ impl Default for RedisBrokerConfig {
     fn default() -> Self {
         RedisBrokerConfig {
             url: "redis://127.0.0.1:6379/".into(),
+            tls_ca_file: None,
             node_id: format!("node-{:08x}", rand::random::<u32>()),
             prefix: "openserver:".into(),
             command_timeout: Duration::from_secs(2),
@@ -97,8 +104,22 @@ impl RedisBrokerConfig {
         }
     }
 
+    /// Whether the URL asks for TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        self.url
+            .get(..9)
+            .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"))
+    }
+
     /// Checks the settings; `Err` says which one is wrong and how to fix it.
     pub fn validate(&self) -> Result<(), String> {
+        if self.tls_ca_file.is_some() && !self.is_tls() {
+            return Err(format!(
+                "tls_ca_file is set but the Redis URL {} is not rediss://: use rediss:// for \
+                 TLS, or drop tls_ca_file",
+                redact(&self.url)
+            ));
+        }
         if self.node_id.is_empty()
             || self
                 .node_id
@@ -169,6 +190,17 @@ mod tests {
             ..c
         };
         assert!(bad.validate().unwrap_err().contains("command_timeout"));
+        let bad = RedisBrokerConfig {
+            tls_ca_file: Some("ca.pem".into()),
+            ..RedisBrokerConfig::new("redis://db:6379")
+        };
+        assert!(bad.validate().unwrap_err().contains("rediss://"));
+        let tls = RedisBrokerConfig {
+            tls_ca_file: Some("ca.pem".into()),
+            ..RedisBrokerConfig::new("rediss://db:6379")
+        };
+        tls.validate().unwrap();
+        assert!(tls.is_tls() && !RedisBrokerConfig::new("redis://x").is_tls());
         let secret = RedisBrokerConfig::new("redis://u:hunter2@db:6379/0");
         assert!(!format!("{secret:?}").contains("hunter2"));
         assert_eq!(redact("redis://u:secret@db:6379/0"), "redis://db:6379/0");

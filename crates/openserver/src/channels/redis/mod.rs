@@ -140,6 +140,34 @@ fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// The client for `config.url`: with `rediss://`, TLS checked against `tls_ca_file` (or the
+/// system's roots).
+fn open_client(config: &RedisBrokerConfig, target: &str) -> Result<redis::Client, BrokerError> {
+    let bad_url = |e: redis::RedisError| BrokerError(format!("bad Redis URL {target:?}: {e}"));
+    match &config.tls_ca_file {
+        Some(path) if config.is_tls() => {
+            let pem = std::fs::read(path).map_err(|e| {
+                BrokerError(format!(
+                    "cannot read the Redis CA file {}: {e}; tls_ca_file names the PEM file of \
+                     the CA that signed Redis's certificate",
+                    path.display()
+                ))
+            })?;
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            redis::Client::build_with_tls(config.url.as_str(), certificates).map_err(|e| {
+                BrokerError(format!(
+                    "cannot use {} as the CA for Redis at {target}: {e}",
+                    path.display()
+                ))
+            })
+        }
+        _ => redis::Client::open(config.url.as_str()).map_err(bad_url),
+    }
+}
+
 /// Offsets above this are not real (2^53: what the scripts' numbers hold exactly).
 const MAX_OFFSET: u64 = 1 << 53;
 
@@ -152,8 +180,7 @@ impl RedisBroker {
             .validate()
             .map_err(|e| BrokerError(format!("bad Redis broker settings: {e}")))?;
         let target = redact(&config.url);
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| BrokerError(format!("bad Redis URL {target:?}: {e}")))?;
+        let client = open_client(&config, &target)?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout))
