@@ -318,28 +318,27 @@ impl Api {
                 let body: DisconnectBody = self.body(request).await?;
                 let cluster = self.server.cluster();
                 // (node, session) pairs: session ids are numbered per node.
-                let targets: Vec<(String, u64)> = match (body.session, body.user, body.node) {
-                    (Some(id), None, node) => vec![(node.unwrap_or_default(), id)],
-                    (None, Some(user), None) => cluster
-                        .sessions()
-                        .await
-                        .map_err(unavailable)?
-                        .sessions
-                        .into_iter()
-                        .filter(|s| s.session.user == user)
-                        .map(|s| (s.node, s.session.id))
-                        .collect(),
+                let kicked: Vec<(String, u64)> = match (body.session, body.user, body.node) {
+                    (Some(id), None, node) => {
+                        let node = node.unwrap_or_default();
+                        if cluster.kick(&node, id).await.map_err(unavailable)? {
+                            vec![(node, id)]
+                        } else {
+                            Vec::new()
+                        }
+                    }
+                    (None, Some(user), None) => {
+                        cluster.kick_user(&user).await.map_err(unavailable)?
+                    }
                     _ => return Err(Failure::bad(
                         "disconnect takes {\"session\": ID} (with \"node\": NAME in a cluster) \
                          or {\"user\": NAME}, one of them",
                     )),
                 };
-                let mut disconnected = Vec::new();
-                for (node, id) in targets {
-                    if cluster.kick(&node, id).await.map_err(unavailable)? {
-                        disconnected.push(json!({ "node": node, "session": id }));
-                    }
-                }
+                let disconnected: Vec<serde_json::Value> = kicked
+                    .into_iter()
+                    .map(|(node, id)| json!({ "node": node, "session": id }))
+                    .collect();
                 if disconnected.is_empty() {
                     return Err(Failure(
                         StatusCode::NOT_FOUND,

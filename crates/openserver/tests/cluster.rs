@@ -818,6 +818,16 @@ async fn server_code_on_any_node_pushes_lists_and_kicks_on_every_node() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(cluster_a.kick("b", id_on("b")).await, Ok(false));
+    // Every session of a user, from a node where the user has none.
+    assert_eq!(
+        cluster_c.kick_user("alice").await,
+        Ok(vec![("a".to_string(), id_on("a"))])
+    );
+    let reason = tokio::time::timeout(WAIT, alice_a.closed()).await;
+    assert_eq!(
+        reason.expect("alice's client on a closes"),
+        CloseReason::Quit
+    );
 
     // A node that is gone is not waited for: the others still answer in full.
     c.broker.stop_without_cleanup();

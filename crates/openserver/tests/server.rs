@@ -486,6 +486,7 @@ async fn the_cluster_handle_of_a_lone_server_reaches_its_own_sessions() {
     // There are no other nodes to name.
     let err = cluster.send_to("n2", id, push("d")).await.unwrap_err();
     assert!(err.to_string().contains("not in a cluster"), "{err}");
+    assert_eq!(cluster.kick_user("nobody").await, Ok(vec![]));
     assert_eq!(cluster.kick("", id).await, Ok(true));
     let frames = alice.expect_closed(AT_ONCE).await;
     assert_eq!(frames, vec![KeepAliveMessage::Quit.to_frame()]);

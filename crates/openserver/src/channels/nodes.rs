@@ -40,6 +40,11 @@ pub enum NodeRequest {
         /// The session's id on the node asked.
         session: SessionId,
     },
+    /// Kick every session logged in as `user`; answered with [`NodeAnswer::KickedSessions`].
+    KickUser {
+        /// The user.
+        user: String,
+    },
     /// List the node's sessions, the `max` lowest ids at most; answered with
     /// [`NodeAnswer::Sessions`]. Bounded so that an answer stays well under what Redis lets
     /// a pub/sub connection fall behind by (8 MB for a minute by default).
@@ -73,6 +78,8 @@ pub enum NodeAnswer {
     Pushed(usize),
     /// Whether the session was open (and is now being closed).
     Kicked(bool),
+    /// The sessions kicked, ascending.
+    KickedSessions(Vec<SessionId>),
     /// Its sessions, ascending by id.
     Sessions {
         /// Those listed.

@@ -200,6 +200,33 @@ impl Cluster {
         Ok(kicked)
     }
 
+    /// Kicks every session logged in as `user`, on every node (however many sessions each
+    /// node has: no listing is involved); returns the sessions kicked, by node then id.
+    pub async fn kick_user(&self, user: &str) -> Result<Vec<(String, SessionId)>, ClusterError> {
+        let request = NodeRequest::KickUser {
+            user: user.to_string(),
+        };
+        let (answers, unanswered) = self.ask(None, request).await?;
+        let mut kicked: Vec<(String, SessionId)> = answers
+            .into_iter()
+            .flat_map(|(node, answer)| {
+                let ids = match answer {
+                    NodeAnswer::KickedSessions(ids) => ids,
+                    _ => Vec::new(),
+                };
+                ids.into_iter().map(move |id| (node.clone(), id))
+            })
+            .collect();
+        kicked.sort_unstable();
+        if unanswered > 0 {
+            return Err(ClusterError::Incomplete {
+                reached: kicked.len(),
+                unanswered,
+            });
+        }
+        Ok(kicked)
+    }
+
     /// The sessions of every node that answered within the broker's command timeout, the
     /// [`DEFAULT_LISTED_PER_NODE`] lowest ids of each.
     pub async fn sessions(&self) -> Result<ClusterSessions, ClusterError> {

@@ -895,16 +895,12 @@ impl ServerHandle {
 
     /// Pushes a frame to every session authenticated as `user`; returns how many got it.
     pub fn send_to_user(&self, user: &str, frame: Frame) -> usize {
-        self.shared
-            .registry
-            .push_where(&frame, |s| s.user().is_some_and(|u| u.name == user))
+        self.shared.registry.push_to_user(user, &frame)
     }
 
     /// Pushes a frame to every authenticated session; returns how many got it.
     pub fn broadcast(&self, frame: Frame) -> usize {
-        self.shared
-            .registry
-            .push_where(&frame, Session::is_authenticated)
+        self.shared.registry.broadcast(&frame)
     }
 
     /// Kicks the session with this id: QUIT, then close as

@@ -60,6 +60,32 @@ impl Registry {
     pub(crate) fn push_to(&self, id: SessionId, frame: Frame) -> Result<(), SendError> {
         self.get(id).ok_or(SendError::Closed)?.push(frame)
     }
+
+    /// Pushes `frame` to every session logged in as `user`; how many it was queued for.
+    pub(crate) fn push_to_user(&self, user: &str, frame: &Frame) -> usize {
+        self.push_where(frame, |s| s.user().is_some_and(|u| u.name == user))
+    }
+
+    /// Pushes `frame` to every logged-in session; how many it was queued for.
+    pub(crate) fn broadcast(&self, frame: &Frame) -> usize {
+        self.push_where(frame, Session::is_authenticated)
+    }
+
+    /// Kicks session `id` (QUIT, then close), logging why; whether it was open.
+    fn kick(&self, id: SessionId, why: &str) -> bool {
+        let Some(target) = self.get(id) else {
+            return false;
+        };
+        tracing::info!(
+            kicked = id,
+            kicked_user = target.user().map(|u| u.name).unwrap_or_default(),
+            kicked_peer = %target.peer(),
+            why,
+            "session kicked"
+        );
+        target.kick();
+        true
+    }
 }
 
 /// Milliseconds since the Unix epoch (0 before it).
@@ -92,25 +118,22 @@ impl NodeSink for Registry {
                 let frame = Frame::new(*protocol_id, body.clone());
                 let pushed = match target {
                     PushTarget::Session(id) => usize::from(self.push_to(*id, frame).is_ok()),
-                    PushTarget::User(user) => {
-                        self.push_where(&frame, |s| s.user().is_some_and(|u| &u.name == user))
-                    }
-                    PushTarget::Everyone => self.push_where(&frame, Session::is_authenticated),
+                    PushTarget::User(user) => self.push_to_user(user, &frame),
+                    PushTarget::Everyone => self.broadcast(&frame),
                 };
                 NodeAnswer::Pushed(pushed)
             }
-            NodeRequest::Kick { session } => {
-                let found = self.get(*session);
-                if let Some(target) = &found {
-                    tracing::info!(
-                        kicked = session,
-                        kicked_user = target.user().map(|u| u.name).unwrap_or_default(),
-                        kicked_peer = %target.peer(),
-                        "session kicked (cluster request)"
-                    );
-                    target.kick();
-                }
-                NodeAnswer::Kicked(found.is_some())
+            NodeRequest::Kick { session } => NodeAnswer::Kicked(self.kick(*session, "cluster")),
+            NodeRequest::KickUser { user } => {
+                let mut theirs: Vec<SessionId> = self
+                    .snapshot()
+                    .iter()
+                    .filter(|s| s.user().is_some_and(|u| &u.name == user))
+                    .map(Session::id)
+                    .collect();
+                theirs.sort_unstable();
+                theirs.retain(|&id| self.kick(id, "cluster, by user"));
+                NodeAnswer::KickedSessions(theirs)
             }
             NodeRequest::Sessions { max } => {
                 let mut open = self.snapshot();
