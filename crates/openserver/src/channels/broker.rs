@@ -27,6 +27,18 @@ use serde::{Deserialize, Serialize};
 use std::sync::Weak;
 use std::time::Duration;
 
+/// `time` in milliseconds since the Unix epoch (0 before it): the unit of every time the
+/// brokers keep or send ([`ClientInfo::since`], publish stamps).
+pub(crate) fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Now, as [`unix_ms`].
+pub(crate) fn now_ms() -> u64 {
+    unix_ms(std::time::SystemTime::now())
+}
+
 /// Where a publication sits in its channel's history: the history's epoch and the offset in it.
 /// A client that has seen `offset` of `epoch` has seen every earlier offset too.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -19,7 +19,8 @@
 //! again from its position learns exactly what was lost. Never a silent gap.
 
 use super::broker::{
-    Broker, BrokerError, BrokerSink, ClientInfo, History, HistoryOptions, Position, Publication,
+    now_ms, Broker, BrokerError, BrokerSink, ClientInfo, History, HistoryOptions, Position,
+    Publication,
 };
 use super::config::{Access, ChannelsConfig, NamespaceConfig};
 use super::messages::{
@@ -37,7 +38,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The most publications a starting subscription buffers while its history is read; past it,
 /// the subscribe is refused with `unavailable` (retry) rather than buffering without bound.
@@ -235,12 +235,6 @@ struct Rules<'a> {
     ns: &'a Namespace,
     /// For a personal channel, its user.
     owner: Option<&'a str>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn allowed(access: &Access, user: &User) -> bool {

@@ -53,4 +53,5 @@ pub use engine::{Action, ChannelError, ChannelPolicy, Channels};
 pub use memory::MemoryBroker;
 pub use messages::{ChannelsApi, PublicationMessage, Recovery, CHANNELS_ID};
 
+pub(crate) use broker::unix_ms;
 pub(crate) use engine::Engine;

@@ -2,11 +2,11 @@
 //! requests ([`NodeSink`]) from them too.
 
 use crate::channels::nodes::{NodeAnswer, NodeRequest, NodeSession, NodeSink, PushTarget};
+use crate::channels::unix_ms;
 use crate::session::{lock, SendError, Session, SessionId};
 use crate::wire::Frame;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 /// Below this many slots the table is never shrunk.
 const MIN_CAPACITY: usize = 64;
@@ -86,12 +86,6 @@ impl Registry {
         target.kick();
         true
     }
-}
-
-/// Milliseconds since the Unix epoch (0 before it).
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// How another node sees a session.

@@ -26,7 +26,8 @@ mod scripts;
 pub use config::RedisBrokerConfig;
 
 use super::broker::{
-    Broker, BrokerError, BrokerSink, ClientInfo, History, HistoryOptions, Position, Publication,
+    now_ms, Broker, BrokerError, BrokerSink, ClientInfo, History, HistoryOptions, Position,
+    Publication,
 };
 use super::nodes::{NodeAnswer, NodeAnswers, NodeRequest, NodeSink};
 use crate::server::metrics::broker::BrokerMetrics;
@@ -44,7 +45,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -111,12 +112,6 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// This node's clock in milliseconds since the Unix epoch: the stamp of its publications.
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// The `op` label of a failed operation, from what [`Inner::run`] was told it does.
 fn op_of(what: &str) -> &'static str {
     if what.contains("subscribe") {
@@ -555,7 +550,7 @@ impl Inner {
                 stamp,
             }) => {
                 if let Some(stamp) = stamp {
-                    self.metrics.lag(stamp, unix_millis());
+                    self.metrics.lag(stamp, now_ms());
                 }
                 sink.publication(&channel, &epoch, &publication)
             }
@@ -776,7 +771,7 @@ impl Broker for RedisBroker {
             .arg(user)
             .arg(data.as_ref())
             .arg(&ch.topic)
-            .arg(unix_millis());
+            .arg(now_ms());
         let (epoch, offset): (String, u64) =
             inner.run("publish", call.invoke_async(&mut conn)).await?;
         Ok(Position { epoch, offset })
