@@ -111,7 +111,6 @@ fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
-/// This node's clock in milliseconds since the Unix epoch: the stamp of its publications.
 /// The `op` label of a failed operation, from what [`Inner::run`] was told it does.
 fn op_of(what: &str) -> &'static str {
     if what.contains("subscribe") {
