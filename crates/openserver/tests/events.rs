@@ -250,3 +250,62 @@ async fn refused_connections_are_events_and_counted() {
     );
     assert_eq!(sample(&text, "openserver_connections_accepted_total"), 2.0);
 }
+
+/// The per-protocol metrics are gathered per run of packets, not per packet: one write
+/// holding runs of two protocols, answered at once and through a handler that waits, must
+/// still count every frame, byte and handler time.
+#[tokio::test]
+async fn pipelined_packets_of_several_protocols_are_each_counted() {
+    let server = start(config()).await;
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send(login(ALICE.0, ALICE.1)).await;
+    assert!(matches!(
+        DatabaseAuthMessage::decode(&raw.recv().await.unwrap().body).unwrap(),
+        DatabaseAuthMessage::Authenticated { .. }
+    ));
+    let hello = HelloMessage("metrics".into()).to_frame();
+    let ids = CapabilitiesMessage::GetProtocolIds.to_frame();
+    // 5 Hellos, a Capabilities request (answered by a task that waits), 3 more Hellos.
+    let mut batch = Vec::new();
+    for frame in std::iter::repeat_n(&hello, 5)
+        .chain([&ids])
+        .chain(std::iter::repeat_n(&hello, 3))
+    {
+        batch.extend_from_slice(&frame.to_bytes().unwrap());
+    }
+    raw.send_bytes(&batch).await;
+    let mut hello_bytes_out = 0;
+    for i in 0..9 {
+        let answer = tokio::time::timeout(WAIT, raw.recv())
+            .await
+            .expect("an answer in time")
+            .expect("the session stays open");
+        let expected = if i == 5 { 0 } else { 10 };
+        assert_eq!(answer.protocol_id, expected, "answer {i} in request order");
+        if expected == 10 {
+            hello_bytes_out += answer.wire_len();
+        }
+    }
+    let text = server.handle.metrics().encode_prometheus();
+    let hello_in = 8 * hello.wire_len();
+    for (name, value) in [
+        ("openserver_frames_received_total{protocol_id=\"10\"}", 8.0),
+        (
+            "openserver_received_bytes_total{protocol_id=\"10\"}",
+            hello_in as f64,
+        ),
+        ("openserver_frames_received_total{protocol_id=\"0\"}", 1.0),
+        ("openserver_frames_sent_total{protocol_id=\"10\"}", 8.0),
+        (
+            "openserver_sent_bytes_total{protocol_id=\"10\"}",
+            hello_bytes_out as f64,
+        ),
+        ("openserver_frames_sent_total{protocol_id=\"0\"}", 1.0),
+        (
+            "openserver_handler_duration_seconds_count{protocol_id=\"10\"}",
+            8.0,
+        ),
+    ] {
+        assert_eq!(sample(&text, name), value, "{name}");
+    }
+}

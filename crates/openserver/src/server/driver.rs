@@ -8,7 +8,7 @@
 
 use super::events::{EventBus, SessionEvent};
 use super::link::ServerLink;
-use super::metrics::{SessionGauge, SessionState};
+use super::metrics::{PacketRuns, SessionGauge, SessionState};
 use super::Limits;
 use crate::protocol::{HandlerError, Protocol, ProtocolHandler, ProtocolSet, Reply, TryPacket};
 use crate::session::engine::{Engine, EngineOptions};
@@ -132,6 +132,8 @@ where
         session.attach_server(ctx.link.clone());
         let mut gauge = SessionGauge::new(ctx.link.metrics.clone(), SessionState::Authenticating);
         let mut handlers = Handlers::default();
+        let mut runs = PacketRuns::default();
+        let metrics = &*ctx.link.metrics;
         if session.is_authenticated() {
             // Logged in before the first frame (client certificate).
             on_login(ctx, limits, session, &mut handlers, engine.codec_mut());
@@ -146,7 +148,7 @@ where
                     break;
                 };
                 id = frame.protocol_id;
-                ctx.link.metrics.protocol(id).received(frame.wire_len());
+                runs.received(metrics, id, frame.wire_len());
                 if ctx.log_packets {
                     log_inbound(&frame);
                 }
@@ -159,15 +161,29 @@ where
             let outcome = {
                 let dispatched = dispatched;
                 match dispatched {
-                    Dispatched::Handled(outcome) => outcome,
+                    Dispatched::Handled(outcome) => {
+                        // Timed with the packets answered at once around it.
+                        runs.answered(metrics, id, || engine.lap());
+                        outcome
+                    }
                     Dispatched::Wait(handling) => {
-                        engine.run(handling.instrument(span.clone())).await
+                        if runs.has_untimed() {
+                            runs.time_untimed(metrics, engine.lap());
+                        }
+                        let outcome = engine.run(handling.instrument(span.clone())).await;
+                        let lap = engine.lap();
+                        if by_handler {
+                            metrics.protocol(id).handled(1, lap);
+                        }
+                        outcome
                     }
                 }
             };
-            let lap = engine.lap();
+            if !engine.frame_ready() {
+                // The read's last packet: what they count goes out before its answers do.
+                runs.flush(metrics, || engine.lap());
+            }
             if by_handler {
-                ctx.link.metrics.protocol(id).handled(lap);
                 if let Err(e) = outcome {
                     if !matches!(e, HandlerError::Closed) {
                         let protocol = protocol_name(ctx, id);
@@ -190,6 +206,7 @@ where
                 session.close(CloseReason::AuthFailures);
             }
         }
+        runs.flush(metrics, || engine.lap());
         // Boxed: a session closes once, and its task need not carry this inline.
         Box::pin(handlers.close(session)).await;
         drop(handlers);

@@ -3,7 +3,7 @@
 
 use super::gate::{Gatekeeper, Mismatch};
 use super::metrics::ServerMetrics;
-use crate::session::telemetry::SessionHost;
+use crate::session::telemetry::{SessionHost, Tally};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -25,8 +25,8 @@ impl SessionHost for ServerLink {
         !self.gate.penalty_remaining(ip).is_zero()
     }
 
-    fn frame_queued(&self, protocol_id: u16, wire_len: usize) {
-        self.metrics.protocol(protocol_id).sent(wire_len);
+    fn frames_sent(&self, run: Tally) {
+        self.metrics.protocol(run.protocol_id).sent(run);
     }
 
     fn peer_speaks_tls(&self, peer: SocketAddr) {

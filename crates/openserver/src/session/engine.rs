@@ -174,6 +174,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         lap
     }
 
+    /// Whether the next [`next_frame`](Self::next_frame) has a whole frame at hand, so that
+    /// it returns without writing or reading: what was handled so far is not the read's last.
+    pub(crate) fn frame_ready(&self) -> bool {
+        !self.session.is_closing() && self.codec.has_frame(&self.read_buf)
+    }
+
     /// The frame codec, to change its limit.
     pub(crate) fn codec_mut(&mut self) -> &mut FrameCodec {
         &mut self.codec
@@ -417,8 +423,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             self.write_blocked_since = UNSET;
             // Swapped for the next batch: this buffer becomes the outbox's.
             let outbox = &self.session.inner.outbox;
-            if !outbox.take(&mut self.write_buf, cx.waker()) {
+            let Some(run) = outbox.take(&mut self.write_buf, cx.waker()) else {
                 return Ok(true);
+            };
+            if let Some(host) = self.session.host() {
+                host.frames_sent(run);
             }
         }
     }

@@ -374,6 +374,11 @@ impl Session {
     /// Records what the session now knows of its peer's text encoding.
     pub fn set_text_mode(&self, mode: TextMode) {
         let byte = text_mode_byte(mode);
+        // A plain load first: the mode is learnt once, and a swap on every message (a locked
+        // instruction) would cost more than the check.
+        if self.inner.text.load(Ordering::Relaxed) == byte {
+            return;
+        }
         if self.inner.text.swap(byte, Ordering::Relaxed) != byte && mode == TextMode::Latin1 {
             tracing::debug!(
                 session = self.id(),
@@ -511,23 +516,27 @@ impl Session {
             return Err(SendError::Closed);
         }
         let log_packets = self.inner.log_packets;
-        let pushed = self.inner.outbox.push_checked(register, !reserved, |dst| {
-            let start = dst.len();
-            let len = encode(dst)?;
-            if log_packets {
-                tracing::info!(
-                    direction = "out",
-                    protocol_id,
-                    bytes = %hex::encode(&dst[start..]),
-                    "packet"
-                );
-            }
-            Ok(len)
-        });
+        let pushed = self
+            .inner
+            .outbox
+            .push_checked(register, !reserved, protocol_id, |dst| {
+                let start = dst.len();
+                let len = encode(dst)?;
+                if log_packets {
+                    tracing::info!(
+                        direction = "out",
+                        protocol_id,
+                        bytes = %hex::encode(&dst[start..]),
+                        "packet"
+                    );
+                }
+                Ok(len)
+            });
         match pushed {
-            Ok(len) => {
-                if let Some(host) = self.host() {
-                    host.frame_queued(protocol_id, len);
+            Ok(ended) => {
+                // The queue counts its last run itself, when the engine takes it.
+                if let (Some(run), Some(host)) = (ended, self.host()) {
+                    host.frames_sent(run);
                 }
                 Ok(())
             }
@@ -715,7 +724,11 @@ mod tests {
         assert!(!waiting.is_finished());
         // The engine takes the queue: the waiting sender gets its room.
         let waker = futures::task::noop_waker();
-        assert!(s.inner.outbox.take(&mut bytes::BytesMut::new(), &waker));
+        assert!(s
+            .inner
+            .outbox
+            .take(&mut bytes::BytesMut::new(), &waker)
+            .is_some());
         waiting.await.unwrap().unwrap();
         assert_eq!(queued(&s), vec![KeepAliveMessage::KeepAlive.to_frame()]);
         let blocked = tokio::spawn({

@@ -10,8 +10,10 @@
 //! non-waiting sends fail with `Full`.
 
 use super::lock;
+use super::telemetry::Tally;
 use crate::wire::FrameError;
 use bytes::BytesMut;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::task::Waker;
 use tokio::sync::Notify;
@@ -24,6 +26,12 @@ const INITIAL_CAPACITY: usize = 512;
 pub(crate) struct Outbox {
     /// Locked for one append or one take, never across an await.
     state: Mutex<State>,
+    /// `State::frames`, written under the lock and read without it: the fast path asks
+    /// "is there room?" for every packet, and a lock costs more than the answer is worth
+    /// (a stale reading only lets the fast path's one reply overshoot, as it may anyway).
+    queued: AtomicU32,
+    /// The most frames the queue may hold.
+    depth: u32,
     /// Senders waiting for room: notified when the engine takes the queue, and on close.
     room: Notify,
 }
@@ -33,8 +41,9 @@ struct State {
     buf: BytesMut,
     /// How many frames `buf` holds.
     frames: u32,
-    /// The most frames `buf` may hold.
-    depth: u32,
+    /// The frames of the last run of one protocol in `buf`, counted when the engine takes
+    /// them (earlier runs were handed back to their senders to count).
+    run: Tally,
     /// Senders registered in `room`, so that a take notifies only when someone waits.
     waiting: u32,
     /// The engine's waker, while it waits for something to write.
@@ -57,10 +66,12 @@ impl Outbox {
             state: Mutex::new(State {
                 buf: BytesMut::new(),
                 frames: 0,
-                depth: u32::try_from(depth).unwrap_or(u32::MAX).max(1),
+                run: Tally::default(),
                 engine: None,
                 waiting: 0,
             }),
+            queued: AtomicU32::new(0),
+            depth: u32::try_from(depth).unwrap_or(u32::MAX).max(1),
             room: Notify::new(),
         }
     }
@@ -71,23 +82,26 @@ impl Outbox {
         &self,
         register: bool,
         encode: impl FnOnce(&mut BytesMut) -> Result<usize, FrameError>,
-    ) -> Result<usize, PushError> {
-        self.push_checked(register, true, encode)
+    ) -> Result<Option<Tally>, PushError> {
+        self.push_checked(register, true, 7, encode)
     }
 
-    /// Appends one frame that `encode` writes (returning its wire length) and wakes the engine
-    /// if it waits. With `register` set, a full queue also counts the caller among the
-    /// senders waiting for room (see [`room`](Self::room) and [`unregister`](Self::unregister)).
-    /// The depth is checked only if `bounded`: a fast-path reply whose room
-    /// [`has_room`](Self::has_room) saw goes in even if another sender took it since.
+    /// Appends one frame of `protocol_id` that `encode` writes (returning its wire length)
+    /// and wakes the engine if it waits. With `register` set, a full queue also counts the
+    /// caller among the senders waiting for room (see [`room`](Self::room) and
+    /// [`unregister`](Self::unregister)). The depth is checked only if `bounded`: a fast-path
+    /// reply whose room [`has_room`](Self::has_room) saw goes in even if another sender took
+    /// it since. A frame of another protocol than the queue's last ends that protocol's run,
+    /// which is returned for the caller to count.
     pub(crate) fn push_checked(
         &self,
         register: bool,
         bounded: bool,
+        protocol_id: u16,
         encode: impl FnOnce(&mut BytesMut) -> Result<usize, FrameError>,
-    ) -> Result<usize, PushError> {
+    ) -> Result<Option<Tally>, PushError> {
         let mut state = lock(&self.state);
-        if bounded && state.frames >= state.depth {
+        if bounded && state.frames >= self.depth {
             state.waiting += u32::from(register);
             return Err(PushError::Full);
         }
@@ -104,12 +118,14 @@ impl Outbox {
             }
         };
         state.frames += 1;
+        self.queued.store(state.frames, Ordering::Relaxed);
+        let ended = state.run.add(protocol_id, len);
         let engine = state.engine.take();
         drop(state);
         if let Some(engine) = engine {
             engine.wake();
         }
-        Ok(len)
+        Ok(ended)
     }
 
     /// Where senders wait for room; create the `Notified` and enable it before the `push`
@@ -130,26 +146,29 @@ impl Outbox {
     }
 
     /// For the engine: swaps every queued frame into `dst` (which must be empty; its
-    /// allocation becomes the queue's, for the next frames) and returns true; or, with nothing
-    /// queued, keeps `waker` to be woken by the next push and returns false.
-    pub(crate) fn take(&self, dst: &mut BytesMut, waker: &Waker) -> bool {
+    /// allocation becomes the queue's, for the next frames) and returns the last run of
+    /// frames, to be counted; or, with nothing queued, keeps `waker` to be woken by the next
+    /// push and returns `None`.
+    pub(crate) fn take(&self, dst: &mut BytesMut, waker: &Waker) -> Option<Tally> {
         let mut state = lock(&self.state);
         if state.buf.is_empty() {
             if !state.engine.as_ref().is_some_and(|w| w.will_wake(waker)) {
                 state.engine = Some(waker.clone());
             }
-            return false;
+            return None;
         }
         debug_assert!(dst.is_empty());
         dst.clear();
         std::mem::swap(&mut state.buf, dst);
         state.frames = 0;
+        self.queued.store(0, Ordering::Relaxed);
+        let run = std::mem::take(&mut state.run);
         let notify = state.waiting > 0;
         drop(state);
         if notify {
             self.room.notify_waiters();
         }
-        true
+        Some(run)
     }
 
     /// Frees the queue's buffer if it holds nothing (the session has gone quiet).
@@ -186,13 +205,12 @@ impl Outbox {
 
     /// Whether a bounded push would find room now.
     pub(crate) fn has_room(&self) -> bool {
-        let state = lock(&self.state);
-        state.frames < state.depth
+        self.queued.load(Ordering::Relaxed) < self.depth
     }
 
     /// Frames queued now.
     pub(crate) fn len(&self) -> usize {
-        lock(&self.state).frames as usize
+        self.queued.load(Ordering::Relaxed) as usize
     }
 
     /// The queued bytes, for tests.
@@ -217,7 +235,7 @@ mod tests {
         }
     }
 
-    fn push(outbox: &Outbox, body: &'static [u8]) -> Result<usize, PushError> {
+    fn push(outbox: &Outbox, body: &'static [u8]) -> Result<Option<Tally>, PushError> {
         outbox.push(false, |dst| {
             let frame = Frame::new(7, body);
             frame.encode_into(dst)?;
@@ -228,7 +246,7 @@ mod tests {
     #[test]
     fn frames_queue_in_order_up_to_the_depth() {
         let outbox = Outbox::new(2);
-        assert_eq!(push(&outbox, b"a").unwrap(), 9);
+        assert_eq!(push(&outbox, b"a").unwrap(), None);
         push(&outbox, b"b").unwrap();
         assert!(matches!(push(&outbox, b"c"), Err(PushError::Full)));
         assert_eq!(outbox.len(), 2);
@@ -244,7 +262,7 @@ mod tests {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let mut dst = BytesMut::new();
-        assert!(!outbox.take(&mut dst, &waker));
+        assert!(outbox.take(&mut dst, &waker).is_none());
         push(&outbox, b"a").unwrap();
         assert_eq!(
             count.0.load(Ordering::SeqCst),
@@ -252,7 +270,8 @@ mod tests {
             "the push woke the engine"
         );
         push(&outbox, b"b").unwrap_err();
-        assert!(outbox.take(&mut dst, &waker));
+        let run = outbox.take(&mut dst, &waker).expect("a frame was queued");
+        assert_eq!((run.protocol_id, run.frames, run.bytes), (7, 1, 9));
         assert_eq!(dst.len(), 9);
         assert_eq!(outbox.len(), 0);
         // Room again; the waker was used up by the first push.
@@ -265,10 +284,40 @@ mod tests {
         let outbox = Outbox::new(4);
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
-        assert!(!outbox.take(&mut BytesMut::new(), &waker));
+        assert!(outbox.take(&mut BytesMut::new(), &waker).is_none());
         outbox.disarm();
         push(&outbox, b"a").unwrap();
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn runs_of_one_protocol_are_counted_once_each() {
+        let outbox = Outbox::new(8);
+        let frame = |id: u16| {
+            move |dst: &mut BytesMut| {
+                let frame = Frame::new(id, &b"x"[..]);
+                frame.encode_into(dst)?;
+                Ok(frame.wire_len())
+            }
+        };
+        assert_eq!(
+            outbox.push_checked(false, true, 10, frame(10)).unwrap(),
+            None
+        );
+        assert_eq!(
+            outbox.push_checked(false, true, 10, frame(10)).unwrap(),
+            None
+        );
+        let ended = outbox.push_checked(false, true, 1, frame(1)).unwrap();
+        assert_eq!(
+            ended.map(|r| (r.protocol_id, r.frames, r.bytes)),
+            Some((10, 2, 18))
+        );
+        let waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+        let last = outbox.take(&mut BytesMut::new(), &waker).unwrap();
+        assert_eq!((last.protocol_id, last.frames), (1, 1));
+        assert_eq!(outbox.len(), 0);
+        assert!(outbox.has_room());
     }
 
     #[test]

@@ -17,12 +17,50 @@ pub(crate) trait SessionHost: Send + Sync + 'static {
     /// Whether `ip`'s source is serving a failed-login penalty.
     fn source_penalized(&self, ip: IpAddr) -> bool;
 
-    /// A frame of `wire_len` bytes (header included) of `protocol_id` was queued for the peer.
-    fn frame_queued(&self, protocol_id: u16, wire_len: usize);
+    /// A run of frames of one protocol was handed to the connection (see [`Tally`]).
+    fn frames_sent(&self, run: Tally);
 
     /// `peer` sent a TLS record where a frame should start (a TLS client on a plaintext
     /// listener): the server logs it once per source.
     fn peer_speaks_tls(&self, peer: SocketAddr);
+}
+
+/// Frames of one protocol counted together: the per-protocol metrics of every frame are added
+/// once per run (a read's packets, a write's answers), not once per frame, since each addition
+/// is an atomic instruction that costs as much as a small handler.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tally {
+    /// The protocol of every frame of the run.
+    pub protocol_id: u16,
+    /// Frames in the run.
+    pub frames: u32,
+    /// Their wire bytes, headers included.
+    pub bytes: u64,
+}
+
+impl Tally {
+    /// Adds a frame of `wire_len` bytes. A frame of another protocol starts a new run: the
+    /// run so far is returned, for the caller to report.
+    pub(crate) fn add(&mut self, protocol_id: u16, wire_len: usize) -> Option<Tally> {
+        let bytes = wire_len as u64;
+        if self.frames == 0 || self.protocol_id != protocol_id || self.frames == u32::MAX {
+            let done = self.take();
+            *self = Tally {
+                protocol_id,
+                frames: 1,
+                bytes,
+            };
+            return done;
+        }
+        self.frames += 1;
+        self.bytes = self.bytes.saturating_add(bytes);
+        None
+    }
+
+    /// The run so far, if it holds a frame, leaving an empty one.
+    pub(crate) fn take(&mut self) -> Option<Tally> {
+        (self.frames > 0).then(|| std::mem::take(self))
+    }
 }
 
 impl Session {
@@ -51,5 +89,28 @@ impl Session {
     /// The server above this session, on a server session.
     pub(crate) fn host(&self) -> Option<&dyn SessionHost> {
         self.inner.server.get().map(|host| &**host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn a_run_ends_where_the_protocol_changes() {
+        let mut t = Tally::default();
+        assert_eq!(t.add(10, 20), None);
+        assert_eq!(t.add(10, 30), None);
+        let run = t.add(1, 8).expect("a new protocol ends the run");
+        assert_eq!((run.protocol_id, run.frames, run.bytes), (10, 2, 50));
+        assert_eq!(
+            t.take(),
+            Some(Tally {
+                protocol_id: 1,
+                frames: 1,
+                bytes: 8
+            })
+        );
+        assert_eq!(t.take(), None, "taken runs are not counted twice");
     }
 }

@@ -183,6 +183,15 @@ impl FrameCodec {
         self.max_payload = max_payload.max(MIN_PAYLOAD);
     }
 
+    /// Whether `src` starts with a whole frame that [`decode`](Decoder::decode) would return
+    /// now (`false` for a partial or refused one).
+    pub(crate) fn has_frame(&self, src: &[u8]) -> bool {
+        src.len() >= HEADER_LEN
+            && self
+                .check_header(&src[..HEADER_LEN])
+                .is_ok_and(|payload| src.len() >= HEADER_LEN + payload)
+    }
+
     /// Validates a complete header and returns the payload length it announces.
     fn check_header(&self, header: &[u8]) -> Result<usize, FrameError> {
         let magic = u16::from_le_bytes([header[0], header[1]]);
@@ -280,6 +289,20 @@ mod tests {
         let bytes = [0x53, 0x55, 0x03, 0, 0, 0, 0x01, 0x00, 0x01];
         let frames = decode_all(&mut FrameCodec::default(), &bytes).unwrap();
         assert_eq!(frames, vec![Frame::new(1, vec![1u8])]);
+    }
+
+    #[test]
+    fn has_frame_says_what_decode_would_return() {
+        let bytes = [0x53, 0x55, 0x03, 0, 0, 0, 0x01, 0x00, 0x01];
+        let codec = FrameCodec::default();
+        for cut in 0..bytes.len() {
+            assert!(!codec.has_frame(&bytes[..cut]), "cut at {cut}");
+        }
+        assert!(codec.has_frame(&bytes));
+        assert!(
+            !codec.has_frame(&[0xFF, 0xFF, 3, 0, 0, 0, 1, 0, 1]),
+            "a bad magic is no frame"
+        );
     }
 
     #[test]

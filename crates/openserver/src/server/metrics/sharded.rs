@@ -114,18 +114,28 @@ pub(crate) struct LatencyHistogram {
 }
 
 impl LatencyHistogram {
-    /// Counts one observation of `elapsed`.
-    pub(crate) fn observe(&self, elapsed: Duration) {
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+    /// Counts `n` observations that took `total` together, each as their mean: the bucket
+    /// counts are approximate for the run, the sum exact.
+    pub(crate) fn observe_many(&self, n: u32, total: Duration) {
+        if n == 0 {
+            return;
+        }
+        let nanos = u64::try_from(total.as_nanos()).unwrap_or(u64::MAX);
+        let mean = nanos / u64::from(n);
         // Buckets are "less than or equal": the first bound not below the value. A scan from
         // the smallest, since nearly every handler lands in the first buckets.
         let at = LATENCY_BOUNDS_NANOS
             .iter()
-            .position(|bound| nanos <= *bound)
+            .position(|bound| mean <= *bound)
             .unwrap_or(LATENCY_BOUNDS_NANOS.len());
         let cells = &self.shards[shard()].0;
-        cells.buckets[at].fetch_add(1, Ordering::Relaxed);
+        cells.buckets[at].fetch_add(u64::from(n), Ordering::Relaxed);
         cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Counts one observation of `elapsed`.
+    pub(crate) fn observe(&self, elapsed: Duration) {
+        self.observe_many(1, elapsed);
     }
 
     /// Observations per bucket (the last above every bound) and their sum in nanoseconds.
