@@ -483,3 +483,189 @@ async fn a_database_gone_away_is_an_error_naming_the_host_not_a_hang() {
     // Nothing answers from memory instead.
     assert!(store.find_user("alice").await.is_err());
 }
+
+/// A PostgreSQL serving TLS with a certificate for 127.0.0.1 and localhost, the directory
+/// holding `ca.pem` (the CA that signed it) and `other-ca.pem` (a CA that did not).
+fn start_tls(test: &str) -> Option<(Postgres, tempfile::TempDir)> {
+    let made = openserver::tls::self_signed::generate(&[]).unwrap();
+    let other = openserver::tls::self_signed::generate(&[]).unwrap();
+    let pg = Postgres::start_tls(test, &made.cert_pem, &made.key_pem)?;
+    let cas = tempfile::tempdir().unwrap();
+    std::fs::write(cas.path().join("ca.pem"), &made.ca_pem).unwrap();
+    std::fs::write(cas.path().join("other-ca.pem"), &other.ca_pem).unwrap();
+    Some((pg, cas))
+}
+
+/// How many of the store's connections (application_name `openserver`) use TLS, and how
+/// many do not, asked over a connection of the test's own.
+async fn tls_connections(pg: &Postgres) -> (i64, i64) {
+    let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+             FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'openserver'",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn logins_go_over_tls_verified_against_the_given_ca() {
+    let Some((pg, cas)) = start_tls("logins_go_over_tls_verified_against_the_given_ca") else {
+        return;
+    };
+    let ca = cas.path().join("ca.pem");
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        pg.url(),
+        ca.display()
+    );
+    let store = PostgresUserStore::open(&url, fast_hasher(), patient())
+        .await
+        .unwrap_or_else(|e| panic!("open: {e}\n{}", pg.log()))
+        .with_scram(SCRAM_TEST_ITERATIONS)
+        .unwrap();
+    store
+        .add_user("alice", &pw("secret"), &roles(&["ops"]))
+        .await
+        .unwrap();
+    let server = Server::builder(lenient())
+        .user_store(Arc::new(store.clone()))
+        .scram()
+        .hello()
+        .bind()
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(server.run());
+    for how in [Login::Db, Login::Scram] {
+        login(addr, how, "alice", "secret").await.unwrap();
+        assert_eq!(
+            login(addr, how, "alice", "wrong").await,
+            Err(ClientError::AccessDenied)
+        );
+    }
+    let (tls, plain) = tls_connections(&pg).await;
+    assert!(tls >= 1 && plain == 0, "{tls} over TLS, {plain} not");
+
+    // libpq's key=value form; a name the certificate does not hold: verify-full refuses it,
+    // verify-ca (the CA only) takes it.
+    let by_name = |mode: &str| {
+        format!(
+            "host=db.invalid hostaddr=127.0.0.1 port={} user=postgres password={PASSWORD} \
+             dbname=postgres sslmode={mode} sslrootcert='{}'",
+            pg.port,
+            ca.display()
+        )
+    };
+    let err = PostgresUserStore::open(&by_name("verify-full"), fast_hasher(), patient())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not valid for this server name") && err.contains("sslmode=verify-ca"),
+        "{err}"
+    );
+    assert!(!err.contains(PASSWORD), "{err}");
+    let store = PostgresUserStore::open(&by_name("verify-ca"), fast_hasher(), patient())
+        .await
+        .unwrap();
+    assert!(store
+        .verify_password("alice", &pw("secret"))
+        .await
+        .unwrap()
+        .is_some());
+
+    // require without a CA: encrypted, the certificate unchecked.
+    let store = PostgresUserStore::open(
+        &format!("{}?sslmode=require", pg.url()),
+        fast_hasher(),
+        patient(),
+    )
+    .await
+    .unwrap();
+    assert!(store
+        .verify_password("alice", &pw("secret"))
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused_with_what_to_do() {
+    let Some((pg, cas)) = start_tls("a_certificate_from_another_ca_is_refused") else {
+        return;
+    };
+    let other = cas.path().join("other-ca.pem");
+    // verify-full and, as libpq with a root certificate, require: both check the CA.
+    for mode in ["verify-full", "require"] {
+        let url = format!(
+            "{}?sslmode={mode}&sslrootcert={}",
+            pg.url(),
+            other.display()
+        );
+        let err = PostgresUserStore::open(&url, fast_hasher(), patient())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("127.0.0.1:{}/postgres as postgres", pg.port)),
+            "{err}"
+        );
+        assert!(
+            err.contains("TLS certificate was refused")
+                && err.contains("trusted CA")
+                && err.contains(&format!("check that sslrootcert ({})", other.display())),
+            "{mode}: {err}"
+        );
+        assert!(!err.contains(PASSWORD), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn tls_required_of_a_server_without_it_is_refused_with_what_to_do() {
+    let Some(pg) = Postgres::start("tls_required_of_a_server_without_it") else {
+        return;
+    };
+    let cas = tempfile::tempdir().unwrap();
+    let ca = cas.path().join("ca.pem");
+    std::fs::write(
+        &ca,
+        openserver::tls::self_signed::generate(&[]).unwrap().ca_pem,
+    )
+    .unwrap();
+    for mode in ["require", "verify-full"] {
+        let err = PostgresUserStore::open(
+            &format!("{}?sslmode={mode}&sslrootcert={}", pg.url(), ca.display()),
+            fast_hasher(),
+            patient(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("does not accept TLS")
+                && err.contains(&format!("sslmode={mode} requires it"))
+                && err.contains("ssl = on"),
+            "{err}"
+        );
+        assert!(!err.contains(PASSWORD), "{err}");
+    }
+    // prefer (libpq's default) falls back to plaintext; disable never asks.
+    for mode in ["prefer", "disable"] {
+        let store = PostgresUserStore::open(
+            &format!("{}?sslmode={mode}", pg.url()),
+            fast_hasher(),
+            patient(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(store.user_count().await.unwrap(), 0);
+    }
+}

@@ -16,6 +16,7 @@
 mod common;
 mod hasher;
 mod postgres;
+mod postgres_tls;
 pub mod scram;
 mod sqlite;
 pub mod token;

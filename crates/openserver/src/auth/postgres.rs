@@ -5,6 +5,7 @@
 use super::common::{
     self, normalize_roles, user_id, DerivingSet, DEFAULT_FAKE_ITERATIONS, SCRAM_SECRET_SETTING,
 };
+use super::postgres_tls::{self, TlsSettings};
 use super::scram::ScramCredentials;
 use super::{AuthError, PasswordHasher, ScramLookup, User, UserStore};
 use crate::wire::Secret;
@@ -16,9 +17,8 @@ use std::future::Future;
 use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 /// Schema migrations; entry `i` takes the version in `openserver_schema` from `i` to `i + 1`.
 /// Append only. Tables carry an `openserver_` prefix so the store can share a database.
@@ -62,7 +62,7 @@ const ROLES_OF_U: &str = "ARRAY(SELECT r.role FROM openserver_user_roles r
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PostgresOptions {
-    /// Longest wait for a new connection to be set up (TCP, TLS-less startup, login).
+    /// Longest wait for a new connection to be set up (TCP, TLS handshake, login).
     /// Default 5 s.
     pub connect_timeout: Duration,
     /// Longest a store call waits for the database's answers, and longest it waits for a
@@ -112,12 +112,14 @@ impl PostgresOptions {
 ///
 /// The schema (tables prefixed `openserver_`, version in `openserver_schema`) is created or
 /// upgraded at [`open`](Self::open), under an advisory lock, so servers may start together.
-/// Connections are plaintext (no TLS): keep the database on a private network or loopback.
+/// TLS as libpq's `sslmode` and `sslrootcert` say (see [`open`](Self::open)).
 #[derive(Clone)]
 pub struct PostgresUserStore {
     pool: Pool,
     /// "host:port/db as user", for messages; never the password.
     target: Arc<str>,
+    /// `sslmode` and `sslrootcert`, for the errors of a failed handshake.
+    tls: Arc<TlsSettings>,
     /// Scrubbed from error texts, in case a driver message ever quotes it.
     password: Option<Arc<str>>,
     query_timeout: Duration,
@@ -134,25 +136,36 @@ impl PostgresUserStore {
     /// Connects to the database at `url` (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`, or
     /// libpq's `key=value` form), creating or upgrading the schema. Without a password in
     /// `url`, the `PGPASSWORD` environment variable is used if set.
+    ///
+    /// TLS follows libpq's `sslmode` (`PGSSLMODE` when the URL has none; default `prefer`):
+    /// `disable` never; `prefer` (and `allow`) when the server offers it; `require` always,
+    /// the certificate unchecked unless `sslrootcert` is given; `verify-ca` always, the
+    /// certificate chaining to `sslrootcert` (a PEM file; `PGSSLROOTCERT` when absent) or, unset,
+    /// the system's roots, any name; `verify-full` as `verify-ca` and valid for the host
+    /// connected to. `sslrootcert=system` means the system's roots and `verify-full`. Never over
+    /// unix sockets, as libpq. Client certificates (`sslcert`, `sslkey`) are refused.
     pub async fn open(
         url: &str,
         hasher: PasswordHasher,
         options: PostgresOptions,
     ) -> Result<Self, AuthError> {
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+        let (url_without_tls, tls) = postgres_tls::split_url(url, |k| std::env::var(k).ok())
+            .map_err(|e| AuthError::Store(format!("{}: {e}", redact_url(url))))?;
+        let mut config = tokio_postgres::Config::from_str(&url_without_tls).map_err(|e| {
             AuthError::Store(format!(
                 "invalid PostgreSQL URL {}: {} (expected postgres://USER@HOST:PORT/DB)",
                 redact_url(url),
                 describe(&e)
             ))
         })?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(AuthError::Store(format!(
-                "{}: sslmode=require, but this store connects without TLS; remove sslmode \
-                 and keep the database on loopback or a private network (or a TLS tunnel)",
-                redact_url(url)
-            )));
-        }
+        let all_unix = !config.get_hosts().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| !matches!(h, Host::Tcp(_)));
+        let (ssl_mode, connector) = postgres_tls::connector(&tls, all_unix)
+            .map_err(|e| AuthError::Store(format!("{}: {e}", redact_url(url))))?;
+        config.ssl_mode(ssl_mode);
         if config.get_password().is_none() {
             if let Ok(password) = std::env::var("PGPASSWORD") {
                 config.password(password);
@@ -179,7 +192,7 @@ impl PostgresUserStore {
         }
         let manager = Manager::from_config(
             config,
-            NoTls,
+            connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -192,9 +205,11 @@ impl PostgresUserStore {
             .recycle_timeout(Some(options.query_timeout))
             .build()
             .map_err(|e| AuthError::Store(format!("cannot set up the PostgreSQL pool: {e}")))?;
+        tracing::debug!(target = %target, tls = %tls.describe(), "PostgreSQL user store");
         let mut store = PostgresUserStore {
             pool,
             target: target.into(),
+            tls: Arc::new(tls),
             password,
             query_timeout: options.query_timeout,
             hasher,
@@ -598,6 +613,14 @@ impl PostgresUserStore {
     /// what to check.
     async fn client(&self) -> Result<deadpool_postgres::Client, AuthError> {
         self.pool.get().await.map_err(|e| {
+            if let PoolError::Backend(e) = &e {
+                if let Some(problem) = postgres_tls::problem(e, &self.tls) {
+                    return AuthError::Store(self.scrub(format!(
+                        "cannot connect to the PostgreSQL user store at {}: {problem}",
+                        self.target
+                    )));
+                }
+            }
             let detail = match &e {
                 PoolError::Backend(e) => describe(e),
                 PoolError::Timeout(_) => "timed out".to_owned(),
@@ -802,7 +825,7 @@ fn is_login_refusal(e: &tokio_postgres::Error) -> bool {
 }
 
 /// The error with its causes (tokio-postgres' own text stops at the kind, such as "db error").
-fn describe(e: &tokio_postgres::Error) -> String {
+pub(super) fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{} ({})", db.message(), db.code().code());
     }
@@ -975,17 +998,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tls_required_is_refused_clearly() {
-        let err = PostgresUserStore::open(
-            "postgres://os:s3cret@db/users?sslmode=require",
-            hasher(),
-            PostgresOptions::default(),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("without TLS"), "{err}");
-        assert!(!err.contains("s3cret"), "{err}");
+    async fn bad_tls_settings_are_refused_clearly() {
+        for (url, want) in [
+            (
+                "postgres://os:s3cret@db/users?sslmode=verify",
+                "is not one of disable",
+            ),
+            (
+                "postgres://os:s3cret@db/users?sslkey=/k.pem",
+                "client certificates are not supported",
+            ),
+            (
+                "postgres://os:s3cret@db/users?sslmode=verify-full&sslrootcert=/nonexistent.pem",
+                "cannot use sslrootcert /nonexistent.pem",
+            ),
+        ] {
+            let err = PostgresUserStore::open(url, hasher(), PostgresOptions::default())
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 
     #[tokio::test]

@@ -693,10 +693,16 @@ fn handshake_error(addr: &str, e: &HandshakeFailure) -> ClientError {
 }
 
 /// Why the server's certificate was not accepted, in words.
-fn certificate_problem(why: &rustls::CertificateError) -> String {
+pub(crate) fn certificate_problem(why: &rustls::CertificateError) -> String {
     use rustls::CertificateError as E;
     match why {
         E::UnknownIssuer => "its certificate is not issued by a trusted CA".into(),
+        // The issuer's name is a trusted CA's, the signature is not: another CA of that name.
+        E::BadSignature => {
+            "its certificate is not signed by the trusted CA of its issuer's name (another CA \
+             of the same name, or a damaged certificate)"
+                .into()
+        }
         E::NotValidForName | E::NotValidForNameContext { .. } => {
             "its certificate is not valid for this server name".into()
         }

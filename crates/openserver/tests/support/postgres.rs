@@ -25,6 +25,16 @@ impl Postgres {
     /// Starts one for the test `test`. When PostgreSQL is not installed: panics if `CI` is
     /// set, else prints a loud SKIPPED line and returns `None` (the caller returns).
     pub fn start(test: &str) -> Option<Postgres> {
+        Self::start_with(test, None)
+    }
+
+    /// As [`start`](Self::start), with TLS on (`ssl = on`, plaintext still accepted, as
+    /// pg_hba's `host` lines allow both): this certificate chain and key, PEM.
+    pub fn start_tls(test: &str, cert_pem: &str, key_pem: &str) -> Option<Postgres> {
+        Self::start_with(test, Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(test: &str, tls: Option<(&str, &str)>) -> Option<Postgres> {
         let Some(bin) = find_bin() else {
             let msg = format!(
                 "{test}: PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); \
@@ -40,7 +50,7 @@ impl Postgres {
         let mut last_error = String::new();
         // A free port may be taken between our probe and PostgreSQL's bind: try a few.
         for _ in 0..3 {
-            match Self::try_start(&bin, as_postgres_user) {
+            match Self::try_start(&bin, as_postgres_user, tls) {
                 Ok(pg) => return Some(pg),
                 Err(e) => last_error = e,
             }
@@ -48,7 +58,11 @@ impl Postgres {
         panic!("{test}: cannot start PostgreSQL: {last_error}");
     }
 
-    fn try_start(bin: &Path, as_postgres_user: bool) -> Result<Postgres, String> {
+    fn try_start(
+        bin: &Path,
+        as_postgres_user: bool,
+        tls: Option<(&str, &str)>,
+    ) -> Result<Postgres, String> {
         let dir = tempfile::Builder::new()
             .prefix("openserver-pg-")
             .tempdir()
@@ -87,11 +101,32 @@ impl Postgres {
                 "--locale=C".as_ref(),
             ],
         )?;
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60",
             pg.port,
             pg.dir.path().display()
         );
+        if let Some((cert_pem, key_pem)) = tls {
+            let cert = pg.dir.path().join("server.crt");
+            let key = pg.dir.path().join("server.key");
+            std::fs::write(&cert, cert_pem).map_err(|e| format!("server.crt: {e}"))?;
+            std::fs::write(&key, key_pem).map_err(|e| format!("server.key: {e}"))?;
+            // PostgreSQL refuses a key that others may read.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("server.key: {e}"))?;
+            if as_postgres_user {
+                run(Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&cert)
+                    .arg(&key))?;
+            }
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            ));
+        }
         let log = pg.dir.path().join("log");
         let started = pg.run_tool(
             "pg_ctl",

@@ -20,6 +20,7 @@
 mod config;
 mod keys;
 mod nodes;
+mod op;
 mod payload;
 mod scripts;
 
@@ -37,6 +38,7 @@ use bytes::Bytes;
 use config::redact;
 use futures::StreamExt;
 use keys::Keys;
+use op::Op;
 use payload::Event;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::{RedisResult, Value};
@@ -109,25 +111,6 @@ impl Drop for Inner {
 
 fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
-}
-
-/// The `op` label of a failed operation, from what [`Inner::run`] was told it does.
-fn op_of(what: &str) -> &'static str {
-    if what.contains("subscribe") {
-        "subscribe"
-    } else if what.contains("canary") {
-        "canary"
-    } else if what.contains("presence") || what.contains("join") || what.contains("leave") {
-        "presence"
-    } else if what.starts_with("publish") {
-        "publish"
-    } else if what.contains("history") {
-        "history"
-    } else if what.contains("lease") {
-        "lease"
-    } else {
-        "other"
-    }
 }
 
 fn new_epoch() -> String {
@@ -214,10 +197,7 @@ impl RedisBroker {
             config,
         });
         let pong: String = inner
-            .run(
-                "answer PING",
-                redis::cmd("PING").query_async(&mut inner.conn()),
-            )
+            .run(Op::Ping, redis::cmd("PING").query_async(&mut inner.conn()))
             .await?;
         if pong != "PONG" {
             return Err(BrokerError(format!(
@@ -279,7 +259,7 @@ impl RedisBroker {
         .await;
         self.stop_without_cleanup();
         removed?;
-        released.map_err(|e| inner.failed("release the lease", e))
+        released.map_err(|e| inner.failed(Op::ReleaseLease, e))
     }
 
     /// Stops at once, leaving everything in Redis as it is, as if the process had died: the
@@ -312,26 +292,34 @@ impl Inner {
         }
     }
 
-    fn failed(&self, what: &str, e: redis::RedisError) -> BrokerError {
-        BrokerError(format!("Redis at {} failed to {what}: {e}", self.target))
+    /// The error of `op` (not counted: [`run`](Self::run) counts what it runs).
+    fn failed(&self, op: Op, e: redis::RedisError) -> BrokerError {
+        BrokerError(format!(
+            "Redis at {} failed to {}: {e}",
+            self.target,
+            op.what()
+        ))
     }
 
-    /// Runs one Redis operation, bounded by `command_timeout`.
+    /// Runs one Redis operation, bounded by `command_timeout`; a failure is counted under
+    /// `op`'s label.
     async fn run<T>(
         &self,
-        what: &str,
-        op: impl Future<Output = RedisResult<T>>,
+        op: Op,
+        call: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, BrokerError> {
         self.check()?;
-        let result = match tokio::time::timeout(self.config.command_timeout, op).await {
+        let result = match tokio::time::timeout(self.config.command_timeout, call).await {
             Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => self.failed(what, e),
+            Ok(Err(e)) => self.failed(op, e),
             Err(_) => BrokerError(format!(
-                "Redis at {} did not {what} within {:?} (command_timeout)",
-                self.target, self.config.command_timeout
+                "Redis at {} did not {} within {:?} (command_timeout)",
+                self.target,
+                op.what(),
+                self.config.command_timeout
             )),
         };
-        self.metrics.error(op_of(what));
+        self.metrics.error(op.label());
         Err(result)
     }
 
@@ -346,7 +334,7 @@ impl Inner {
         let result = async {
             let receivers: u64 = self
                 .run(
-                    "publish the canary",
+                    Op::PublishCanary,
                     redis::cmd("PUBLISH")
                         .arg(self.keys.canary())
                         .arg(&nonce)
@@ -379,7 +367,7 @@ impl Inner {
         lock(&self.canaries).remove(&nonce);
         // A failed PUBLISH was counted by `run`; a canary lost on the way back is counted here.
         if let Err((_, true)) = result {
-            self.metrics.error("canary");
+            self.metrics.error(Op::PublishCanary.label());
         }
         self.metrics.canary(result.is_ok().then(|| sent.elapsed()));
         result
@@ -394,8 +382,7 @@ impl Inner {
         let mut conn = self.conn();
         let mut call = self.scripts.sweep.prepare_invoke();
         call.arg(self.keys.prefix()).arg(node.unwrap_or(""));
-        self.run("sweep dead nodes' presence", call.invoke_async(&mut conn))
-            .await
+        self.run(Op::Sweep, call.invoke_async(&mut conn)).await
     }
 
     /// Renews the lease (`take`: whoever holds it); puts this node's presence back if it had
@@ -407,7 +394,7 @@ impl Inner {
             .arg(millis(self.config.lease_ttl))
             .arg(if take { "1" } else { "0" });
         let state: i64 = self
-            .run("renew the node's lease", call.invoke_async(&mut conn))
+            .run(Op::RenewLease, call.invoke_async(&mut conn))
             .await?;
         match state {
             1 if !take => {
@@ -453,7 +440,7 @@ impl Inner {
             .arg(format!("{} {}", client.session, keys::escape(channel)))
             .arg(self.keys.node());
         let new: i64 = self
-            .run("add a presence entry", call.invoke_async(&mut conn))
+            .run(Op::AddPresence, call.invoke_async(&mut conn))
             .await?;
         Ok(new == 1)
     }
@@ -466,14 +453,14 @@ impl Inner {
     ) -> Result<(), BrokerError> {
         let topic = self.keys.channel(channel).topic;
         let event = payload::encode_presence_event(join, client, self.keys.node());
-        let what = if join {
-            "publish a join"
+        let op = if join {
+            Op::PublishJoin
         } else {
-            "publish a leave"
+            Op::PublishLeave
         };
         let _: u64 = self
             .run(
-                what,
+                op,
                 redis::cmd("PUBLISH")
                     .arg(topic)
                     .arg(event)
@@ -504,20 +491,16 @@ impl Inner {
                 })?
                 .map_err(|e| unreachable(e.to_string()))?;
         let (mut sink, stream) = pubsub.split();
-        self.run(
-            "subscribe to the canary",
-            sink.subscribe(self.keys.canary()),
-        )
-        .await?;
+        self.run(Op::SubscribeCanary, sink.subscribe(self.keys.canary()))
+            .await?;
         for topic in [self.keys.commands(), self.keys.own_commands()] {
-            self.run("subscribe to other nodes' requests", sink.subscribe(topic))
+            self.run(Op::SubscribeRequests, sink.subscribe(topic))
                 .await?;
         }
         let channels: Vec<String> = lock(&self.counts).keys().cloned().collect();
         for channel in channels {
             let topic = self.keys.channel(&channel).topic;
-            self.run("resubscribe a channel", sink.subscribe(topic))
-                .await?;
+            self.run(Op::Resubscribe, sink.subscribe(topic)).await?;
         }
         *slot = Some(sink);
         Ok(stream)
@@ -772,7 +755,7 @@ impl Broker for RedisBroker {
             .arg(&ch.topic)
             .arg(now_ms());
         let (epoch, offset): (String, u64) =
-            inner.run("publish", call.invoke_async(&mut conn)).await?;
+            inner.run(Op::Publish, call.invoke_async(&mut conn)).await?;
         Ok(Position { epoch, offset })
     }
 
@@ -793,7 +776,7 @@ impl Broker for RedisBroker {
                 return Ok(());
             }
             // Confirmed by Redis before it returns: every later publication reaches us.
-            inner.run("subscribe", sink.subscribe(&topic)).await?;
+            inner.run(Op::Subscribe, sink.subscribe(&topic)).await?;
             lock(&inner.counts).insert(channel.to_string(), 1);
             Ok(())
         };
@@ -828,7 +811,7 @@ impl Broker for RedisBroker {
             }
             // Messages still on their way are dropped: the channel is no longer counted.
             match slot.as_mut() {
-                Some(sink) => inner.run("unsubscribe", sink.unsubscribe(&topic)).await,
+                Some(sink) => inner.run(Op::Unsubscribe, sink.unsubscribe(&topic)).await,
                 None => Ok(()),
             }
         };
@@ -860,7 +843,7 @@ impl Broker for RedisBroker {
             .arg(millis(history.ttl))
             .arg(millis(history.meta_ttl));
         let value: Value = inner
-            .run("read history", call.invoke_async(&mut conn))
+            .run(Op::ReadHistory, call.invoke_async(&mut conn))
             .await?;
         parse_history(value).map_err(|e| {
             BrokerError(format!(
@@ -888,7 +871,7 @@ impl Broker for RedisBroker {
             .arg(inner.keys.presence_field(session))
             .arg(format!("{session} {}", keys::escape(channel)));
         let _: i64 = inner
-            .run("remove a presence entry", call.invoke_async(&mut conn))
+            .run(Op::RemovePresence, call.invoke_async(&mut conn))
             .await?;
         Ok(())
     }
@@ -898,7 +881,7 @@ impl Broker for RedisBroker {
         let key = inner.keys.channel(channel).presence;
         let entries: Vec<Vec<u8>> = inner
             .run(
-                "read presence",
+                Op::ReadPresence,
                 redis::cmd("HVALS").arg(key).query_async(&mut inner.conn()),
             )
             .await?;
@@ -954,30 +937,6 @@ impl Broker for RedisBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn failed_operations_are_labelled_by_kind() {
-        for (what, op) in [
-            ("publish", "publish"),
-            ("publish a join", "presence"),
-            ("publish a leave", "presence"),
-            ("subscribe", "subscribe"),
-            ("unsubscribe", "subscribe"),
-            ("resubscribe a channel", "subscribe"),
-            ("subscribe to the canary", "subscribe"),
-            ("publish the canary", "canary"),
-            ("read history", "history"),
-            ("add a presence entry", "presence"),
-            ("remove a presence entry", "presence"),
-            ("read presence", "presence"),
-            ("sweep dead nodes' presence", "presence"),
-            ("renew the node's lease", "lease"),
-            ("answer PING", "other"),
-        ] {
-            assert_eq!(op_of(what), op, "{what}");
-            assert!(crate::server::metrics::broker::BROKER_OPS.contains(&op));
-        }
-    }
 
     #[test]
     fn history_answers_are_read_and_odd_ones_refused() {

@@ -6,7 +6,7 @@
 
 use super::super::nodes::{NodeAnswer, NodeAnswers, NodeRequest};
 use super::keys::{escape, unescape};
-use super::{new_epoch, Inner};
+use super::{new_epoch, Inner, Op};
 use crate::channels::BrokerError;
 use crate::session::lock;
 use serde::{Deserialize, Serialize};
@@ -81,7 +81,7 @@ pub(super) async fn ask(
     })?;
     let listening: u64 = inner
         .run(
-            "send a request to other nodes",
+            Op::AskNodes,
             redis::cmd("PUBLISH")
                 .arg(&topic)
                 .arg(bytes)
@@ -141,7 +141,7 @@ pub(super) fn receive(inner: &Arc<Inner>, bytes: &[u8]) {
                 let sent = match encode(&reply) {
                     Ok(bytes) => inner
                         .run(
-                            "answer another node",
+                            Op::AnswerNode,
                             redis::cmd("PUBLISH")
                                 .arg(&topic)
                                 .arg(bytes)
