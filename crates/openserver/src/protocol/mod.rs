@@ -57,6 +57,7 @@ pub mod winauth;
 
 pub(crate) mod password;
 
+use crate::session::engine::Stage;
 use crate::session::{SendError, Session};
 use crate::wire::DecodeError;
 use async_trait::async_trait;
@@ -166,30 +167,45 @@ pub enum TryPacket<'a> {
 #[derive(Debug)]
 pub struct Reply<'a> {
     session: &'a Session,
+    /// Room behind the bytes waiting for the socket, when the engine has it: the answer
+    /// skips the outbound queue's lock.
+    stage: Option<Stage<'a>>,
 }
 
 impl<'a> Reply<'a> {
-    /// A reply if the session's queue has room now; `None` sends the packet to `on_packet`.
-    pub(crate) fn reserve(session: &'a Session) -> Option<Reply<'a>> {
-        session.has_room().then_some(Reply { session })
+    /// A reply if the session's queue has room now (or the engine has staging room);
+    /// `None` sends the packet to `on_packet`.
+    pub(crate) fn reserve(session: &'a Session, stage: Option<Stage<'a>>) -> Option<Reply<'a>> {
+        (stage.is_some() || session.has_room()).then_some(Reply { session, stage })
+    }
+
+    /// Queues the frame `encode` writes: staged, or in the queue, whose room was held.
+    fn push(
+        self,
+        protocol_id: u16,
+        encode: &dyn Fn(&mut bytes::BytesMut) -> Result<usize, crate::wire::FrameError>,
+    ) -> TryPacket<'a> {
+        let sent = match self.stage {
+            Some(stage) => stage.push(self.session, protocol_id, encode),
+            None => self.session.push_reserved(protocol_id, encode),
+        };
+        TryPacket::Done(sent.map_err(HandlerError::from))
     }
 
     /// Queues the answer of `protocol_id` whose body `body` writes straight into the queue.
     /// Never fails for lack of room; the only error is a closed session.
     pub fn send_body(self, protocol_id: u16, body: impl Fn(&mut bytes::BytesMut)) -> TryPacket<'a> {
-        let sent = self.session.push_reserved(protocol_id, &|dst| {
+        self.push(protocol_id, &|dst| {
             crate::wire::Frame::encode_with(protocol_id, dst, &body)
-        });
-        TryPacket::Done(sent.map_err(HandlerError::from))
+        })
     }
 
     /// Queues `frame` as the answer. Never fails for lack of room.
     pub fn send(self, frame: crate::wire::Frame) -> TryPacket<'a> {
-        let sent = self.session.push_reserved(frame.protocol_id, &|dst| {
+        self.push(frame.protocol_id, &|dst| {
             frame.encode_into(dst)?;
             Ok(frame.wire_len())
-        });
-        TryPacket::Done(sent.map_err(HandlerError::from))
+        })
     }
 }
 
@@ -278,7 +294,7 @@ mod tests {
     #[test]
     fn a_reply_keeps_its_room_and_a_full_queue_skips_the_fast_path() {
         let session = Session::new(1, "127.0.0.1:1".parse().unwrap(), 1, false);
-        let reply = Reply::reserve(&session).expect("an empty queue has room");
+        let reply = Reply::reserve(&session, None).expect("an empty queue has room");
         // A push from elsewhere takes the last place between the reservation and the answer.
         session.try_send(Frame::new(7, vec![1u8])).unwrap();
         assert_eq!(
@@ -290,7 +306,7 @@ mod tests {
             TryPacket::Done(Ok(()))
         ));
         // Full now: the server goes straight to on_packet, which waits for room.
-        assert!(Reply::reserve(&session).is_none());
+        assert!(Reply::reserve(&session, None).is_none());
         session.close(crate::session::CloseReason::Local);
     }
 }

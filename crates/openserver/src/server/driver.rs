@@ -11,7 +11,7 @@ use super::link::ServerLink;
 use super::metrics::{PacketRuns, SessionGauge, SessionState};
 use super::Limits;
 use crate::protocol::{HandlerError, Protocol, ProtocolHandler, ProtocolSet, Reply, TryPacket};
-use crate::session::engine::{Engine, EngineOptions};
+use crate::session::engine::{Engine, EngineOptions, Stage};
 use crate::session::{CloseReason, Session};
 use crate::wire::capabilities::CapabilitiesMessage;
 use crate::wire::{protocol_id, Frame, FrameCodec, Message};
@@ -154,7 +154,8 @@ where
                 }
                 was_authenticated = session.is_authenticated();
                 failures = session.auth_failures();
-                (dispatched, by_handler) = dispatch(ctx, session, &mut handlers, frame);
+                (dispatched, by_handler) =
+                    dispatch(ctx, session, &mut handlers, frame, engine.stage());
             }
             // Moved into a block, so that the handlers' borrow ends with the handling (a
             // plain `match` would leave the borrow on the outer variable).
@@ -274,11 +275,13 @@ enum Dispatched<'a> {
 
 /// Hands a frame to its handler (straight to one that already passed the checks, through
 /// [`route`] otherwise) or to the stack. Also says whether a protocol handler took it.
+/// `stage`: where the engine lets a fast-path answer go without the outbox.
 fn dispatch<'a>(
     ctx: &'a DriverContext,
     session: &'a Session,
     handlers: &'a mut Handlers,
     frame: Frame,
+    stage: Option<Stage<'_>>,
 ) -> (Dispatched<'a>, bool) {
     let id = frame.protocol_id;
     let route = match handlers.direct(id) {
@@ -289,7 +292,7 @@ fn dispatch<'a>(
         Route::Handler(at) => {
             let handler = &mut handlers.0[at].handler;
             // The fast path only with room held for its answer (see `try_packet`).
-            let dispatched = match Reply::reserve(session) {
+            let dispatched = match Reply::reserve(session, stage) {
                 Some(reply) => match handler.try_packet(session, frame.body, reply) {
                     TryPacket::Done(outcome) => Dispatched::Handled(outcome),
                     TryPacket::Wait(body, _) => Dispatched::Wait(handler.on_packet(session, body)),

@@ -208,6 +208,11 @@ impl Outbox {
         self.queued.load(Ordering::Relaxed) < self.depth
     }
 
+    /// The most frames the queue holds.
+    pub(crate) fn depth(&self) -> u32 {
+        self.depth
+    }
+
     /// Frames queued now.
     pub(crate) fn len(&self) -> usize {
         self.queued.load(Ordering::Relaxed) as usize
