@@ -201,7 +201,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             && !self.session.inner.log_packets
             && outbox.len() == 0
             && self.staged_frames < outbox.depth();
-        open.then(|| Stage {
+        open.then_some(Stage {
             buf: &mut self.write_buf,
             frames: &mut self.staged_frames,
             run: &mut self.staged_run,
