@@ -1191,7 +1191,8 @@ impl Engine {
         let subs = lock(&local.subs);
         for member in &subs.members {
             let id = member.0.id();
-            if !(here && id == client.session) && !subs.starting.contains_key(&id) {
+            let about_itself = here && id == client.session;
+            if !about_itself && !subs.starting.contains_key(&id) {
                 let _ = member.0.push(frame.clone());
             }
         }
