@@ -37,6 +37,7 @@ use crate::wire::Frame;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 /// The most publications a starting subscription buffers while its history is read; past it,
@@ -182,7 +183,7 @@ pub(crate) struct Engine {
     local: Mutex<HashMap<String, Arc<Local>>>,
     /// Each session's subscriptions, for the per-session limit and for its end. The names
     /// are those of the [`Local`]s, shared: a subscription costs no copy of its channel name.
-    sessions: Mutex<HashMap<SessionId, HashSet<Arc<str>>>>,
+    sessions: Mutex<HashMap<SessionId, SessionChannels>>,
     metrics: ChannelMetrics,
     events: EventBus,
     /// The engine itself, for the tasks that fill gaps.
@@ -195,7 +196,7 @@ struct Local {
     name: Arc<str>,
     join_leave: bool,
     metrics: NamespaceMetrics,
-    subs: Mutex<HashMap<SessionId, Sub>>,
+    subs: Mutex<Subs>,
     /// What the broker delivered, for filling a gap after an interruption. Locked before
     /// `subs` (never the other way round), and held across a fan-out, so that deliveries and
     /// a gap's filling keep offset order.
@@ -216,12 +217,115 @@ struct Feed {
     again: bool,
 }
 
-struct Sub {
-    session: Session,
-    /// While the subscription starts: publications delivered meanwhile. Boxed: a settled
-    /// subscription, the common case, then costs one pointer instead of the whole buffer
-    /// (24 bytes less per subscription, before the hash map's spare room).
-    starting: Option<Box<StartBuffer>>,
+/// A channel's subscribers on this server. A settled subscription, the common case, is one
+/// session handle in `members` (8 bytes, keyed by the session's own id); only a starting one
+/// also has an entry in `starting`, which holds nothing (no allocation) once every
+/// subscription has started.
+#[derive(Default)]
+struct Subs {
+    members: HashSet<Member>,
+    /// The members whose subscription is starting: what was delivered meanwhile.
+    starting: HashMap<SessionId, StartBuffer>,
+}
+
+impl Subs {
+    fn insert(&mut self, session: &Session) {
+        self.members.replace(Member(session.clone()));
+        self.starting.insert(session.id(), StartBuffer::default());
+    }
+
+    fn remove(&mut self, id: SessionId) -> Option<Session> {
+        let member = self.members.take(&id)?;
+        self.end_start(id);
+        Some(member.0)
+    }
+
+    /// Ends the start of `id`'s subscription: its buffer, if it was starting.
+    fn end_start(&mut self, id: SessionId) -> Option<StartBuffer> {
+        let buffer = self.starting.remove(&id);
+        if self.starting.is_empty() && self.starting.capacity() > 0 {
+            // A subscribe burst must not leave its spare room behind on every channel.
+            self.starting = HashMap::new();
+        }
+        buffer
+    }
+
+    fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+}
+
+/// A subscriber: its session, hashed and compared by the session's id, so that the set needs
+/// no separate key.
+struct Member(Session);
+
+impl PartialEq for Member {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id() == other.0.id()
+    }
+}
+
+impl Eq for Member {}
+
+impl Hash for Member {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `SessionId` hashes, so that the set is searched by id (`Borrow` below).
+        self.0.id().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<SessionId> for Member {
+    fn borrow(&self) -> &SessionId {
+        self.0.id_ref()
+    }
+}
+
+/// A session's channels: the shared names, sorted, in a vector sized to fit. A session has a
+/// few (`max_channels_per_session`, 128 by default), for which a sorted vector is both
+/// smaller than a hash set (16 bytes a channel, no spare room) and fast enough to search.
+#[derive(Default)]
+struct SessionChannels(Vec<Arc<str>>);
+
+impl SessionChannels {
+    fn find(&self, channel: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|name| (**name).cmp(channel))
+    }
+
+    fn contains(&self, channel: &str) -> bool {
+        self.find(channel).is_ok()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds `name` (not there yet): room for one more only, as most sessions stop at a few.
+    fn insert(&mut self, name: Arc<str>) {
+        if let Err(at) = self.find(&name) {
+            self.0.reserve_exact(1);
+            self.0.insert(at, name);
+        }
+    }
+
+    /// Removes `channel`; whether it was there. Gives back room once half of it is unused.
+    fn remove(&mut self, channel: &str) -> bool {
+        let Ok(at) = self.find(channel) else {
+            return false;
+        };
+        self.0.remove(at);
+        if self.0.capacity() >= 2 * self.0.len().max(2) {
+            self.0.shrink_to_fit();
+        }
+        true
+    }
 }
 
 #[derive(Default)]
@@ -474,7 +578,7 @@ impl Engine {
                 name,
                 join_leave: rules.ns.config.join_leave,
                 metrics: rules.ns.metrics.clone(),
-                subs: Mutex::new(HashMap::new()),
+                subs: Mutex::new(Subs::default()),
                 feed: Mutex::new(Feed::default()),
             })
         });
@@ -486,13 +590,7 @@ impl Engine {
             self.forget_session_channel(session.id(), channel);
             return Err(ChannelError::TooManySubscribers(count));
         }
-        subs.insert(
-            session.id(),
-            Sub {
-                session: session.clone(),
-                starting: Some(Box::default()),
-            },
-        );
+        subs.insert(session);
         rules.ns.metrics.subscriptions.inc();
         Ok(())
     }
@@ -515,14 +613,14 @@ impl Engine {
         let mut local = lock(&self.local);
         let entry = local.get(channel)?.clone();
         let mut subs = lock(&entry.subs);
-        let sub = subs.remove(&id)?;
+        let session = subs.remove(id)?;
         entry.metrics.subscriptions.dec();
         if subs.is_empty() {
             drop(subs);
             local.remove(channel);
             entry.metrics.channels.dec();
         }
-        Some(sub.session)
+        Some(session)
     }
 
     /// The node subscription, the history read, the answer; then presence and join.
@@ -641,8 +739,10 @@ impl Engine {
             feed.last = Some(history.top.clone());
         }
         let mut subs = lock(&local.subs);
-        let sub = subs.get_mut(&session.id()).ok_or_else(ended)?;
-        let buffer = sub.starting.take().unwrap_or_default();
+        if !subs.members.contains(&session.id()) {
+            return Err(ended());
+        }
+        let buffer = subs.end_start(session.id()).unwrap_or_default();
         if buffer.overflowed {
             let e = format!("{channel:?} published too fast while the subscription started; retry");
             return Err((ChannelError::Unavailable(e), true));
@@ -730,7 +830,7 @@ impl Engine {
             .remove(&session.id())
             .unwrap_or_default();
         let user = session.user().map(|u| u.name).unwrap_or_default();
-        for channel in channels {
+        for channel in channels.0 {
             if self.remove_subscriber(session.id(), &channel).is_some() {
                 self.after_leave(session.id(), &user, &channel, "closed")
                     .await;
@@ -1005,7 +1105,7 @@ impl Engine {
         if !current {
             return;
         }
-        let ids: Vec<SessionId> = lock(&local.subs).keys().copied().collect();
+        let ids: Vec<SessionId> = lock(&local.subs).members.iter().map(|m| m.0.id()).collect();
         for id in ids {
             let Some(session) = self.remove_subscriber(id, &channel) else {
                 continue;
@@ -1029,8 +1129,15 @@ fn fan_out(local: &Local, channel: &str, epoch: &str, publication: &Publication)
         let mut frame = None;
         let mut delivered = 0u64;
         let mut subs = lock(&local.subs);
-        for sub in subs.values_mut() {
-            match &mut sub.starting {
+        let Subs { members, starting } = &mut *subs;
+        for member in members.iter() {
+            // No lookup while nobody starts, the common case.
+            let buffer = if starting.is_empty() {
+                None
+            } else {
+                starting.get_mut(&member.0.id())
+            };
+            match buffer {
                 Some(buffer) if buffer.publications.len() >= cap => buffer.overflowed = true,
                 Some(buffer) => buffer
                     .publications
@@ -1045,7 +1152,7 @@ fn fan_out(local: &Local, channel: &str, epoch: &str, publication: &Publication)
                     });
                     // Never waits: a full queue closes that session, the others go on.
                     if let Some(frame) = frame {
-                        if sub.session.push(frame.clone()).is_ok() {
+                        if member.0.push(frame.clone()).is_ok() {
                             delivered += 1;
                         }
                     }
@@ -1082,9 +1189,11 @@ impl Engine {
             return;
         };
         let subs = lock(&local.subs);
-        for (id, sub) in subs.iter() {
-            if !(here && *id == client.session) && sub.starting.is_none() {
-                let _ = sub.session.push(frame.clone());
+        for member in &subs.members {
+            let id = member.0.id();
+            let about_itself = here && id == client.session;
+            if !about_itself && !subs.starting.contains_key(&id) {
+                let _ = member.0.push(frame.clone());
             }
         }
     }
@@ -1150,11 +1259,11 @@ impl Channels {
 
     /// The channels the session `id` is subscribed to on this server, sorted.
     pub fn subscriptions(&self, id: SessionId) -> Vec<String> {
-        let mut channels: Vec<String> = lock(&self.engine.sessions)
+        let channels: Vec<String> = lock(&self.engine.sessions)
             .get(&id)
-            .map(|s| s.iter().map(|name| name.to_string()).collect())
+            .map(|s| s.0.iter().map(|name| name.to_string()).collect())
             .unwrap_or_default();
-        channels.sort();
+        // Sorted already: a session keeps its channels in order.
         channels
     }
 
@@ -1173,5 +1282,35 @@ impl Channels {
         let user = session.user().map(|u| u.name).unwrap_or_default();
         self.engine.after_leave(id, &user, channel, "server").await;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscription_costs_one_pointer_in_its_channel_and_one_name_in_its_session() {
+        assert_eq!(std::mem::size_of::<Member>(), 8);
+        assert_eq!(std::mem::size_of::<Arc<str>>(), 16);
+    }
+
+    #[test]
+    fn a_sessions_channels_stay_sorted_unique_and_fitted() {
+        let mut set = SessionChannels::default();
+        for name in ["b", "a", "c", "a"] {
+            set.insert(Arc::from(name));
+        }
+        let names: Vec<&str> = set.0.iter().map(|n| &**n).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(set.0.capacity(), 3, "room for one more at a time only");
+        assert!(set.contains("b") && !set.contains("d"));
+        assert!(set.remove("b"));
+        assert!(!set.remove("b"));
+        assert_eq!(set.len(), 2);
+        for name in ["a", "c"] {
+            assert!(set.remove(name));
+        }
+        assert!(set.is_empty());
     }
 }

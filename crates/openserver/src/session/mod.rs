@@ -225,6 +225,11 @@ impl Session {
         self.inner.id
     }
 
+    /// The id by reference, for sets of sessions searched by id.
+    pub(crate) fn id_ref(&self) -> &SessionId {
+        &self.inner.id
+    }
+
     /// The peer's address.
     pub fn peer(&self) -> SocketAddr {
         self.inner.peer
