@@ -178,9 +178,9 @@ pub struct FanoutReport {
     pub publications_per_sec: f64,
     /// Publish-to-delivery latency.
     pub latency: Summary,
-    /// Server RSS with the sessions connected (logged in), before subscribing, KiB.
+    /// Server RSS with the sessions connected (logged in), before subscribing, once settled, KiB.
     pub rss_sessions_kib: Option<u64>,
-    /// Server RSS once every subscription is made, KiB.
+    /// Server RSS once every subscription is made and the RSS has settled, KiB.
     pub rss_subscribed_kib: Option<u64>,
     /// (subscribed - sessions) / subscriptions, in bytes.
     pub rss_per_subscription_bytes: Option<f64>,
@@ -549,8 +549,9 @@ pub async fn run_spread(
     for (i, c) in conns.into_iter().enumerate() {
         subs.push(c.with_context(|| format!("subscriber {i} could not connect"))?);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_sessions = rss();
+    // Settled readings, as `bench idle` takes them: the allocator hands back what a burst of
+    // logins or subscriptions freed only after its decay time.
+    let rss_sessions = crate::idle::settled_rss(rss).await;
     let spec_ref = &spec;
     let subscribed: Vec<Result<(TcpStream, BytesMut)>> =
         futures::stream::iter(subs.into_iter().enumerate())
@@ -566,8 +567,7 @@ pub async fn run_spread(
     for (i, c) in subscribed.into_iter().enumerate() {
         subs.push(c.with_context(|| format!("subscriber {i} could not subscribe"))?);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_subscribed = rss();
+    let rss_subscribed = crate::idle::settled_rss(rss).await;
     let subscriptions = (spec.subscribers * spec.channels_per_sub) as u64;
     let mut per_channel = vec![0u64; spec.channels];
     for i in 0..spec.subscribers {

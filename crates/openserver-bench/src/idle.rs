@@ -279,7 +279,7 @@ const SETTLE_MAX: Duration = Duration::from_secs(20);
 
 /// The server's memory once it has stopped falling: sampled every 500 ms until a reading is no
 /// lower than the one 2 s before, or [`SETTLE_MAX`] has passed.
-async fn settled_rss(rss: impl Fn() -> Option<u64>) -> Option<u64> {
+pub(crate) async fn settled_rss(rss: impl Fn() -> Option<u64>) -> Option<u64> {
     let end = Instant::now() + SETTLE_MAX;
     let mut readings: Vec<u64> = Vec::new();
     loop {
