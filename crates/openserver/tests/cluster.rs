@@ -829,13 +829,14 @@ async fn server_code_on_any_node_pushes_lists_and_kicks_on_every_node() {
         CloseReason::Quit
     );
 
-    // A node that is gone is not waited for: the others still answer in full.
+    // A node that is gone is not waited for: the others still answer in full. (Until Redis
+    // has seen c's connections close, it still counts c as a listener, and an answer
+    // reports c unanswered: that is the documented "Incomplete", so the loop waits it out.)
     c.broker.stop_without_cleanup();
     let deadline = Instant::now() + WAIT;
     loop {
         let now = cluster_a.sessions().await.unwrap();
-        if now.sessions.iter().all(|s| s.node != "c") {
-            assert_eq!(now.unanswered, 0);
+        if now.sessions.iter().all(|s| s.node != "c") && now.unanswered == 0 {
             break;
         }
         assert!(Instant::now() < deadline, "the stopped node stays listed");
