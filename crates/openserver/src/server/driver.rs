@@ -168,9 +168,7 @@ where
                         outcome
                     }
                     Dispatched::Wait(handling) => {
-                        if runs.has_untimed() {
-                            runs.time_untimed(metrics, engine.lap());
-                        }
+                        runs.time_untimed(metrics, || engine.lap());
                         let outcome = engine.run(handling.instrument(span.clone())).await;
                         let lap = engine.lap();
                         if by_handler {

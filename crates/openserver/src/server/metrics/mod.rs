@@ -135,24 +135,18 @@ impl PacketRuns {
         id: u16,
         lap: impl FnOnce() -> Duration,
     ) {
-        if self.untimed.frames > 0 && self.untimed.protocol_id != id {
-            self.time_untimed(metrics, lap());
+        if self.untimed.protocol_id != id {
+            self.time_untimed(metrics, lap);
         }
         self.untimed.add(id, 0);
     }
 
-    /// The packets answered at once so far took `elapsed` together.
-    pub(crate) fn time_untimed(&mut self, metrics: &ServerMetrics, elapsed: Duration) {
+    /// Times the packets answered at once so far, together; `lap` (the time since the last
+    /// lap) is read only if there are any.
+    pub(crate) fn time_untimed(&mut self, metrics: &ServerMetrics, lap: impl FnOnce() -> Duration) {
         if let Some(run) = self.untimed.take() {
-            metrics
-                .protocol(run.protocol_id)
-                .handled(run.frames, elapsed);
+            metrics.protocol(run.protocol_id).handled(run.frames, lap());
         }
-    }
-
-    /// Whether packets wait to be timed (and need a lap read).
-    pub(crate) fn has_untimed(&self) -> bool {
-        self.untimed.frames > 0
     }
 
     /// Adds everything gathered; `lap` reads the time since the last lap, if needed.
@@ -160,9 +154,7 @@ impl PacketRuns {
         if let Some(run) = self.received.take() {
             metrics.protocol(run.protocol_id).received(run);
         }
-        if self.has_untimed() {
-            self.time_untimed(metrics, lap());
-        }
+        self.time_untimed(metrics, lap);
     }
 }
 
