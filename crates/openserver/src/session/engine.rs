@@ -53,6 +53,17 @@ const DRAIN_AFTER_STALL: Duration = Duration::from_secs(1);
 /// session keeps reusing them, short enough that idle sessions hold none.
 const RELEASE_AFTER: Ms = 250;
 
+/// How long one poll of a session's task may go on handing out frames before it yields its
+/// worker thread. A session whose packets keep coming (a publisher whose every packet fans out
+/// to thousands of sessions) would otherwise keep the thread for as long as its peer keeps
+/// sending, and the sessions its pushes woke on that thread would wait for all of it: tokio
+/// cannot move a task off a thread that never returns to the scheduler.
+const SLICE: Duration = Duration::from_millis(1);
+
+/// Frames handed out between two looks at the clock: one look costs about as much as the
+/// cheapest packet's handling.
+const SLICE_CHECK_EVERY: u16 = 4;
+
 /// A duration on the engine's clock.
 fn ms(d: Duration) -> Ms {
     u64::try_from(d.as_millis()).unwrap_or(NEVER).min(NEVER)
@@ -137,6 +148,9 @@ pub(crate) struct Engine<S> {
     /// The idle or authentication deadline passed while a handler ran; those two are acted
     /// on only between frames, so a login in progress is not cut short.
     frame_deadline_due: bool,
+    /// Frames handed out in this poll of the task (wrapping), and when the first was.
+    slice_frames: u16,
+    slice_began: quanta::Instant,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
@@ -169,6 +183,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             timer: Box::pin(tokio::time::sleep_until(never)),
             armed: NEVER,
             frame_deadline_due: false,
+            slice_frames: 0,
+            slice_began: quanta::Instant::now(),
         };
         engine.rearm();
         engine
@@ -300,6 +316,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 self.rearm();
             }
             if !self.read_buf.is_empty() {
+                if self.slice_spent() {
+                    // What the frames so far answered leaves first, then the others' turn.
+                    if let Err(reason) = self.poll_write(cx) {
+                        self.session.close(reason);
+                        continue;
+                    }
+                    self.slice_frames = 0;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 match self.codec.decode(&mut self.read_buf) {
                     Ok(Some(frame)) => {
                         self.frame_arrived();
@@ -349,8 +375,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     continue;
                 }
             }
+            self.slice_frames = 0;
             return Poll::Pending;
         }
+    }
+
+    /// Counts a frame about to be handed out in this poll; `true` once this poll has handed
+    /// out frames for [`SLICE`] (looked at every [`SLICE_CHECK_EVERY`] frames).
+    fn slice_spent(&mut self) -> bool {
+        let n = self.slice_frames;
+        self.slice_frames = n.wrapping_add(1);
+        if n == 0 {
+            self.slice_began = quanta::Instant::now();
+            return false;
+        }
+        n % SLICE_CHECK_EVERY == 0 && self.slice_began.elapsed() >= SLICE
     }
 
     fn frame_arrived(&mut self) {
@@ -685,6 +724,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Future + Unpin> Future for Running<'_
             return Poll::Ready(out);
         }
         this.engine.poll_aside(cx);
+        // The task yields here: the next frame starts a new slice.
+        this.engine.slice_frames = 0;
         Poll::Pending
     }
 }
@@ -783,6 +824,79 @@ mod tests {
         let mut got = vec![0u8; wire(&answers).len()];
         peer.read_exact(&mut got).await.unwrap();
         assert_eq!(got, wire(&answers));
+    }
+
+    /// A peer that never stops sending: every read gets a buffer full of whole frames at once,
+    /// and it never makes the task wait (nor spends tokio's budget, as a socket does).
+    struct Endless {
+        frames: Vec<u8>,
+        at: usize,
+    }
+
+    impl AsyncRead for Endless {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            while buf.remaining() > 0 {
+                let at = self.at;
+                let n = buf.remaining().min(self.frames.len() - at);
+                buf.put_slice(&self.frames[at..at + n]);
+                self.at = (at + n) % self.frames.len();
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Endless {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// On one thread, as the publisher's worker in a fan-out: a session whose packets never
+    /// stop coming and cost time each must let the thread's other tasks run.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_session_whose_peer_never_pauses_lets_the_other_tasks_of_its_thread_run() {
+        let stream = Endless {
+            frames: wire(&[Frame::new(10, vec![1u8; 20])]),
+            at: 0,
+        };
+        let mut engine = Engine::new(stream, session(), options());
+        let other_ran = Arc::new(AtomicUsize::new(0));
+        let other = tokio::spawn({
+            let other_ran = other_ran.clone();
+            async move {
+                other_ran.fetch_add(1, SeqCst);
+            }
+        });
+        // 400 packets of 100 us each: 40 ms of handling, 40 slices.
+        let mut handled = 0;
+        while handled < 400 && other_ran.load(SeqCst) == 0 {
+            engine.next_frame().await.unwrap();
+            std::thread::sleep(Duration::from_micros(100));
+            handled += 1;
+        }
+        assert_eq!(
+            other_ran.load(SeqCst),
+            1,
+            "the other task never ran in {handled} packets"
+        );
+        assert!(handled < 400);
+        other.await.unwrap();
     }
 
     fn staged(engine: &mut Engine<DuplexStream>, session: &Session, byte: u8) -> bool {
