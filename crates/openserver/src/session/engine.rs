@@ -58,7 +58,7 @@ const RELEASE_AFTER: Ms = 250;
 /// to thousands of sessions) would otherwise keep the thread for as long as its peer keeps
 /// sending, and the sessions its pushes woke on that thread would wait for all of it: tokio
 /// cannot move a task off a thread that never returns to the scheduler.
-const SLICE: Duration = Duration::from_millis(1);
+pub(crate) const SLICE: Duration = Duration::from_millis(1);
 
 /// Frames handed out between two looks at the clock: a look costs a tenth of the cheapest
 /// packet's handling, and a poll of a pipelining client's 16 packets should read it at most

@@ -553,8 +553,15 @@ impl Inner {
 
 /// Reads the pub/sub connection; reopens it when lost, resubscribes, and tells the engine.
 async fn read_pubsub(weak: Weak<Inner>, reset: Arc<tokio::sync::Notify>, mut stream: PubSubStream) {
+    // As a session's task does: a feed whose messages never stop coming hands its worker to
+    // the sessions its fan-out woke at least once per slice.
+    let mut turn_began = std::time::Instant::now();
     loop {
         let why = loop {
+            if turn_began.elapsed() >= crate::session::engine::SLICE {
+                tokio::task::yield_now().await;
+                turn_began = std::time::Instant::now();
+            }
             tokio::select! {
                 msg = stream.next() => {
                     let Some(msg) = msg else {
